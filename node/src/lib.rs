@@ -1,0 +1,10 @@
+//! The Shoal storage node.
+//!
+//! Owns the data: vbuckets and their items, the memory quota and ejection,
+//! write-behind persistence, replication streams and the cluster manager. It
+//! speaks memcached on its data port through the `shoal-protocol` codecs and
+//! places keys with `shoal-vbmap`; it never depends on the proxy.
+//!
+//! Modules arrive with the storage-node work; this crate is intentionally
+//! empty until then.
+#![deny(unsafe_code)]

@@ -1,0 +1,1 @@
+//! The classic ASCII protocol. (Filled in by the ASCII codec.)

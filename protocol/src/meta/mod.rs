@@ -1,0 +1,1 @@
+//! The meta text protocol. (Filled in by the meta codec.)
