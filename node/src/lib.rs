@@ -5,6 +5,11 @@
 //! speaks memcached on its data port through the `shoal-protocol` codecs and
 //! places keys with `shoal-vbmap`; it never depends on the proxy.
 //!
-//! Modules arrive with the storage-node work; this crate is intentionally
-//! empty until then.
+//! Modules:
+//! - [`mutation`]: [`Mutation`], the unit that flows from the engine to disk
+//!   and to replicas.
 #![deny(unsafe_code)]
+
+pub mod mutation;
+
+pub use mutation::{Mutation, MutationKind, VbucketId};
