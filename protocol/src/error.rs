@@ -26,6 +26,11 @@ pub enum ErrorKind {
     LineTooLong,
     /// A binary frame that does not start with the expected magic byte.
     BadMagic,
+    /// A malformed classic ASCII command that asked for `noreply`. memcached
+    /// 1.6's `out_string` honours noreply even for `CLIENT_ERROR` and
+    /// `SERVER_ERROR` replies, so the client hears nothing; `reason` still says
+    /// what was wrong. (Never produced for binary; 0x04 if ever mapped.)
+    NoReply,
 }
 
 /// What the connection does after answering the error.
@@ -86,6 +91,7 @@ impl ParseError {
     /// 1.6 words it.
     pub fn write_ascii_reply(&self, out: &mut BytesMut) {
         match self.kind {
+            ErrorKind::NoReply => {}
             ErrorKind::UnknownCommand => out.put_slice(b"ERROR\r\n"),
             ErrorKind::TooLarge => out.put_slice(b"SERVER_ERROR object too large for cache\r\n"),
             ErrorKind::BadFormat
@@ -107,7 +113,8 @@ impl ParseError {
             ErrorKind::BadFormat
             | ErrorKind::BadDataChunk
             | ErrorKind::LineTooLong
-            | ErrorKind::BadMagic => STATUS_EINVAL,
+            | ErrorKind::BadMagic
+            | ErrorKind::NoReply => STATUS_EINVAL,
         }
     }
 }
