@@ -1,7 +1,14 @@
 //! The `shoal` binary: parses arguments, runs the chosen role, maps failures
 //! to exit codes. Everything else lives in the library crates.
 
-use clap::{Parser, Subcommand};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use shoal_node::persist::FsyncPolicy;
+use shoal_node::{Node, NodeConfig};
 
 /// Shoal: a memcached-compatible clustered store and smart proxy.
 #[derive(Debug, Parser)]
@@ -13,6 +20,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a storage node.
+    Node(NodeArgs),
     /// Map keys to vbuckets the way libvbucket does (a debugging aid).
     Vbucket {
         /// Number of vbuckets (a power of two).
@@ -23,19 +32,127 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+/// `shoal node` flags.
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// Directory for the node's data (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// memcached data port (ASCII, meta and binary).
+    #[arg(long, default_value_t = 11210)]
+    port: u16,
+    /// REST admin port.
+    #[arg(long, default_value_t = 8091)]
+    admin_port: u16,
+    /// RAM quota of the bucket, MiB.
+    #[arg(long, default_value_t = 256)]
+    ram_quota_mb: usize,
+    /// Serve one bucket `default` with every vbucket active here.
+    #[arg(long)]
+    standalone: bool,
+    /// Number of vbuckets (a power of two).
+    #[arg(long, default_value_t = 1024)]
+    vbuckets: usize,
+    /// Make written batches durable every N ms (0 = fsync every batch
+    /// before it counts as persisted).
+    #[arg(long, default_value_t = 100)]
+    fsync_ms: u64,
+    /// Largest value accepted, bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    max_value_bytes: usize,
+    /// Most concurrent client connections.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,lsm_tree=warn,fjall=warn")
+            }),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Vbucket { vbuckets, keys } => {
-            anyhow::ensure!(
-                vbuckets.is_power_of_two() && vbuckets <= 1 << 16,
-                "--vbuckets must be a power of two up to 65536"
-            );
-            for key in keys {
-                let vb = shoal_vbmap::hash::vbucket_of(key.as_bytes(), vbuckets);
-                println!("{key}\t{vb}");
-            }
+    let result = match cli.command {
+        Command::Node(args) => run_node(args),
+        Command::Vbucket { vbuckets, keys } => map_keys(vbuckets, &keys),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("shoal: {error:#}");
+            ExitCode::FAILURE
         }
+    }
+}
+
+fn map_keys(vbuckets: usize, keys: &[String]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        vbuckets.is_power_of_two() && vbuckets <= 1 << 16,
+        "--vbuckets must be a power of two up to 65536"
+    );
+    for key in keys {
+        let vb = shoal_vbmap::hash::vbucket_of(key.as_bytes(), vbuckets);
+        println!("{key}\t{vb}");
+    }
+    Ok(())
+}
+
+fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let config = NodeConfig {
+        data_dir: args.data_dir,
+        host: args.host,
+        port: args.port,
+        admin_port: args.admin_port,
+        ram_quota_mb: args.ram_quota_mb,
+        num_vbuckets: args.vbuckets,
+        standalone: args.standalone,
+        fsync: match args.fsync_ms {
+            0 => FsyncPolicy::EveryBatch,
+            ms => FsyncPolicy::Interval(Duration::from_millis(ms)),
+        },
+        max_value_len: args.max_value_bytes,
+        max_connections: args.max_connections,
+    }
+    .validate()?;
+    let runtime = runtime(args.threads)?;
+    runtime.block_on(async {
+        let node = Node::start(config).await?;
+        // Tests and scripts read this line to learn the bound port.
+        println!("data {}", node.data_addr());
+        wait_for_signal().await?;
+        tracing::info!("shutting down: flushing to disk");
+        node.shutdown().await?;
+        tracing::info!("stopped cleanly");
+        Ok(())
+    })
+}
+
+fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        builder.worker_threads(n);
+    }
+    Ok(builder.enable_all().build()?)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        result = tokio::signal::ctrl_c() => result?,
     }
     Ok(())
 }

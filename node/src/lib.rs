@@ -6,10 +6,26 @@
 //! places keys with `shoal-vbmap`; it never depends on the proxy.
 //!
 //! Modules:
+//! - [`config`]: [`NodeConfig`], the validated settings `shoal node` maps
+//!   its flags onto.
+//! - [`engine`]: the in-memory KV engine — a [`engine::Bucket`] of vbuckets
+//!   with memcached item semantics, seqnos and checkpoint queues, the RAM
+//!   quota and value ejection. Synchronous, no I/O.
 //! - [`mutation`]: [`Mutation`], the unit that flows from the engine to disk
 //!   and to replicas.
+//! - [`persist`]: write-behind persistence — the on-disk record codec, the
+//!   fjall-backed store (one keyspace per bucket) and the flusher loop.
+//! - [`server`]: the data service — one port for ASCII, meta and binary
+//!   clients in front of the bucket — with warmup, the pager, the flusher
+//!   thread and graceful shutdown ([`Node`]).
 #![deny(unsafe_code)]
 
+pub mod config;
+pub mod engine;
 pub mod mutation;
+pub mod persist;
+pub mod server;
 
+pub use config::NodeConfig;
 pub use mutation::{Mutation, MutationKind, VbucketId};
+pub use server::{Node, NodeError};

@@ -10,6 +10,10 @@ pub type VbucketId = u16;
 /// A server's position in the server list that goes with a map.
 pub type ServerIdx = u16;
 
+/// Most replicas a map may have. Couchbase allows 3; the bound exists so a
+/// hostile config cannot make [`VbucketMap::empty`] allocate without limit.
+pub const MAX_REPLICAS: usize = 16;
+
 /// Which servers hold each vbucket. Invariant: `slots.len() == num_vbuckets *
 /// (num_replicas + 1)`, and `num_vbuckets` is a power of two.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -24,6 +28,9 @@ pub enum MapError {
     /// The vbucket count is zero or not a power of two.
     #[error("number of vbuckets must be a power of two greater than zero (got {0})")]
     VbucketCount(usize),
+    /// More replicas than [`MAX_REPLICAS`].
+    #[error("numReplicas must be at most {MAX_REPLICAS} (got {0})")]
+    Replicas(usize),
     /// A chain's length differs from `num_replicas + 1`.
     #[error("vbucket {vbucket} has {len} entries, expected {expected} (numReplicas + 1)")]
     ChainLength {
@@ -51,6 +58,9 @@ impl VbucketMap {
     pub fn empty(num_vbuckets: usize, num_replicas: usize) -> Result<Self, MapError> {
         if num_vbuckets == 0 || !num_vbuckets.is_power_of_two() || num_vbuckets > 1 << 16 {
             return Err(MapError::VbucketCount(num_vbuckets));
+        }
+        if num_replicas > MAX_REPLICAS {
+            return Err(MapError::Replicas(num_replicas));
         }
         Ok(VbucketMap {
             num_replicas,
@@ -169,6 +179,7 @@ mod tests {
             VbucketMap::from_chains(&[vec![0, 1]], 0, 2),
             Err(MapError::ChainLength { .. })
         ));
+        assert_eq!(VbucketMap::empty(4, 1000), Err(MapError::Replicas(1000)));
         assert!(matches!(
             VbucketMap::from_chains(&[vec![2]], 0, 2),
             Err(MapError::ServerIndex { server: 2, .. })

@@ -1,0 +1,113 @@
+//! [`NodeConfig`]: everything a storage node needs to start, validated once.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::persist::FsyncPolicy;
+
+/// How a node is configured (the `shoal node` flags map onto it 1:1).
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Where the node keeps its data; created if missing.
+    pub data_dir: PathBuf,
+    /// Address to bind (loopback by default).
+    pub host: IpAddr,
+    /// memcached data port; 0 lets the OS choose (tests).
+    pub port: u16,
+    /// REST admin port; 0 lets the OS choose.
+    pub admin_port: u16,
+    /// The bucket's RAM quota, MiB (`ep_max_data_size`).
+    pub ram_quota_mb: usize,
+    /// vbuckets in the bucket (a power of two).
+    pub num_vbuckets: usize,
+    /// Standalone: one bucket `default` whose vbuckets are all active here.
+    pub standalone: bool,
+    /// When written batches are made durable.
+    pub fsync: FsyncPolicy,
+    /// Largest value accepted, bytes (memcached's `-I`).
+    pub max_value_len: usize,
+    /// Most client connections at once; more wait in the accept queue.
+    pub max_connections: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: PathBuf::from("shoal-data"),
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 11210,
+            admin_port: 8091,
+            ram_quota_mb: 256,
+            num_vbuckets: 1024,
+            standalone: false,
+            fsync: FsyncPolicy::Interval(Duration::from_millis(100)),
+            max_value_len: 1024 * 1024,
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// A [`NodeConfig`] that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NodeConfigError {
+    /// `ram_quota_mb` is 0.
+    #[error("--ram-quota-mb must be at least 1")]
+    Quota,
+    /// vbucket count not a power of two in 1..=65536.
+    #[error("--vbuckets must be a power of two from 1 to 65536 (got {0})")]
+    Vbuckets(usize),
+    /// A value limit of 0 or above 20 MiB (Couchbase's document limit).
+    #[error("--max-value-bytes must be from 1 to 20971520 (got {0})")]
+    MaxValue(usize),
+    /// No connections allowed.
+    #[error("--max-connections must be at least 1")]
+    Connections,
+}
+
+impl NodeConfig {
+    /// Checks every field.
+    pub fn validate(self) -> Result<NodeConfig, NodeConfigError> {
+        if self.ram_quota_mb == 0 {
+            return Err(NodeConfigError::Quota);
+        }
+        if !self.num_vbuckets.is_power_of_two() || self.num_vbuckets > 1 << 16 {
+            return Err(NodeConfigError::Vbuckets(self.num_vbuckets));
+        }
+        if self.max_value_len == 0 || self.max_value_len > 20 * 1024 * 1024 {
+            return Err(NodeConfigError::MaxValue(self.max_value_len));
+        }
+        if self.max_connections == 0 {
+            return Err(NodeConfigError::Connections);
+        }
+        Ok(self)
+    }
+
+    /// The quota in bytes.
+    pub fn quota_bytes(&self) -> usize {
+        self.ram_quota_mb.saturating_mul(1024 * 1024)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_values() {
+        let ok = NodeConfig::default();
+        assert!(ok.clone().validate().is_ok());
+        let bad = |f: fn(&mut NodeConfig)| {
+            let mut c = ok.clone();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert_eq!(bad(|c| c.ram_quota_mb = 0), NodeConfigError::Quota);
+        assert_eq!(
+            bad(|c| c.num_vbuckets = 1000),
+            NodeConfigError::Vbuckets(1000)
+        );
+        assert_eq!(bad(|c| c.max_value_len = 0), NodeConfigError::MaxValue(0));
+        assert_eq!(bad(|c| c.max_connections = 0), NodeConfigError::Connections);
+    }
+}

@@ -1,0 +1,215 @@
+//! The classic ASCII front end: runs one parsed [`Command`] against the
+//! bucket and appends memcached 1.6's reply to the connection's output.
+//!
+//! The node computes each key's vbucket itself (libvbucket's CRC rule), so
+//! plain memcached clients can talk to a standalone node; a key whose
+//! vbucket is not active here answers `SERVER_ERROR not my vbucket`.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use shoal_protocol::ascii::{
+    encode_number, encode_value, Arith, ArithVerb, Command, Get, GetVerb, Store, StoreVerb,
+};
+
+use super::context::{Context, VERSION};
+use super::stats;
+use super::Flow;
+use crate::engine::{resolve_exptime, ArithOp, ArithRequest, EngineError, StoreMode, StoreRequest};
+
+/// Runs `cmd`, parsed from `frame`, appending its reply (if any) to `out`.
+pub(super) fn execute(ctx: &Context, frame: &[u8], cmd: &Command, out: &mut BytesMut) -> Flow {
+    let now = ctx.clock.now();
+    match cmd {
+        Command::Get(get) => {
+            retrieve(ctx, frame, get, now, out);
+            Flow::Read
+        }
+        Command::Store(store) => {
+            let result = execute_store(ctx, frame, store, now);
+            if !store.noreply {
+                match result {
+                    Ok(()) => out.put_slice(b"STORED\r\n"),
+                    Err(e) => out.put_slice(error_line(e)),
+                }
+            }
+            Flow::Wrote
+        }
+        Command::Delete(delete) => {
+            let key = delete.key.of(frame);
+            let vb = vb_of(ctx, key);
+            let result = ctx.bucket.delete(vb, key, 0, now);
+            if !delete.noreply {
+                match result {
+                    Ok(_) => out.put_slice(b"DELETED\r\n"),
+                    Err(e) => out.put_slice(error_line(e)),
+                }
+            }
+            Flow::Wrote
+        }
+        Command::Arith(arith) => {
+            let result = execute_arith(ctx, frame, arith, now);
+            if !arith.noreply {
+                match result {
+                    Ok(value) => encode_number(out, value),
+                    Err(e) => out.put_slice(error_line(e)),
+                }
+            }
+            Flow::Wrote
+        }
+        Command::Touch(touch) => {
+            let key = touch.key.of(frame);
+            let vb = vb_of(ctx, key);
+            let exptime = resolve_exptime(touch.exptime.0, now);
+            let result =
+                ctx.with_resident(vb, key, now, || ctx.bucket.touch(vb, key, exptime, now));
+            if !touch.noreply {
+                match result {
+                    Ok(_) => out.put_slice(b"TOUCHED\r\n"),
+                    Err(e) => out.put_slice(error_line(e)),
+                }
+            }
+            Flow::Wrote
+        }
+        Command::FlushAll(flush) => {
+            let deadline = if flush.delay.0 <= 0 {
+                0
+            } else {
+                resolve_exptime(flush.delay.0, now)
+            };
+            let result = super::flush_all(ctx, deadline, now);
+            if !flush.noreply {
+                match result {
+                    Ok(()) => out.put_slice(b"OK\r\n"),
+                    Err(e) => out.put_slice(error_line(e)),
+                }
+            }
+            Flow::Wrote
+        }
+        Command::Verbosity(v) => {
+            if !v.noreply {
+                out.put_slice(b"OK\r\n");
+            }
+            Flow::Read
+        }
+        Command::Stats(s) => {
+            let mut args = s.args(frame);
+            let group = args.next().map(|span| span.of(frame)).unwrap_or(b"");
+            let known = stats::write(ctx, group, |name, value| {
+                out.put_slice(b"STAT ");
+                out.put_slice(name.as_bytes());
+                out.put_u8(b' ');
+                out.put_slice(value.as_bytes());
+                out.put_slice(b"\r\n");
+            });
+            if known {
+                out.put_slice(b"END\r\n");
+            } else {
+                out.put_slice(b"ERROR\r\n");
+            }
+            Flow::Read
+        }
+        Command::Version => {
+            out.put_slice(b"VERSION ");
+            out.put_slice(VERSION.as_bytes());
+            out.put_slice(b"\r\n");
+            Flow::Read
+        }
+        Command::Quit => Flow::Close,
+    }
+}
+
+/// `get gets gat gats`: a `VALUE` block per hit, then `END`. An error on one
+/// key ends the reply with that error (as memcached does when it cannot
+/// build a reply), so the client never mistakes it for a miss.
+fn retrieve(ctx: &Context, frame: &[u8], get: &Get, now: u32, out: &mut BytesMut) {
+    let with_cas = get.verb.returns_cas();
+    let touch_to = match get.verb {
+        GetVerb::Gat { exptime } | GetVerb::Gats { exptime } => {
+            Some(resolve_exptime(exptime.0, now))
+        }
+        GetVerb::Get | GetVerb::Gets => None,
+    };
+    for span in get.keys(frame) {
+        let key = span.of(frame);
+        let vb = vb_of(ctx, key);
+        let result = match touch_to {
+            None => ctx.get(vb, key, now),
+            Some(exptime) => {
+                ctx.with_resident(vb, key, now, || ctx.bucket.gat(vb, key, exptime, now))
+            }
+        };
+        match result {
+            Ok(hit) => encode_value(out, key, hit.flags, &hit.value, with_cas.then_some(hit.cas)),
+            Err(EngineError::NotFound) => {}
+            Err(e) => {
+                out.put_slice(error_line(e));
+                return;
+            }
+        }
+    }
+    out.put_slice(b"END\r\n");
+}
+
+fn execute_store(ctx: &Context, frame: &[u8], store: &Store, now: u32) -> Result<(), EngineError> {
+    let key = store.key.of(frame);
+    let vb = vb_of(ctx, key);
+    let (mode, cas) = match store.verb {
+        StoreVerb::Set => (StoreMode::Set, 0),
+        StoreVerb::Add => (StoreMode::Add, 0),
+        StoreVerb::Replace => (StoreMode::Replace, 0),
+        StoreVerb::Append => (StoreMode::Append, 0),
+        StoreVerb::Prepend => (StoreMode::Prepend, 0),
+        // memcached treats a `cas` with unique 0 like any other mismatch
+        // candidate; the engine's "0 = no compare" must not swallow it, so
+        // 0 is sent as a value no item ever has.
+        StoreVerb::Cas { unique } => (StoreMode::Set, if unique == 0 { u64::MAX } else { unique }),
+    };
+    let req = StoreRequest {
+        mode,
+        // The one copy of a write: the item must own its bytes, not pin the
+        // connection's read buffer.
+        key: Bytes::copy_from_slice(key),
+        value: Bytes::copy_from_slice(store.value.of(frame)),
+        flags: store.flags,
+        exptime: resolve_exptime(store.exptime.0, now),
+        cas,
+    };
+    ctx.with_resident(vb, key, now, || ctx.bucket.store(vb, &req, now))
+        .map(|_| ())
+}
+
+fn execute_arith(ctx: &Context, frame: &[u8], arith: &Arith, now: u32) -> Result<u64, EngineError> {
+    let key = arith.key.of(frame);
+    let vb = vb_of(ctx, key);
+    let req = ArithRequest {
+        key: Bytes::copy_from_slice(key),
+        op: match arith.verb {
+            ArithVerb::Incr => ArithOp::Incr,
+            ArithVerb::Decr => ArithOp::Decr,
+        },
+        delta: arith.delta,
+        create: None,
+        cas: 0,
+    };
+    ctx.with_resident(vb, key, now, || ctx.bucket.arith(vb, &req, now))
+        .map(|outcome| outcome.value)
+}
+
+fn vb_of(ctx: &Context, key: &[u8]) -> u16 {
+    ctx.vbucket_of(key)
+}
+
+/// The reply line for an engine refusal, in memcached's words.
+pub(super) fn error_line(e: EngineError) -> &'static [u8] {
+    match e {
+        EngineError::NotFound => b"NOT_FOUND\r\n",
+        EngineError::Exists => b"EXISTS\r\n",
+        EngineError::NotStored => b"NOT_STORED\r\n",
+        EngineError::NonNumeric => {
+            b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
+        }
+        EngineError::NotMyVbucket => b"SERVER_ERROR not my vbucket\r\n",
+        EngineError::TooLarge => b"SERVER_ERROR object too large for cache\r\n",
+        EngineError::OutOfMemory => b"SERVER_ERROR out of memory storing object\r\n",
+        EngineError::TempFail | EngineError::ValueEjected => b"SERVER_ERROR temporary failure\r\n",
+    }
+}

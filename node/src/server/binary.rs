@@ -1,0 +1,302 @@
+//! The binary front end: runs one parsed [`Request`] against the bucket and
+//! appends memcached 1.6's reply frame to the connection's output.
+//!
+//! The vbucket comes from the request header (smart clients and the proxy
+//! compute it). Quiet opcodes follow memcached: GETQ/GETKQ/GATQ/GATKQ are
+//! silent on a miss, quiet mutations are silent on success, errors are
+//! always sent. The vbucket commands (SET/GET/DEL_VBUCKET) are what the
+//! cluster manager drives a node with.
+
+use bytes::{Bytes, BytesMut};
+use shoal_protocol::binary::{
+    counter_value, encode_response, flags_extras, vbucket_state_value, Extras, Opcode, Request,
+    RequestHeader, ResponseFields, Status, VbucketState as WireState,
+};
+
+use super::context::{Context, VERSION};
+use super::stats;
+use super::Flow;
+use crate::engine::{
+    resolve_exptime, ArithCreate, ArithOp, ArithRequest, EngineError, Hit, StoreMode, StoreRequest,
+    VbucketState,
+};
+
+/// Runs `req`, parsed from `frame`, appending its reply (if any) to `out`.
+pub(super) fn execute(ctx: &Context, frame: &[u8], req: &Request, out: &mut BytesMut) -> Flow {
+    let now = ctx.clock.now();
+    let h = &req.header;
+    let key = req.key.of(frame);
+    let vb = ctx.route(h.vbucket, key);
+    let quiet = h.opcode.is_quiet();
+    match h.opcode {
+        Opcode::Get | Opcode::GetQ | Opcode::GetK | Opcode::GetKQ => {
+            let result = ctx.get(vb, key, now);
+            retrieval_reply(out, h, key, result);
+            Flow::Read
+        }
+        Opcode::Gat | Opcode::GatQ | Opcode::GatK | Opcode::GatKQ | Opcode::Touch => {
+            let exptime = match req.extras {
+                Extras::Touch { exptime } => resolve_exptime(exptime.0, now),
+                _ => 0,
+            };
+            let result = ctx.with_resident(vb, key, now, || ctx.bucket.gat(vb, key, exptime, now));
+            retrieval_reply(out, h, key, result);
+            Flow::Wrote
+        }
+        Opcode::GetReplica => {
+            let result = ctx
+                .bucket
+                .get_replica(vb, key, now)
+                .and_then(|lookup| lookup.hit().ok_or(EngineError::TempFail));
+            retrieval_reply(out, h, key, result);
+            Flow::Read
+        }
+        Opcode::Set
+        | Opcode::SetQ
+        | Opcode::Add
+        | Opcode::AddQ
+        | Opcode::Replace
+        | Opcode::ReplaceQ
+        | Opcode::Append
+        | Opcode::AppendQ
+        | Opcode::Prepend
+        | Opcode::PrependQ => {
+            let (flags, exptime) = match req.extras {
+                Extras::Store { flags, exptime } => (flags, resolve_exptime(exptime.0, now)),
+                _ => (0, 0),
+            };
+            let mode = match h.opcode.non_quiet() {
+                Opcode::Add => StoreMode::Add,
+                Opcode::Replace => StoreMode::Replace,
+                Opcode::Append => StoreMode::Append,
+                Opcode::Prepend => StoreMode::Prepend,
+                _ => StoreMode::Set,
+            };
+            let store = StoreRequest {
+                mode,
+                // The one copy of a write: the item owns its bytes rather
+                // than pinning the connection's read buffer.
+                key: Bytes::copy_from_slice(key),
+                value: Bytes::copy_from_slice(req.value.of(frame)),
+                flags,
+                exptime,
+                cas: h.cas,
+            };
+            match ctx.with_resident(vb, key, now, || ctx.bucket.store(vb, &store, now)) {
+                Ok(m) if quiet => {
+                    let _ = m;
+                }
+                Ok(m) => reply(out, h, Status::OK, m.cas, &[], &[], &[]),
+                Err(e) => error_reply(out, h, e),
+            }
+            Flow::Wrote
+        }
+        Opcode::Delete | Opcode::DeleteQ => {
+            match ctx.bucket.delete(vb, key, h.cas, now) {
+                Ok(_) if quiet => {}
+                Ok(m) => reply(out, h, Status::OK, m.cas, &[], &[], &[]),
+                Err(e) => error_reply(out, h, e),
+            }
+            Flow::Wrote
+        }
+        Opcode::Increment | Opcode::IncrementQ | Opcode::Decrement | Opcode::DecrementQ => {
+            let (delta, initial, raw_exptime) = match req.extras {
+                Extras::Arith {
+                    delta,
+                    initial,
+                    exptime,
+                } => (delta, initial, u32::try_from(exptime.0).unwrap_or(u32::MAX)),
+                _ => (0, 0, u32::MAX),
+            };
+            let arith = ArithRequest {
+                key: Bytes::copy_from_slice(key),
+                op: match h.opcode.non_quiet() {
+                    Opcode::Increment => ArithOp::Incr,
+                    _ => ArithOp::Decr,
+                },
+                delta,
+                create: ArithCreate::from_binary(initial, raw_exptime, now),
+                cas: h.cas,
+            };
+            match ctx.with_resident(vb, key, now, || ctx.bucket.arith(vb, &arith, now)) {
+                Ok(_) if quiet => {}
+                Ok(o) => reply(out, h, Status::OK, o.cas, &[], &[], &counter_value(o.value)),
+                Err(e) => error_reply(out, h, e),
+            }
+            Flow::Wrote
+        }
+        Opcode::Noop => {
+            reply(out, h, Status::OK, 0, &[], &[], &[]);
+            Flow::Read
+        }
+        Opcode::Version => {
+            reply(out, h, Status::OK, 0, &[], &[], VERSION.as_bytes());
+            Flow::Read
+        }
+        Opcode::Verbosity => {
+            reply(out, h, Status::OK, 0, &[], &[], &[]);
+            Flow::Read
+        }
+        Opcode::Flush | Opcode::FlushQ => {
+            let deadline = match req.extras {
+                Extras::Flush {
+                    exptime: Some(exptime),
+                } if exptime.0 > 0 => resolve_exptime(exptime.0, now),
+                _ => 0,
+            };
+            match super::flush_all(ctx, deadline, now) {
+                Ok(()) if quiet => {}
+                Ok(()) => reply(out, h, Status::OK, 0, &[], &[], &[]),
+                Err(e) => error_reply(out, h, e),
+            }
+            Flow::Wrote
+        }
+        Opcode::Stat => {
+            let known = stats::write(ctx, key, |name, value| {
+                reply(
+                    out,
+                    h,
+                    Status::OK,
+                    0,
+                    &[],
+                    name.as_bytes(),
+                    value.as_bytes(),
+                );
+            });
+            if known {
+                reply(out, h, Status::OK, 0, &[], &[], &[]);
+            } else {
+                status_reply(out, h, Status::KEY_NOT_FOUND);
+            }
+            Flow::Read
+        }
+        Opcode::Quit => {
+            reply(out, h, Status::OK, 0, &[], &[], &[]);
+            Flow::Close
+        }
+        Opcode::QuitQ => Flow::Close,
+        Opcode::SetVbucket => {
+            let state = match req.extras {
+                Extras::SetVbucket { state } => engine_state(state),
+                _ => None,
+            };
+            match state {
+                Some(state) => match super::set_vbucket_state(ctx, h.vbucket, state) {
+                    Ok(()) => reply(out, h, Status::OK, 0, &[], &[], &[]),
+                    Err(e) => error_reply(out, h, e),
+                },
+                None => status_reply(out, h, Status::INVALID_ARGUMENTS),
+            }
+            Flow::Read
+        }
+        Opcode::GetVbucket => {
+            match ctx.bucket.vbucket_state(h.vbucket) {
+                Some(state) => {
+                    let wire = WireState::from_u32(state.to_wire()).unwrap_or(WireState::Dead);
+                    reply(out, h, Status::OK, 0, &[], &[], &vbucket_state_value(wire));
+                }
+                None => status_reply(out, h, Status::NOT_MY_VBUCKET),
+            }
+            Flow::Read
+        }
+        Opcode::DelVbucket => {
+            match super::delete_vbucket(ctx, h.vbucket) {
+                Ok(()) => reply(out, h, Status::OK, 0, &[], &[], &[]),
+                Err(e) => error_reply(out, h, e),
+            }
+            Flow::Read
+        }
+        Opcode::SaslListMechs => {
+            reply(out, h, Status::OK, 0, &[], &[], b"PLAIN");
+            Flow::Read
+        }
+        Opcode::SaslAuth | Opcode::SaslStep => {
+            // A standalone node has one open bucket: every client is let in,
+            // as memcached without `-S` does. The cluster manager adds
+            // per-bucket credentials.
+            reply(out, h, Status::OK, 0, &[], &[], b"Authenticated");
+            Flow::Read
+        }
+        Opcode::Other(_) => {
+            status_reply(out, h, Status::UNKNOWN_COMMAND);
+            Flow::Read
+        }
+        _ => {
+            status_reply(out, h, Status::NOT_SUPPORTED);
+            Flow::Read
+        }
+    }
+}
+
+/// The reply of the GET/GAT/TOUCH family: flags as extras, the key for
+/// the K variants, the value unless it is a TOUCH.
+fn retrieval_reply(
+    out: &mut BytesMut,
+    h: &RequestHeader,
+    key: &[u8],
+    result: Result<Hit, EngineError>,
+) {
+    let op = h.opcode.non_quiet();
+    match result {
+        Ok(hit) => {
+            let extras = flags_extras(hit.flags);
+            let key = if op.reply_has_key() { key } else { &[] };
+            let value: &[u8] = if op == Opcode::Touch { &[] } else { &hit.value };
+            reply(out, h, Status::OK, hit.cas, &extras, key, value);
+        }
+        Err(EngineError::NotFound) if h.opcode.is_quiet() => {}
+        Err(EngineError::NotFound) if op.reply_has_key() => {
+            // memcached's GETK miss carries the key (and no message) so a
+            // pipelining client can tell which request missed.
+            reply(out, h, Status::KEY_NOT_FOUND, 0, &[], key, &[]);
+        }
+        Err(e) => error_reply(out, h, e),
+    }
+}
+
+fn engine_state(state: WireState) -> Option<VbucketState> {
+    VbucketState::from_wire(state.to_u32())
+}
+
+/// The status for an engine refusal.
+pub(super) fn status_of(e: EngineError) -> Status {
+    match e {
+        EngineError::NotFound => Status::KEY_NOT_FOUND,
+        EngineError::Exists => Status::KEY_EXISTS,
+        EngineError::NotStored => Status::NOT_STORED,
+        EngineError::NonNumeric => Status::NON_NUMERIC,
+        EngineError::NotMyVbucket => Status::NOT_MY_VBUCKET,
+        EngineError::TooLarge => Status::TOO_LARGE,
+        EngineError::OutOfMemory => Status::OUT_OF_MEMORY,
+        EngineError::TempFail | EngineError::ValueEjected => Status::TEMPORARY_FAILURE,
+    }
+}
+
+fn error_reply(out: &mut BytesMut, h: &RequestHeader, e: EngineError) {
+    status_reply(out, h, status_of(e));
+}
+
+/// An error reply with memcached's message as its body.
+fn status_reply(out: &mut BytesMut, h: &RequestHeader, status: Status) {
+    reply(out, h, status, 0, &[], &[], status.message().as_bytes());
+}
+
+fn reply(
+    out: &mut BytesMut,
+    h: &RequestHeader,
+    status: Status,
+    cas: u64,
+    extras: &[u8],
+    key: &[u8],
+    value: &[u8],
+) {
+    let fields = ResponseFields {
+        cas,
+        ..ResponseFields::reply_to(h, status)
+    };
+    // Cannot fail: keys, extras and values here are bounded by the parser's
+    // limits, far inside the header's length fields.
+    if encode_response(out, &fields, extras, key, value).is_err() {
+        tracing::error!(opcode = %h.opcode, "reply too large to encode");
+    }
+}

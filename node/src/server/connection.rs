@@ -1,0 +1,191 @@
+//! One client connection: read, parse every complete request in the
+//! buffer, run each, write all replies of the batch at once.
+//!
+//! Each request is sniffed by its first byte — 0x80 binary, `m` meta,
+//! anything else classic ASCII — so any memcached client library works on
+//! the one port. Parsing happens before reading ("parse first, read
+//! second"), a bad request is answered per [`ParseError`] (skip it, even
+//! across reads, or close), and replies for a whole pipelined batch leave in
+//! one `write`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use shoal_protocol::binary::{encode_error_response, parse_request, peek_request_header, Status};
+use shoal_protocol::{ascii, meta, ParseError, Recovery};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::context::Context;
+use super::{ascii as ascii_front, binary as binary_front, meta as meta_front, Flow};
+
+/// Initial read buffer: a few MTUs, enough for most pipelined batches of
+/// small requests without growing.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// Reserve at least this much free space before each read, so a read is
+/// never tiny (see pelikan's `TARGET_READ_SIZE`).
+const MIN_READ_SPACE: usize = 4 * 1024;
+
+/// Write out early when a batch's replies pass this size, so a long
+/// pipeline of large gets does not buffer without bound.
+const WRITE_HIGH_WATER: usize = 256 * 1024;
+
+/// Serves one client until it closes, errs, quits or the node shuts down.
+pub(super) async fn serve(
+    mut stream: TcpStream,
+    ctx: Arc<Context>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = Connection {
+        rbuf: BytesMut::with_capacity(READ_BUFFER),
+        wbuf: BytesMut::with_capacity(READ_BUFFER),
+        skip: 0,
+    };
+    loop {
+        let (flow, mutated) = conn.process(&ctx);
+        if !conn.wbuf.is_empty() {
+            if stream.write_all(&conn.wbuf).await.is_err() {
+                return;
+            }
+            ctx.stats
+                .bytes_written
+                .fetch_add(conn.wbuf.len() as u64, Ordering::Relaxed);
+            conn.wbuf.clear();
+        }
+        if mutated {
+            ctx.flusher.notify();
+        }
+        match flow {
+            Step::Close => return,
+            Step::Flushed => continue,
+            Step::NeedBytes => {}
+        }
+        conn.rbuf.reserve(MIN_READ_SPACE);
+        let read = tokio::select! {
+            read = stream.read_buf(&mut conn.rbuf) => read,
+            _ = shutdown.changed() => return,
+        };
+        match read {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                ctx.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// What the connection does after a processing pass.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Everything complete was handled: read more.
+    NeedBytes,
+    /// Replies were written out early; keep processing.
+    Flushed,
+    /// Close after writing what is buffered.
+    Close,
+}
+
+/// A connection's buffers, kept apart from the socket so the processing
+/// loop is synchronous and testable.
+struct Connection {
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// Bytes still to discard from earlier errors (an oversized value's
+    /// data block), possibly beyond what has arrived.
+    skip: usize,
+}
+
+impl Connection {
+    /// Handles every complete request in `rbuf`; returns the next step and
+    /// whether anything was written to the bucket.
+    fn process(&mut self, ctx: &Context) -> (Step, bool) {
+        let mut mutated = false;
+        loop {
+            if self.skip > 0 {
+                let n = self.skip.min(self.rbuf.len());
+                self.rbuf.advance(n);
+                self.skip -= n;
+                if self.skip > 0 {
+                    return (Step::NeedBytes, mutated);
+                }
+            }
+            if self.rbuf.is_empty() {
+                return (Step::NeedBytes, mutated);
+            }
+            match self.one(ctx) {
+                Some(Flow::Read) => {}
+                Some(Flow::Wrote) => mutated = true,
+                Some(Flow::Close) => return (Step::Close, mutated),
+                None => return (Step::NeedBytes, mutated),
+            }
+            if self.wbuf.len() >= WRITE_HIGH_WATER {
+                return (Step::Flushed, mutated);
+            }
+        }
+    }
+
+    /// Parses and runs the request at the front of `rbuf`; `None` when it
+    /// is incomplete.
+    fn one(&mut self, ctx: &Context) -> Option<Flow> {
+        let buf = &self.rbuf[..];
+        let limits = &ctx.limits;
+        let (flow, used) = match buf[0] {
+            0x80 => match parse_request(buf, limits) {
+                Ok(Some((req, used))) => (
+                    binary_front::execute(ctx, &buf[..used], &req, &mut self.wbuf),
+                    used,
+                ),
+                Ok(None) => return None,
+                Err(e) => return Some(self.binary_error(ctx, e)),
+            },
+            b'm' => match meta::parse_meta(buf, limits) {
+                Ok(Some((cmd, used))) => (
+                    meta_front::execute(ctx, &buf[..used], &cmd, &mut self.wbuf),
+                    used,
+                ),
+                Ok(None) => return None,
+                Err(e) => return Some(self.text_error(ctx, e)),
+            },
+            _ => match ascii::parse_command(buf, limits) {
+                Ok(Some((cmd, used))) => (
+                    ascii_front::execute(ctx, &buf[..used], &cmd, &mut self.wbuf),
+                    used,
+                ),
+                Ok(None) => return None,
+                Err(e) => return Some(self.text_error(ctx, e)),
+            },
+        };
+        self.rbuf.advance(used);
+        Some(flow)
+    }
+
+    fn text_error(&mut self, ctx: &Context, e: ParseError) -> Flow {
+        ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        e.write_ascii_reply(&mut self.wbuf);
+        self.recover(e)
+    }
+
+    fn binary_error(&mut self, ctx: &Context, e: ParseError) -> Flow {
+        ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        // The header is whole whenever the parser could judge it; answer
+        // with its opcode and opaque so the client can match the error.
+        if let Some(header) = peek_request_header(&self.rbuf) {
+            encode_error_response(&mut self.wbuf, &header, Status::for_parse_error(&e));
+        }
+        self.recover(e)
+    }
+
+    fn recover(&mut self, e: ParseError) -> Flow {
+        match e.recovery {
+            Recovery::Skip(n) => {
+                self.skip = n;
+                Flow::Read
+            }
+            Recovery::Close => Flow::Close,
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! `stats` groups, shared by the ASCII and binary front ends: the general
+//! group (memcached's server counters, the engine's counters and the
+//! persistence counters under Couchbase's `ep_*` names), `settings`,
+//! `vbucket`, and `warmup`.
+
+use std::sync::atomic::Ordering;
+
+use super::context::{Context, VERSION};
+
+/// Emits the stats of `group` (empty = general) through `emit`; returns
+/// false for a group this node does not know.
+pub(super) fn write(ctx: &Context, group: &[u8], mut emit: impl FnMut(&str, &str)) -> bool {
+    match group {
+        b"" => general(ctx, &mut emit),
+        b"settings" => settings(ctx, &mut emit),
+        b"vbucket" => {
+            for (vb, state) in ctx.bucket.vbucket_states() {
+                emit(&format!("vb_{vb}"), state.name());
+            }
+        }
+        b"warmup" => warmup(ctx, &mut emit),
+        _ => return false,
+    }
+    true
+}
+
+fn general(ctx: &Context, emit: &mut impl FnMut(&str, &str)) {
+    let now = ctx.clock.now();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
+    emit("pid", &std::process::id().to_string());
+    emit("uptime", &ctx.started.elapsed().as_secs().to_string());
+    emit("time", &now.to_string());
+    emit("version", VERSION);
+    emit("pointer_size", &(usize::BITS).to_string());
+    emit("curr_connections", &load(&ctx.stats.curr_connections));
+    emit("total_connections", &load(&ctx.stats.total_connections));
+    emit("bytes_read", &load(&ctx.stats.bytes_read));
+    emit("bytes_written", &load(&ctx.stats.bytes_written));
+    emit("bg_fetches", &load(&ctx.stats.bg_fetches));
+    emit("ep_bg_fetched", &load(&ctx.stats.bg_fetches));
+    emit("protocol_errors", &load(&ctx.stats.protocol_errors));
+    emit(
+        "limit_maxbytes",
+        &ctx.bucket.config().quota_bytes.to_string(),
+    );
+    emit(
+        "threads",
+        &std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .to_string(),
+    );
+    for (name, value) in ctx.bucket.stats() {
+        emit(name, &value.to_string());
+    }
+    let flusher = ctx.flusher.stats();
+    emit("ep_flusher_todo", &flusher.flusher_todo.to_string());
+    emit("ep_flusher_batches", &flusher.batches.to_string());
+    emit("ep_total_persisted", &flusher.items_written.to_string());
+    emit(
+        "ep_flusher_bytes_written",
+        &flusher.bytes_written.to_string(),
+    );
+    emit(
+        "ep_flusher_last_batch_us",
+        &flusher.last_batch_duration.as_micros().to_string(),
+    );
+    emit("ep_item_flush_failed", &flusher.write_errors.to_string());
+    // "Items waiting for disk": queued in the engine plus drained by the
+    // flusher but not yet written.
+    let queue = ctx.bucket.queue_len() as u64 + flusher.flusher_todo;
+    emit("ep_diskqueue_items", &queue.to_string());
+    warmup(ctx, emit);
+    let (high, persisted) = seqno_totals(ctx);
+    emit("ep_high_seqno_total", &high.to_string());
+    emit("ep_persisted_seqno_total", &persisted.to_string());
+}
+
+fn warmup(ctx: &Context, emit: &mut impl FnMut(&str, &str)) {
+    let done = ctx.warmup_done.load(Ordering::Acquire);
+    emit(
+        "ep_warmup_thread",
+        if done { "complete" } else { "running" },
+    );
+    emit(
+        "ep_warmup_count",
+        &ctx.warmup_count.load(Ordering::Relaxed).to_string(),
+    );
+}
+
+fn settings(ctx: &Context, emit: &mut impl FnMut(&str, &str)) {
+    let config = ctx.bucket.config();
+    emit("maxbytes", &config.quota_bytes.to_string());
+    emit("item_size_max", &config.max_value_len.to_string());
+    emit("num_vbuckets", &config.num_vbuckets.to_string());
+    emit("key_max_length", &ctx.limits.max_key_len.to_string());
+    emit("max_line_length", &ctx.limits.max_line_len.to_string());
+    emit("cas_enabled", "yes");
+    emit("evictions", "off");
+}
+
+/// Sums of the high and persisted seqnos over every vbucket: equal when
+/// everything acknowledged is on disk.
+fn seqno_totals(ctx: &Context) -> (u64, u64) {
+    let n = ctx.bucket.config().num_vbuckets;
+    (0..n).fold((0, 0), |(high, persisted), vb| {
+        let vb = vb as u16;
+        (
+            high + ctx.bucket.high_seqno(vb).unwrap_or(0),
+            persisted + ctx.bucket.persisted_seqno(vb).unwrap_or(0),
+        )
+    })
+}

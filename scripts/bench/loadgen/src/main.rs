@@ -1,0 +1,139 @@
+//! `shoal-loadgen`: parses arguments, builds the runtime, runs, prints one
+//! JSON object on stdout and a summary line on stderr.
+//!
+//! Exit status: 0 for a clean run; 1 when the run could not take place
+//! (invalid settings, no server, failed preload); 2 for a command-line
+//! usage error (clap's own status); 3 when it ran but saw errors or lost
+//! connections (the JSON is still printed, and says which).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use shoal_loadgen::{parse_duration, Config, Protocol};
+
+/// Load a memcached-compatible server and report throughput, latency
+/// percentiles and reply errors.
+#[derive(Debug, Parser)]
+#[command(name = "shoal-loadgen", version, about)]
+struct Args {
+    /// Server address, host:port.
+    #[arg(long, default_value = "127.0.0.1:11211")]
+    server: String,
+    /// Wire protocol: ascii or binary.
+    #[arg(long, default_value = "ascii")]
+    protocol: Protocol,
+    /// TCP connections, all opened before the clock starts.
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// Requests in flight per connection; new ones go out together in one write.
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// Measured window ("10s", "500ms", "1.5m").
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Load applied before the window and not recorded.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Key space size: keys are the prefix followed by 0..KEYS.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// Prefix of every key.
+    #[arg(long, default_value = "shoal:")]
+    key_prefix: String,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Fraction of requests that are gets; the rest are sets.
+    #[arg(long, default_value_t = 0.9)]
+    get_ratio: f64,
+    /// Keys per get (ASCII "get k1 k2 …", binary GETKQ… NOOP).
+    #[arg(long, default_value_t = 1)]
+    multiget: usize,
+    /// Total requests per second for an open loop, with latency measured from
+    /// each request's intended send time; 0 = closed loop.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Tokio worker threads. The default, 1, runs everything on one thread
+    /// and leaves the machine's other core to the server under test; raise it
+    /// only when `loadgen_cpu` in the report is near the thread count.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Set every key once (pipelined) before warmup, so every get should hit.
+    #[arg(long)]
+    preload: bool,
+    /// Seed for key and verb choice (runs with the same seed send the same requests).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+impl Args {
+    fn into_config(self) -> Config {
+        Config {
+            server: self.server,
+            protocol: self.protocol,
+            connections: self.connections,
+            pipeline: self.pipeline,
+            duration: self.duration,
+            warmup: self.warmup,
+            keys: self.keys,
+            key_prefix: self.key_prefix,
+            value_size: self.value_size,
+            get_ratio: self.get_ratio,
+            multiget: self.multiget,
+            rate: self.rate,
+            threads: self.threads,
+            preload: self.preload,
+            seed: self.seed,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let config = match Args::parse().into_config().validate() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("shoal-loadgen: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let runtime = if config.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("shoal-loadgen: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let report = match runtime.block_on(shoal_loadgen::run(&config)) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("shoal-loadgen: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match serde_json::to_string(&report) {
+        Ok(json) => println!("{json}"),
+        Err(e) => {
+            eprintln!("shoal-loadgen: cannot encode the report: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    eprintln!("shoal-loadgen: {}", report.summary());
+    if report.errors > 0 || report.connections_lost > 0 {
+        if let Some(first) = &report.first_error {
+            eprintln!("shoal-loadgen: first error: {first}");
+        }
+        return ExitCode::from(3);
+    }
+    ExitCode::SUCCESS
+}
