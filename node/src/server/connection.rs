@@ -78,6 +78,55 @@ pub(super) async fn serve(
     }
 }
 
+/// Runs a whole byte stream through one connection's request handling, with
+/// no socket: the input arrives in `chunks` (as reads would deliver it) and
+/// the replies are returned. Stops early, like a connection, at `quit` or at
+/// an error that closes the stream. For fuzzing and tests of the session
+/// logic; the bucket is whatever `ctx` holds.
+pub fn drive(ctx: &Context, chunks: &[&[u8]]) -> DriveOutcome {
+    let mut conn = Connection {
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
+        skip: 0,
+    };
+    let mut output = Vec::new();
+    for chunk in chunks {
+        conn.rbuf.extend_from_slice(chunk);
+        loop {
+            let (step, _) = conn.process(ctx);
+            output.extend_from_slice(&conn.wbuf);
+            conn.wbuf.clear();
+            match step {
+                Step::Close => {
+                    return DriveOutcome {
+                        output,
+                        closed: true,
+                        buffered: conn.rbuf.len(),
+                    }
+                }
+                Step::Flushed => continue,
+                Step::NeedBytes => break,
+            }
+        }
+    }
+    DriveOutcome {
+        output,
+        closed: false,
+        buffered: conn.rbuf.len(),
+    }
+}
+
+/// What [`drive`] saw.
+#[derive(Debug)]
+pub struct DriveOutcome {
+    /// Every reply byte, in order.
+    pub output: Vec<u8>,
+    /// The connection would have been closed.
+    pub closed: bool,
+    /// Bytes left unparsed at the end (an incomplete request).
+    pub buffered: usize,
+}
+
 /// What the connection does after a processing pass.
 #[derive(Debug, PartialEq, Eq)]
 enum Step {

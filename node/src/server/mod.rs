@@ -16,6 +16,7 @@ mod ascii;
 mod background;
 mod binary;
 mod connection;
+pub use connection::{drive, DriveOutcome};
 pub mod context;
 mod meta;
 mod stats;
@@ -34,7 +35,8 @@ use crate::config::NodeConfig;
 use crate::engine::{Bucket, BucketConfig, EngineError, VbucketState};
 use crate::mutation::VbucketId;
 use crate::persist::{Flusher, FlusherConfig, PersistError, Store, StoreOptions};
-use context::{Clock, Context, ServerStats};
+pub use context::Context;
+use context::{Clock, ServerStats};
 
 /// The one bucket a standalone node serves.
 pub const DEFAULT_BUCKET: &str = "default";
@@ -86,38 +88,7 @@ impl Node {
     /// Opens the data dir, binds the data port and starts warmup; returns
     /// as soon as the port accepts connections.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
-        std::fs::create_dir_all(&config.data_dir)?;
-        let store = Store::open(
-            &config.data_dir.join("data"),
-            StoreOptions {
-                fsync: config.fsync,
-                ..StoreOptions::default()
-            },
-        )?;
-        let bucket_store = store.bucket(DEFAULT_BUCKET)?;
-        let bucket = Bucket::try_new(BucketConfig {
-            num_vbuckets: config.num_vbuckets,
-            quota_bytes: config.quota_bytes(),
-            max_value_len: config.max_value_len,
-            ..BucketConfig::default()
-        })?;
-        bucket.set_warming_up(true);
-        let ctx = Arc::new(Context {
-            bucket,
-            store: bucket_store,
-            flusher: Flusher::new(FlusherConfig::default()),
-            limits: Limits {
-                max_value_len: config.max_value_len,
-                ..Limits::default()
-            },
-            clock: Clock::new(),
-            stats: ServerStats::default(),
-            started: Instant::now(),
-            warmup_done: AtomicBool::new(false),
-            warmup_count: AtomicU64::new(0),
-            hash_keys: config.standalone,
-        });
-
+        let (ctx, store) = open(&config)?;
         let listener = TcpListener::bind((config.host, config.port)).await?;
         let data_addr = listener.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -172,6 +143,44 @@ impl Node {
             tokio::time::timeout(Duration::from_secs(10), self.connections.acquire_many(all)).await;
         self.background.stop(&self.ctx).await
     }
+}
+
+/// Opens the data dir and builds the shared [`Context`] (bucket still
+/// warming up), without binding anything: [`Node::start`] uses it, and so do
+/// harnesses that drive sessions without sockets.
+pub fn open(config: &NodeConfig) -> Result<(Arc<Context>, Store), NodeError> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let store = Store::open(
+        &config.data_dir.join("data"),
+        StoreOptions {
+            fsync: config.fsync,
+            ..StoreOptions::default()
+        },
+    )?;
+    let bucket_store = store.bucket(DEFAULT_BUCKET)?;
+    let bucket = Bucket::try_new(BucketConfig {
+        num_vbuckets: config.num_vbuckets,
+        quota_bytes: config.quota_bytes(),
+        max_value_len: config.max_value_len,
+        ..BucketConfig::default()
+    })?;
+    bucket.set_warming_up(true);
+    let ctx = Arc::new(Context {
+        bucket,
+        store: bucket_store,
+        flusher: Flusher::new(FlusherConfig::default()),
+        limits: Limits {
+            max_value_len: config.max_value_len,
+            ..Limits::default()
+        },
+        clock: Clock::new(),
+        stats: ServerStats::default(),
+        started: Instant::now(),
+        warmup_done: AtomicBool::new(false),
+        warmup_count: AtomicU64::new(0),
+        hash_keys: config.standalone,
+    });
+    Ok((ctx, store))
 }
 
 async fn accept_loop(
