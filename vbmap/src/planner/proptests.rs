@@ -211,14 +211,18 @@ proptest! {
         prop_assert!(new_copies(&plan) <= bound, "{} copies > {bound}", new_copies(&plan));
     }
 
-    /// Removing servers from a balanced map: no surviving active moves, and
-    /// the vbuckets with no copy on a removed server that change number at
-    /// most E + M, where E is the survivors' surplus over their new shares
-    /// (actives and replicas; only a shrinking replica count or a reshuffle
-    /// of which servers carry the odd extra makes it non-zero) and M the
-    /// replica slots the removal empties. (They change only to shed surplus
-    /// or, on an augmenting path, to make room for a refilled slot; the
-    /// search prefers paths through vbuckets that change anyway.)
+    /// Removing servers from a balanced map: no surviving active moves
+    /// (provable: survivors' shares only grow, and the larger shares go to
+    /// the most loaded), and the bystanders — vbuckets with no copy on a
+    /// removed server that still change — number at most E + M. E is the
+    /// survivors' surplus over their new shares (actives and replicas; only
+    /// a shrinking replica count or a reshuffle of which servers carry the
+    /// odd extra makes it non-zero) and M the copies the removal takes away.
+    /// A bystander changes only to shed surplus or when an augmenting path
+    /// shifts one of its replicas to make room for a refilled slot, and there
+    /// is at most one path per lost copy; paths are searched through
+    /// vbuckets that change anyway first, so in practice bystanders are rare
+    /// (at most one per removal over every V, S ≤ 64, R ≤ 3 we tried).
     #[test]
     fn removing_servers_touches_their_vbuckets(
         v in any_vbuckets(),
@@ -253,7 +257,8 @@ proptest! {
                     + before.replicas(s).saturating_sub(after.replicas(s))
             })
             .sum();
-        let emptied: usize = removed.iter().map(|&s| before.replicas(s)).sum();
+        let emptied: usize =
+            removed.iter().map(|&s| before.actives(s) + before.replicas(s)).sum();
         let bystanders = plan
             .moves
             .iter()
@@ -266,9 +271,9 @@ proptest! {
     }
 
     /// Failovers then a rebalance (with up to two servers added): the target
-    /// is balanced, the moves are consistent, and every vbucket that still
-    /// had a copy keeps at least one copy in its new chain unless its chain
-    /// had to be rebuilt from scratch (never when no server is added).
+    /// is balanced, the moves are consistent, target servers keep their
+    /// actives up to their share, and, when no server is added, every
+    /// vbucket that still has a copy keeps at least one of its copies.
     #[test]
     fn rebalance_after_failovers(
         v in any_vbuckets(),
