@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run a storage node.
     Node(NodeArgs),
+    /// Run a smart proxy.
+    Proxy(ProxyArgs),
     /// Map keys to vbuckets the way libvbucket does (a debugging aid).
     Vbucket {
         /// Number of vbuckets (a power of two).
@@ -71,6 +73,42 @@ struct NodeArgs {
     threads: Option<usize>,
 }
 
+/// `shoal proxy` flags.
+#[derive(Debug, Args)]
+struct ProxyArgs {
+    /// Cluster admin URLs to stream the bucket config from (vbucket mode).
+    #[arg(long, value_delimiter = ',', conflicts_with = "servers")]
+    cluster: Vec<String>,
+    /// Bucket to serve (vbucket mode).
+    #[arg(long, default_value = "default")]
+    bucket: String,
+    /// Static ketama mode: memcached servers as host:port or host:port:weight.
+    #[arg(long, value_delimiter = ',')]
+    servers: Vec<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// memcached port for clients.
+    #[arg(long, default_value_t = 11211)]
+    port: u16,
+    /// HTTP admin port (/health, /metrics, /config).
+    #[arg(long, default_value_t = 11212)]
+    admin_port: u16,
+    /// How long a request may retry (NOT_MY_VBUCKET, node down) before a
+    /// temporary failure, ms.
+    #[arg(long, default_value_t = 2000)]
+    retry_deadline_ms: u64,
+    /// Fail a multi-get when any of its nodes stays unreachable.
+    #[arg(long)]
+    strict_multiget: bool,
+    /// Downstream connections per node.
+    #[arg(long, default_value_t = 2)]
+    connections_per_node: usize,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -84,6 +122,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Node(args) => run_node(args),
+        Command::Proxy(args) => run_proxy(args),
         Command::Vbucket { vbuckets, keys } => map_keys(vbuckets, &keys),
     };
     match result {
@@ -133,6 +172,53 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down: flushing to disk");
         node.shutdown().await?;
         tracing::info!("stopped cleanly");
+        Ok(())
+    })
+}
+
+fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    use shoal_proxy::{MapSource, Proxy, ProxyConfig};
+    use shoal_vbmap::config::ServerAddr;
+    let source = if args.servers.is_empty() {
+        MapSource::Cluster {
+            urls: args.cluster,
+            bucket: args.bucket,
+        }
+    } else {
+        let mut servers = Vec::new();
+        let mut weights = Vec::new();
+        for spec in &args.servers {
+            // host:port or host:port:weight
+            let (addr, weight) = match spec.rsplit_once(':') {
+                Some((addr, w)) if addr.contains(':') => (addr, w.parse::<u32>()?),
+                _ => (spec.as_str(), 1),
+            };
+            servers.push(
+                ServerAddr::parse(addr).map_err(|e| anyhow::anyhow!("--servers {spec:?}: {e}"))?,
+            );
+            weights.push(weight);
+        }
+        MapSource::Static { servers, weights }
+    };
+    let mut config = ProxyConfig {
+        source,
+        host: args.host,
+        port: args.port,
+        admin_port: args.admin_port,
+        retry_deadline: Duration::from_millis(args.retry_deadline_ms),
+        strict_multiget: args.strict_multiget,
+        ..ProxyConfig::default()
+    };
+    config.downstream.connections_per_node = args.connections_per_node;
+    let config = config.validate()?;
+    let runtime = runtime(args.threads)?;
+    runtime.block_on(async {
+        let proxy = Proxy::start(config).await?;
+        println!("data {}", proxy.data_addr());
+        println!("admin {}", proxy.admin_addr());
+        wait_for_signal().await?;
+        tracing::info!("draining");
+        proxy.shutdown(Duration::from_secs(10)).await;
         Ok(())
     })
 }

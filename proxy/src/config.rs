@@ -1,0 +1,162 @@
+//! [`ProxyConfig`]: the proxy's settings (the `shoal proxy` flags), checked
+//! once by [`ProxyConfig::validate`].
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use shoal_vbmap::config::ServerAddr;
+
+use crate::downstream::DownstreamConfig;
+
+/// Where the proxy's map comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapSource {
+    /// Stream a bucket's config from the cluster (any of these admin URLs,
+    /// e.g. `http://127.0.0.1:8091`).
+    Cluster {
+        /// Admin base URLs, tried in turn.
+        urls: Vec<String>,
+        /// The bucket to serve.
+        bucket: String,
+    },
+    /// A fixed ketama ring over plain memcached servers (twemproxy's job).
+    Static {
+        /// The servers.
+        servers: Vec<ServerAddr>,
+        /// Their weights (same length; 1 each by default).
+        weights: Vec<u32>,
+    },
+}
+
+/// The proxy's settings.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Where the map comes from.
+    pub source: MapSource,
+    /// Address to listen on.
+    pub host: IpAddr,
+    /// memcached port for clients; 0 lets the OS choose.
+    pub port: u16,
+    /// HTTP admin port (`/health`, `/metrics`, `/config`); 0 lets the OS
+    /// choose.
+    pub admin_port: u16,
+    /// How long a request may keep retrying (NOT_MY_VBUCKET, node down)
+    /// before the client gets a temporary failure.
+    pub retry_deadline: Duration,
+    /// Fail a whole multi-get when any of its nodes stays unreachable,
+    /// instead of returning the keys that could be fetched.
+    pub strict_multiget: bool,
+    /// Downstream pools.
+    pub downstream: DownstreamConfig,
+    /// Most client connections at once.
+    pub max_connections: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            source: MapSource::Static {
+                servers: Vec::new(),
+                weights: Vec::new(),
+            },
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 11211,
+            admin_port: 11212,
+            retry_deadline: Duration::from_millis(2000),
+            strict_multiget: false,
+            downstream: DownstreamConfig::default(),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// A [`ProxyConfig`] that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyConfigError {
+    /// Neither cluster URLs nor servers.
+    #[error("give --cluster URL[,URL…] with --bucket, or --servers host:port[,…]")]
+    NoSource,
+    /// A cluster URL that is not http://host:port.
+    #[error("cluster URL {0:?} must start with http://")]
+    Url(String),
+    /// Weights do not match servers.
+    #[error("{weights} weights for {servers} servers")]
+    Weights {
+        /// Servers given.
+        servers: usize,
+        /// Weights given.
+        weights: usize,
+    },
+    /// No connections per node.
+    #[error("connections per node must be at least 1")]
+    Connections,
+}
+
+impl ProxyConfig {
+    /// Checks every field.
+    pub fn validate(self) -> Result<ProxyConfig, ProxyConfigError> {
+        match &self.source {
+            MapSource::Cluster { urls, .. } => {
+                if urls.is_empty() {
+                    return Err(ProxyConfigError::NoSource);
+                }
+                if let Some(bad) = urls.iter().find(|u| !u.starts_with("http://")) {
+                    return Err(ProxyConfigError::Url(bad.clone()));
+                }
+            }
+            MapSource::Static { servers, weights } => {
+                if servers.is_empty() {
+                    return Err(ProxyConfigError::NoSource);
+                }
+                if weights.len() != servers.len() {
+                    return Err(ProxyConfigError::Weights {
+                        servers: servers.len(),
+                        weights: weights.len(),
+                    });
+                }
+            }
+        }
+        if self.downstream.connections_per_node == 0 {
+            return Err(ProxyConfigError::Connections);
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_sources() {
+        let base = ProxyConfig::default();
+        assert_eq!(
+            base.clone().validate().unwrap_err(),
+            ProxyConfigError::NoSource
+        );
+        let cluster = |urls: Vec<&str>| ProxyConfig {
+            source: MapSource::Cluster {
+                urls: urls.into_iter().map(String::from).collect(),
+                bucket: "default".into(),
+            },
+            ..base.clone()
+        };
+        assert!(cluster(vec!["http://127.0.0.1:8091"]).validate().is_ok());
+        assert_eq!(
+            cluster(vec!["127.0.0.1:8091"]).validate().unwrap_err(),
+            ProxyConfigError::Url("127.0.0.1:8091".into())
+        );
+        let servers = vec![ServerAddr::parse("127.0.0.1:11211").unwrap()];
+        let weights_off = ProxyConfig {
+            source: MapSource::Static {
+                servers,
+                weights: vec![],
+            },
+            ..base
+        };
+        assert!(matches!(
+            weights_off.validate(),
+            Err(ProxyConfigError::Weights { .. })
+        ));
+    }
+}

@@ -1,0 +1,420 @@
+//! Downstream: a few persistent binary connections per node, shared by every
+//! client of the proxy and multiplexed by `opaque`.
+//!
+//! A request travels as a [`Batch`]: one or more encoded binary frames whose
+//! last frame is never quiet, so its reply (the *terminator*) marks the end
+//! of the batch. Each connection has a writer (it coalesces every batch
+//! queued at that moment into one `write`) and a reader (it parses replies
+//! zero-copy, hands each to the batch at the front of a FIFO, and completes
+//! the batch at its terminator). Replies on one memcached connection come
+//! back in request order, so the FIFO plus an opaque check is all the
+//! matching needed. A connection that breaks, times out or receives a reply
+//! nobody asked for is dropped, never reused, and every batch on it learns
+//! whether it was sent ([`DownstreamError`] says which are safe to retry).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use shoal_protocol::binary::{parse_response, Response};
+use shoal_protocol::Limits;
+use shoal_vbmap::config::ServerAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+/// Downstream tuning.
+#[derive(Clone, Debug)]
+pub struct DownstreamConfig {
+    /// Connections per node; requests are spread round-robin over them.
+    pub connections_per_node: usize,
+    /// Give up connecting after this long.
+    pub connect_timeout: Duration,
+    /// A reply slower than this drops the connection.
+    pub request_timeout: Duration,
+    /// Batches queued per connection before senders wait (backpressure).
+    pub queue_depth: usize,
+    /// Limits for parsing node replies.
+    pub limits: Limits,
+}
+
+impl Default for DownstreamConfig {
+    fn default() -> Self {
+        DownstreamConfig {
+            connections_per_node: 2,
+            connect_timeout: Duration::from_millis(1000),
+            request_timeout: Duration::from_millis(2000),
+            queue_depth: 1024,
+            limits: Limits {
+                // Node replies carry values up to Couchbase's 20 MiB limit.
+                max_value_len: 20 * 1024 * 1024,
+                ..Limits::default()
+            },
+        }
+    }
+}
+
+/// Coalesce queued batches into one write up to about this many bytes.
+const WRITE_COALESCE: usize = 64 * 1024;
+
+/// Read buffer for node replies.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Longest wait between reconnect attempts to a node that refuses.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Why a batch got no reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DownstreamError {
+    /// Never written to the node (connection refused, node down, pool
+    /// closing): always safe to retry.
+    #[error("not sent: node unreachable")]
+    NotSent,
+    /// Written, but the connection failed before the reply: the outcome is
+    /// unknown, so only idempotent requests may be retried.
+    #[error("connection lost after the request was sent")]
+    Lost,
+    /// Written, and no reply within the request timeout: outcome unknown.
+    #[error("node did not reply in time")]
+    Timeout,
+}
+
+impl DownstreamError {
+    /// True if the request certainly did not reach the node.
+    pub fn not_sent(self) -> bool {
+        matches!(self, DownstreamError::NotSent)
+    }
+}
+
+/// One reply frame, owned and zero-copy: `frame` holds exactly the bytes
+/// `response`'s spans index.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// The frame's bytes.
+    pub frame: Bytes,
+    /// The parsed header and body spans.
+    pub response: Response,
+}
+
+impl Reply {
+    /// The key bytes.
+    pub fn key(&self) -> &[u8] {
+        self.response.key.of(&self.frame)
+    }
+
+    /// The value bytes, zero-copy.
+    pub fn value(&self) -> Bytes {
+        self.response.value.slice(&self.frame)
+    }
+}
+
+/// Encoded requests with the opaques of their first and terminating frame.
+#[derive(Debug)]
+pub struct Batch {
+    /// The frames, back to back.
+    pub frames: Bytes,
+    /// Opaque of the first frame.
+    pub first: u32,
+    /// Opaque of the last frame, which is never quiet.
+    pub terminator: u32,
+}
+
+/// Counters per node.
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    /// Batches sent.
+    pub batches: AtomicU64,
+    /// Batches that failed (not sent, lost or timed out).
+    pub errors: AtomicU64,
+    /// Batches in flight.
+    pub in_flight: AtomicU64,
+    /// Connections opened.
+    pub connects: AtomicU64,
+    /// Connect attempts that failed.
+    pub connect_failures: AtomicU64,
+}
+
+/// The connections to one node.
+#[derive(Debug)]
+pub struct NodePool {
+    addr: ServerAddr,
+    slots: Box<[mpsc::Sender<Queued>]>,
+    next: AtomicUsize,
+    down: Arc<AtomicBool>,
+    opaque: AtomicU32,
+    /// Counters.
+    pub stats: Arc<NodeStats>,
+}
+
+/// A batch waiting for its connection, with where its replies go.
+#[derive(Debug)]
+struct Queued {
+    batch: Batch,
+    reply: oneshot::Sender<Result<Vec<Reply>, DownstreamError>>,
+}
+
+/// A batch written (or about to be), waiting for replies.
+#[derive(Debug)]
+struct InFlight {
+    first: u32,
+    terminator: u32,
+    replies: Vec<Reply>,
+    reply: oneshot::Sender<Result<Vec<Reply>, DownstreamError>>,
+}
+
+impl NodePool {
+    /// Starts the connections to `addr` (connecting lazily in the
+    /// background). Must be called inside the tokio runtime.
+    pub fn new(addr: ServerAddr, config: &DownstreamConfig) -> Arc<NodePool> {
+        let down = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(NodeStats::default());
+        let slots = (0..config.connections_per_node.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
+                tokio::spawn(run_slot(
+                    addr.clone(),
+                    rx,
+                    config.clone(),
+                    down.clone(),
+                    stats.clone(),
+                ));
+                tx
+            })
+            .collect();
+        Arc::new(NodePool {
+            addr,
+            slots,
+            next: AtomicUsize::new(0),
+            down,
+            opaque: AtomicU32::new(1),
+            stats,
+        })
+    }
+
+    /// The node's address.
+    pub fn addr(&self) -> &ServerAddr {
+        &self.addr
+    }
+
+    /// True while the node refuses connections (its requests should wait
+    /// for a newer map rather than hammer it).
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// Reserves `n` consecutive opaques for a batch's frames.
+    pub fn opaques(&self, n: u32) -> u32 {
+        self.opaque.fetch_add(n, Ordering::Relaxed)
+    }
+
+    /// Sends a batch and waits for all its replies (the terminator's last).
+    pub async fn call(&self, batch: Batch) -> Result<Vec<Reply>, DownstreamError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let (tx, rx) = oneshot::channel();
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let sent = self.slots[i].send(Queued { batch, reply: tx }).await;
+        let result = match sent {
+            Ok(()) => rx.await.unwrap_or(Err(DownstreamError::Lost)),
+            Err(_) => Err(DownstreamError::NotSent),
+        };
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if result.is_err() {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+/// One connection slot: connects, serves until the connection fails,
+/// reconnects with backoff. While the node refuses, queued batches fail
+/// fast with [`DownstreamError::NotSent`].
+async fn run_slot(
+    addr: ServerAddr,
+    mut rx: mpsc::Receiver<Queued>,
+    config: DownstreamConfig,
+    down: Arc<AtomicBool>,
+    stats: Arc<NodeStats>,
+) {
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        // Connect only when there is something to send: an idle proxy keeps
+        // no sockets to nodes it does not use.
+        let Some(first) = rx.recv().await else { return };
+        let connected = tokio::time::timeout(
+            config.connect_timeout,
+            TcpStream::connect((addr.host.as_str(), addr.port)),
+        )
+        .await;
+        match connected {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                stats.connects.fetch_add(1, Ordering::Relaxed);
+                down.store(false, Ordering::Relaxed);
+                backoff = Duration::from_millis(20);
+                serve(stream, first, &mut rx, &config).await;
+                tracing::debug!(node = %addr, "downstream connection closed");
+            }
+            Ok(Err(_)) | Err(_) => {
+                stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                if !down.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(node = %addr, "node unreachable; marked down");
+                }
+                let _ = first.reply.send(Err(DownstreamError::NotSent));
+                // Fail whatever arrives during the backoff, then try again.
+                let until = tokio::time::Instant::now() + backoff;
+                while let Ok(Some(q)) = tokio::time::timeout_at(until, rx.recv()).await {
+                    let _ = q.reply.send(Err(DownstreamError::NotSent));
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Runs one connection until it fails.
+async fn serve(
+    stream: TcpStream,
+    first: Queued,
+    rx: &mut mpsc::Receiver<Queued>,
+    config: &DownstreamConfig,
+) {
+    let (read, mut write) = stream.into_split();
+    let (flight_tx, flight_rx) = mpsc::unbounded_channel();
+    let mut reader = tokio::spawn(read_replies(read, flight_rx, config.clone()));
+    let mut wbuf = BytesMut::with_capacity(WRITE_COALESCE);
+    let mut next = Some(first);
+    loop {
+        let queued = match next.take() {
+            Some(q) => q,
+            None => tokio::select! {
+                q = rx.recv() => match q {
+                    Some(q) => q,
+                    None => break,
+                },
+                _ = &mut reader => return,
+            },
+        };
+        wbuf.clear();
+        let mut pending = queued;
+        loop {
+            wbuf.extend_from_slice(&pending.batch.frames);
+            // Hand the batch to the reader before its bytes can be answered.
+            let flight = InFlight {
+                first: pending.batch.first,
+                terminator: pending.batch.terminator,
+                replies: Vec::new(),
+                reply: pending.reply,
+            };
+            if let Err(unsent) = flight_tx.send(flight) {
+                // The reader is gone: this batch never left.
+                let _ = unsent.0.reply.send(Err(DownstreamError::NotSent));
+                return;
+            }
+            if wbuf.len() >= WRITE_COALESCE {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(q) => pending = q,
+                Err(_) => break,
+            }
+        }
+        if write_all(&mut write, &wbuf).await.is_err() {
+            break;
+        }
+    }
+    // Writer done: the reader fails what is in flight when the socket
+    // closes; close it now.
+    drop(flight_tx);
+    drop(write);
+    let _ = reader.await;
+}
+
+async fn write_all(write: &mut OwnedWriteHalf, bytes: &[u8]) -> std::io::Result<()> {
+    write.write_all(bytes).await
+}
+
+/// The reader half: matches replies to in-flight batches, in order.
+async fn read_replies(
+    mut read: OwnedReadHalf,
+    mut flights: mpsc::UnboundedReceiver<InFlight>,
+    config: DownstreamConfig,
+) {
+    let mut queue: VecDeque<InFlight> = VecDeque::new();
+    let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
+    let failure = loop {
+        // Pick up every batch the writer has registered.
+        while let Ok(f) = flights.try_recv() {
+            queue.push_back(f);
+        }
+        // Parse every complete reply.
+        let mut broken = None;
+        loop {
+            match parse_response(&rbuf, &config.limits) {
+                Ok(Some((response, used))) => {
+                    let frame = rbuf.split_to(used).freeze();
+                    if queue.is_empty() {
+                        while let Ok(f) = flights.try_recv() {
+                            queue.push_back(f);
+                        }
+                    }
+                    let Some(front) = queue.front_mut() else {
+                        // A reply nobody asked for: this connection cannot
+                        // be trusted any more.
+                        broken = Some(DownstreamError::Lost);
+                        break;
+                    };
+                    let opaque = response.header.opaque;
+                    if opaque.wrapping_sub(front.first) > front.terminator.wrapping_sub(front.first)
+                    {
+                        broken = Some(DownstreamError::Lost);
+                        break;
+                    }
+                    front.replies.push(Reply { frame, response });
+                    if opaque == front.terminator {
+                        if let Some(done) = queue.pop_front() {
+                            let _ = done.reply.send(Ok(done.replies));
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    broken = Some(DownstreamError::Lost);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = broken {
+            break e;
+        }
+        rbuf.reserve(READ_BUFFER / 4);
+        let read_result = if queue.is_empty() {
+            tokio::select! {
+                f = flights.recv() => match f {
+                    Some(f) => { queue.push_back(f); continue; }
+                    None => return,
+                },
+                r = read.read_buf(&mut rbuf) => r,
+            }
+        } else {
+            match tokio::time::timeout(config.request_timeout, read.read_buf(&mut rbuf)).await {
+                Ok(r) => r,
+                Err(_) => break DownstreamError::Timeout,
+            }
+        };
+        match read_result {
+            Ok(0) | Err(_) => break DownstreamError::Lost,
+            Ok(_) => {}
+        }
+    };
+    flights.close();
+    while let Ok(f) = flights.try_recv() {
+        queue.push_back(f);
+    }
+    for f in queue {
+        let _ = f.reply.send(Err(failure));
+    }
+}
