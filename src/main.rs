@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
+mod up;
 use shoal_node::persist::FsyncPolicy;
 use shoal_node::{Node, NodeConfig};
 
@@ -20,6 +22,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a local cluster (nodes plus a proxy on 127.0.0.1:11211).
+    Up(up::UpArgs),
     /// Run a storage node.
     Node(NodeArgs),
     /// Run a smart proxy.
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Up(args) => up::run(args),
         Command::Node(args) => run_node(args),
         Command::Proxy(args) => run_proxy(args),
         Command::Vbucket { vbuckets, keys } => map_keys(vbuckets, &keys),
@@ -167,7 +172,11 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let node = Node::start(config).await?;
         // Tests and scripts read this line to learn the bound port.
-        println!("data {}", node.data_addr());
+        announce(&format!(
+            "data {}\nadmin {}",
+            node.data_addr(),
+            node.admin_addr()
+        ));
         wait_for_signal().await?;
         tracing::info!("shutting down: flushing to disk");
         node.shutdown().await?;
@@ -214,13 +223,25 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let runtime = runtime(args.threads)?;
     runtime.block_on(async {
         let proxy = Proxy::start(config).await?;
-        println!("data {}", proxy.data_addr());
-        println!("admin {}", proxy.admin_addr());
+        announce(&format!(
+            "data {}\nadmin {}",
+            proxy.data_addr(),
+            proxy.admin_addr()
+        ));
         wait_for_signal().await?;
         tracing::info!("draining");
         proxy.shutdown(Duration::from_secs(10)).await;
         Ok(())
     })
+}
+
+/// Prints the bound addresses for whoever started us (tests, `shoal up`).
+/// A closed stdout is not an error: the parent may stop listening.
+fn announce(lines: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{lines}");
+    let _ = out.flush();
 }
 
 fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {

@@ -6,6 +6,10 @@
 //! places keys with `shoal-vbmap`; it never depends on the proxy.
 //!
 //! Modules:
+//! - [`admin`]: the REST admin port (Couchbase's paths and JSON shapes) and
+//!   the bucket-config streams proxies and smart clients follow.
+//! - [`cluster`]: [`cluster::ClusterView`], the config the node serves and
+//!   the vbucket states it drives the engine to.
 //! - [`config`]: [`NodeConfig`], the validated settings `shoal node` maps
 //!   its flags onto.
 //! - [`engine`]: the in-memory KV engine — a [`engine::Bucket`] of vbuckets
@@ -20,6 +24,8 @@
 //!   thread and graceful shutdown ([`Node`]).
 #![deny(unsafe_code)]
 
+pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod mutation;

@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::cluster::ClusterView;
 use crate::config::NodeConfig;
 use crate::engine::{Bucket, BucketConfig, EngineError, VbucketState};
 use crate::mutation::VbucketId;
@@ -77,6 +78,9 @@ pub enum NodeError {
 pub struct Node {
     ctx: Arc<Context>,
     data_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    admin: JoinHandle<()>,
+    view: Arc<ClusterView>,
     shutdown: watch::Sender<bool>,
     accept: JoinHandle<()>,
     background: background::Background,
@@ -91,6 +95,21 @@ impl Node {
         let (ctx, store) = open(&config)?;
         let listener = TcpListener::bind((config.host, config.port)).await?;
         let data_addr = listener.local_addr()?;
+        let admin_listener = TcpListener::bind((config.host, config.admin_port)).await?;
+        let admin_addr = admin_listener.local_addr()?;
+        let view = Arc::new(ClusterView::open(
+            &config.data_dir,
+            data_addr.to_string(),
+            config.standalone,
+        ));
+        if config.standalone {
+            view.publish_standalone(
+                &config.host.to_string(),
+                data_addr.port(),
+                admin_addr.port(),
+                config.num_vbuckets,
+            );
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(config.max_connections));
         let background = background::Background::start(
@@ -99,16 +118,25 @@ impl Node {
             config.standalone,
             shutdown_rx.clone(),
         );
+        let admin = tokio::spawn(crate::admin::serve(
+            admin_listener,
+            ctx.clone(),
+            view.clone(),
+            shutdown_rx.clone(),
+        ));
         let accept = tokio::spawn(accept_loop(
             listener,
             ctx.clone(),
             connections.clone(),
             shutdown_rx,
         ));
-        tracing::info!(%data_addr, dir = %config.data_dir.display(), "node listening");
+        tracing::info!(%data_addr, %admin_addr, dir = %config.data_dir.display(), "node listening");
         Ok(Node {
             ctx,
             data_addr,
+            admin_addr,
+            admin,
+            view,
             shutdown,
             accept,
             background,
@@ -120,6 +148,16 @@ impl Node {
     /// The bound data port's address.
     pub fn data_addr(&self) -> SocketAddr {
         self.data_addr
+    }
+
+    /// The bound admin (REST) port's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The bucket config this node serves.
+    pub fn cluster_view(&self) -> &Arc<ClusterView> {
+        &self.view
     }
 
     /// The shared state (for stats and tests).
@@ -137,6 +175,7 @@ impl Node {
     pub async fn shutdown(self) -> Result<(), NodeError> {
         let _ = self.shutdown.send(true);
         let _ = self.accept.await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.admin).await;
         // Every connection holds a permit; all returned = all closed.
         let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
         let _ =
@@ -154,7 +193,7 @@ pub fn open(config: &NodeConfig) -> Result<(Arc<Context>, Store), NodeError> {
         &config.data_dir.join("data"),
         StoreOptions {
             fsync: config.fsync,
-            ..StoreOptions::default()
+            ..StoreOptions::for_quota(config.quota_bytes())
         },
     )?;
     let bucket_store = store.bucket(DEFAULT_BUCKET)?;
@@ -238,7 +277,11 @@ fn flush_all(ctx: &Context, deadline: u32, now: u32) -> Result<(), EngineError> 
 }
 
 /// SET_VBUCKET: changes the state in memory and on disk.
-fn set_vbucket_state(ctx: &Context, vb: VbucketId, state: VbucketState) -> Result<(), EngineError> {
+pub(crate) fn set_vbucket_state(
+    ctx: &Context,
+    vb: VbucketId,
+    state: VbucketState,
+) -> Result<(), EngineError> {
     ctx.bucket.set_vbucket_state(vb, state)?;
     let wire = u8::try_from(state.to_wire()).unwrap_or(u8::MAX);
     if let Err(error) = ctx.store.set_vbucket_state(vb, wire) {
