@@ -87,6 +87,16 @@ pub(super) fn execute(ctx: &Context, frame: &[u8], req: &Request, out: &mut Byte
                     let _ = m;
                 }
                 Ok(m) => reply(out, h, Status::OK, m.cas, &[], &[], &[]),
+                // memcached's binary protocol words a refused add or replace
+                // by its cause (`complete_update_bin`): ADD on a present key
+                // is "exists", REPLACE on a missing one is "not found";
+                // only append/prepend say "not stored".
+                Err(EngineError::NotStored) if mode == StoreMode::Add => {
+                    status_reply(out, h, Status::KEY_EXISTS)
+                }
+                Err(EngineError::NotStored) if mode == StoreMode::Replace => {
+                    status_reply(out, h, Status::KEY_NOT_FOUND)
+                }
                 Err(e) => error_reply(out, h, e),
             }
             Flow::Wrote
@@ -94,7 +104,9 @@ pub(super) fn execute(ctx: &Context, frame: &[u8], req: &Request, out: &mut Byte
         Opcode::Delete | Opcode::DeleteQ => {
             match ctx.bucket.delete(vb, key, h.cas, now) {
                 Ok(_) if quiet => {}
-                Ok(m) => reply(out, h, Status::OK, m.cas, &[], &[], &[]),
+                // memcached answers a delete with CAS 0: the tombstone's CAS
+                // is internal (replication), not a version a client can use.
+                Ok(_) => reply(out, h, Status::OK, 0, &[], &[], &[]),
                 Err(e) => error_reply(out, h, e),
             }
             Flow::Wrote

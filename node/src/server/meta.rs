@@ -175,11 +175,19 @@ fn ms(req: &Req<'_>, set: &MetaSet, out: &mut BytesMut) {
                 write_status(out, Status::Hd, ret.as_slice());
             }
         }
-        Err(EngineError::NotStored) => miss(req, flags, Status::Ns, out),
-        Err(EngineError::Exists) => miss(req, flags, Status::Ex, out),
-        Err(EngineError::NotFound) => miss(req, flags, Status::Nf, out),
+        Err(EngineError::NotStored) => refused_set(req, flags, Status::Ns, out),
+        Err(EngineError::Exists) => refused_set(req, flags, Status::Ex, out),
+        Err(EngineError::NotFound) => refused_set(req, flags, Status::Nf, out),
         Err(e) => out.put_slice(error_line(e)),
     }
+}
+
+/// A refused `ms`: the echoes, and `c0` for a `c` flag (nothing was
+/// written), in request order, as memcached 1.6.18 answers (`NS c0 k…`).
+fn refused_set(req: &Req<'_>, flags: &MetaFlags, status: Status, out: &mut BytesMut) {
+    let mut ret = ReturnFlags::default();
+    ret.fill(req, flags, None, Some(0));
+    write_status(out, status, ret.as_slice());
 }
 
 fn md(req: &Req<'_>, delete: &MetaDelete, out: &mut BytesMut) {
@@ -220,6 +228,18 @@ fn ma(req: &Req<'_>, arith: &MetaArith, out: &mut BytesMut) {
     let result = ctx.with_resident(vb, key, now, || ctx.bucket.arith(vb, &request, now));
     match result {
         Ok(outcome) => {
+            // `T<ttl>` gives the counter a new TTL once the change is made
+            // (memcached sets it while writing the reply, under the item
+            // lock; here it is a touch right after, which keeps the CAS).
+            // Where memcached lets the later of `T` and `N` win on a
+            // created counter, or a `t` before `T` read the old TTL, `T`
+            // wins here and `t` reads the new one.
+            if let Some(ttl) = flags.ttl() {
+                let exptime = resolve_exptime(ttl.0, now);
+                // The change is acknowledged whatever happens here: a
+                // delete that slipped in between leaves nothing to touch.
+                let _ = ctx.with_resident(vb, key, now, || ctx.bucket.touch(vb, key, exptime, now));
+            }
             let mut ret = ReturnFlags::default();
             // `t` wants the counter's TTL, which the engine does not return
             // with the outcome; read it back under the same clock.
@@ -228,6 +248,9 @@ fn ma(req: &Req<'_>, arith: &MetaArith, out: &mut BytesMut) {
                 .then(|| ctx.get(vb, key, now).ok())
                 .flatten();
             ret.fill(req, flags, hit.as_ref(), Some(outcome.cas));
+            // memcached's `ma` returns `c`, `t` and the echoes only: `f`
+            // and `s` are `mg`'s.
+            ret.keep(|flag| !matches!(flag, ReturnFlag::ClientFlags(_) | ReturnFlag::Size(_)));
             if flags.has(Flag::ReturnValue) {
                 let mut digits = itoa_buf(outcome.value);
                 write_value(out, ret.as_slice(), digits.as_bytes_mut());
@@ -313,6 +336,18 @@ impl<'a> ReturnFlags<'a> {
                 }
             }
         }
+    }
+
+    /// Drops the collected flags `wanted` refuses, keeping the order.
+    fn keep(&mut self, wanted: impl Fn(&ReturnFlag<'a>) -> bool) {
+        let mut len = 0;
+        for i in 0..self.len {
+            if wanted(&self.flags[i]) {
+                self.flags[len] = self.flags[i];
+                len += 1;
+            }
+        }
+        self.len = len;
     }
 
     fn as_slice(&self) -> &[ReturnFlag<'a>] {

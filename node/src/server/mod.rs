@@ -210,6 +210,10 @@ pub fn open(config: &NodeConfig) -> Result<(Arc<Context>, Store), NodeError> {
         flusher: Flusher::new(FlusherConfig::default()),
         limits: Limits {
             max_value_len: config.max_value_len,
+            // memcached reads a `get` line of any length and clients rely
+            // on it (pymemcache sends a whole `get_many` as one line); 1 MiB
+            // is ~80k short keys and still bounds a line without CRLF.
+            max_line_len: 1024 * 1024,
             ..Limits::default()
         },
         clock: Clock::new(),
