@@ -37,7 +37,8 @@ pub struct DownstreamConfig {
     pub request_timeout: Duration,
     /// Batches queued per connection before senders wait (backpressure).
     pub queue_depth: usize,
-    /// Limits for parsing node replies.
+    /// Limits for parsing node replies, and client requests (the
+    /// sessions parse with the same bounds).
     pub limits: Limits,
 }
 
@@ -51,6 +52,11 @@ impl Default for DownstreamConfig {
             limits: Limits {
                 // Node replies carry values up to Couchbase's 20 MiB limit.
                 max_value_len: 20 * 1024 * 1024,
+                // memcached reads a `get` line of any length ("ASCII
+                // multigets are unbound", proto_text.c) and clients rely
+                // on it: pymemcache sends a whole `get_many` as one line.
+                // 1 MiB is ~80k short keys, and less than one value.
+                max_line_len: 1024 * 1024,
                 ..Limits::default()
             },
         }

@@ -39,7 +39,11 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, cmd: &Command) -> Ou
             let results = multi_get(shared, &keys, quiet_opcode, extras).await;
             let with_cas = get.verb.returns_cas();
             let failed = results.iter().any(|r| matches!(r, KeyResult::Failed(_)));
-            if failed && shared.config.strict_multiget {
+            // Leaving out the keys that failed is only honest when some
+            // key got an answer: a get whose every key failed (a
+            // single-key get of a down node) would read as a miss.
+            let all_failed = results.iter().all(|r| matches!(r, KeyResult::Failed(_)));
+            if failed && (shared.config.strict_multiget || all_failed) {
                 shared.stats.errors.fetch_add(1, Ordering::Relaxed);
                 out.put_slice(b"SERVER_ERROR temporary failure\r\n");
                 return Outcome::Reply(out);

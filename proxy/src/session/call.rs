@@ -190,6 +190,9 @@ pub async fn multi_get(
     }
     let mut results: Vec<Option<KeyResult>> = (0..keys.len()).map(|_| None).collect();
     let mut retry: Vec<usize> = Vec::new();
+    // Whether a key is in `retry`: a lookup per key, not a scan of `retry`
+    // (quadratic in a large multi-get whose node says NOT_MY_VBUCKET).
+    let mut retrying = vec![false; keys.len()];
 
     // Group distinct keys per server.
     let mut groups: FxHashMap<ServerIdx, Vec<usize>> = FxHashMap::default();
@@ -233,10 +236,11 @@ pub async fn multi_get(
                             shared.stats.not_my_vbucket.fetch_add(1, Ordering::Relaxed);
                         }
                         retry.push(i);
+                        retrying[i] = true;
                     }
                 }
                 for &i in &members {
-                    if results[i].is_none() && !retry.contains(&i) {
+                    if results[i].is_none() && !retrying[i] {
                         results[i] = Some(KeyResult::Miss);
                     }
                 }
