@@ -106,7 +106,7 @@ struct ProxyArgs {
     #[arg(long)]
     strict_multiget: bool,
     /// Downstream connections per node.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     connections_per_node: usize,
     /// Worker threads (default: one per core).
     #[arg(long)]

@@ -45,7 +45,10 @@ pub struct DownstreamConfig {
 impl Default for DownstreamConfig {
     fn default() -> Self {
         DownstreamConfig {
-            connections_per_node: 2,
+            // One connection per node batches best (every request queued
+            // at a moment shares one write); more only help when a node's
+            // single connection is the bottleneck.
+            connections_per_node: 1,
             connect_timeout: Duration::from_millis(1000),
             request_timeout: Duration::from_millis(2000),
             queue_depth: 1024,
@@ -304,6 +307,12 @@ async fn serve(
                 _ = &mut reader => return,
             },
         };
+        // Let every session that is ready run before writing: what they
+        // queue meanwhile leaves in this same write. Without this, a
+        // single-threaded runtime wakes the writer after each request and
+        // sends one frame per syscall (measured: 1.00 writes per request
+        // against twemproxy's 0.12).
+        tokio::task::yield_now().await;
         wbuf.clear();
         let mut pending = queued;
         loop {

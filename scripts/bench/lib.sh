@@ -22,6 +22,26 @@
 #                                   print the table of medians and ratios B/A, then
 #                                   a markdown section for docs/benchmarks.md; fails
 #                                   when any run saw errors
+#   bench_rounds ROUNDS RESULTS WORKLOAD LABEL FN [LABEL FN]...
+#                                   like bench_ab for any number of targets; each
+#                                   round starts one target later (round 1: A B C,
+#                                   round 2: B C A, …) so no target always runs first
+#   bench_report_multi RESULTS TITLE TARGETS RATIOS [GOAL]
+#                                   medians per target and the listed ratios
+#                                   (comma lists: TARGETS a,b,c; RATIOS b/a,c/a; GOAL
+#                                   b/a marks whether b reached >= 1.0x a's ops/s at
+#                                   <= a's p99); fails when any run saw errors
+#   bench_read_addr LOG WORD [SECS] [PID]
+#                                   wait for a line "WORD host:PORT" in LOG (as
+#                                   `shoal node`/`shoal proxy` print them); print PORT
+#   bench_wait_http_ok URL [SECS] [PID]
+#                                   poll URL until it answers 2xx
+#   bench_start_nutcracker NAME SERVER...
+#                                   twemproxy (ketama, md5) over SERVER (host:port)…
+#                                   on a free port; sets NAME_port, NAME_pid
+#   bench_start_shoal NAME LOGDIR ARGS...
+#                                   `shoal ARGS… --port 0 --admin-port 0`; reads the
+#                                   ports it prints; sets NAME_port, NAME_admin, NAME_pid
 #
 # Rules from shared/TESTING.md: loopback only, ports from the OS, readiness by
 # polling (never a fixed sleep), A/B alternated in one invocation, medians of
@@ -138,6 +158,12 @@ bench_build() {
     done
     bench_log "building ${*} (release)"
     (cd "$BENCH_ROOT" && cargo build --release --quiet "${args[@]}") >&2
+    # What was built, for the report (the tree may move on during a long run).
+    BENCH_REVISION=$(git -C "$BENCH_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    if [[ -n $(git -C "$BENCH_ROOT" status --porcelain 2>/dev/null) ]]; then
+        BENCH_REVISION+=-dirty
+    fi
+    export BENCH_REVISION
     local target=${CARGO_TARGET_DIR:-$BENCH_ROOT/target}
     BENCH_LOADGEN=$target/release/shoal-loadgen
     # shellcheck disable=SC2034 # used by the scripts that source this file
@@ -175,4 +201,119 @@ bench_ab() {
 bench_report() {
     BENCH_ROOT="$BENCH_ROOT" BENCH_CONTEXT="${BENCH_CONTEXT:-}" \
         python3 "$BENCH_LIB_DIR/summarize.py" "$@"
+}
+
+# One round = every target once. Round r starts at target (r-1) mod n, so a
+# target that suffers from running right after another (a warm cache, a
+# background job's rhythm) does not always suffer.
+bench_rounds() {
+    local rounds=$1 results=$2 workload=$3
+    shift 3
+    local labels=() fns=()
+    while (($#)); do
+        labels+=("$1")
+        fns+=("$2")
+        shift 2
+    done
+    local n=${#labels[@]} round k i json
+    for ((round = 1; round <= rounds; round++)); do
+        for ((k = 0; k < n; k++)); do
+            i=$(((round - 1 + k) % n))
+            bench_log "$workload: round $round/$rounds, ${labels[i]}"
+            json=$("${fns[i]}") || json=null
+            [[ -n $json ]] || json=null
+            printf '{"workload":"%s","target":"%s","round":%d,"report":%s}\n' \
+                "$workload" "${labels[i]}" "$round" "$json" >>"$results"
+        done
+    done
+}
+
+bench_report_multi() {
+    local results=$1 title=$2 targets=$3 ratios=$4 goal=${5:-}
+    local args=(--targets "$targets" --ratios "$ratios")
+    [[ -z $goal ]] || args+=(--goal "$goal")
+    BENCH_ROOT="$BENCH_ROOT" BENCH_CONTEXT="${BENCH_CONTEXT:-}" \
+        python3 "$BENCH_LIB_DIR/summarize.py" "${args[@]}" "$results" "$title"
+}
+
+bench_read_addr() {
+    local log=$1 word=$2 secs=${3:-30} pid=${4:-}
+    local deadline=$((SECONDS + secs)) line
+    while :; do
+        line=$(grep -m1 "^$word " "$log" 2>/dev/null || true)
+        if [[ -n $line ]]; then
+            printf '%s\n' "${line##*:}"
+            return 0
+        fi
+        if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+            bench_log "process $pid exited before printing '$word': $(tail -n 5 "$log")"
+            return 1
+        fi
+        if ((SECONDS >= deadline)); then
+            bench_log "no '$word' line in $log within ${secs}s"
+            return 1
+        fi
+        sleep 0.05
+    done
+}
+
+bench_wait_http_ok() {
+    local url=$1 secs=${2:-30} pid=${3:-}
+    local deadline=$((SECONDS + secs))
+    until curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
+        if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+            bench_log "process $pid exited before $url answered"
+            return 1
+        fi
+        if ((SECONDS >= deadline)); then
+            bench_log "$url did not answer 2xx within ${secs}s"
+            return 1
+        fi
+        sleep 0.05
+    done
+}
+
+# twemproxy 0.5 as Debian ships it: one pool, memcache ASCII, ketama over
+# MD5 (its libmemcached-compatible ring), weight 1 each, hosts never ejected.
+bench_start_nutcracker() {
+    local name=$1 dir port stats attempt server
+    shift
+    dir=$(bench_tmpdir)
+    for attempt in 1 2 3; do
+        port=$(bench_free_port)
+        stats=$(bench_free_port)
+        {
+            printf 'shoal:\n  listen: 127.0.0.1:%s\n' "$port"
+            printf '  hash: md5\n  distribution: ketama\n  auto_eject_hosts: false\n'
+            printf '  server_connections: 1\n  servers:\n'
+            for server in "$@"; do
+                printf '   - %s:1\n' "$server"
+            done
+        } >"$dir/nutcracker.yml"
+        bench_spawn "$dir/nutcracker.out" nutcracker -c "$dir/nutcracker.yml" \
+            -s "$stats" -a 127.0.0.1 -o "$dir/nutcracker.log"
+        if bench_wait_for_port "$port" 10 "$BENCH_PID"; then
+            printf -v "${name}_port" '%s' "$port"
+            printf -v "${name}_pid" '%s' "$BENCH_PID"
+            bench_log "nutcracker ($name) pid $BENCH_PID on 127.0.0.1:$port (stats $stats)"
+            return 0
+        fi
+        bench_stop "$BENCH_PID"
+        bench_log "nutcracker did not start (attempt $attempt): $(tail -n 3 "$dir/nutcracker.log" "$dir/nutcracker.out" 2>/dev/null)"
+    done
+    return 1
+}
+
+# Ports come from the OS (--port 0): no race with other processes.
+bench_start_shoal() {
+    local name=$1 logdir=$2 port admin
+    shift 2
+    bench_spawn "$logdir/$name.log" "$BENCH_SHOAL" "$@" --port 0 --admin-port 0
+    port=$(bench_read_addr "$logdir/$name.log" data 60 "$BENCH_PID") || return 1
+    admin=$(bench_read_addr "$logdir/$name.log" admin 10 "$BENCH_PID") || return 1
+    bench_wait_for_port "$port" 10 "$BENCH_PID" || return 1
+    printf -v "${name}_port" '%s' "$port"
+    printf -v "${name}_admin" '%s' "$admin"
+    printf -v "${name}_pid" '%s' "$BENCH_PID"
+    bench_log "shoal $1 ($name) pid $BENCH_PID on 127.0.0.1:$port (admin $admin)"
 }

@@ -19,7 +19,7 @@ use shoal_protocol::binary::{
 };
 use shoal_protocol::Exptime;
 
-use super::call::{fan_out, keyed, multi_get, CallError, KeyResult, Plain};
+use super::call::{fan_out, get_one, keyed, multi_get, CallError, KeyResult, Plain};
 use super::{proxy_stats, Outcome, VERSION};
 use crate::Shared;
 
@@ -36,7 +36,11 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, cmd: &Command) -> Ou
                 }
             };
             let extras = extras.as_ref().map_or(&[][..], |e| &e[..]);
-            let results = multi_get(shared, &keys, quiet_opcode, extras).await;
+            // A single key skips the grouping and the NOOP fence.
+            let results = match keys[..] {
+                [key] => vec![get_one(shared, key, quiet_opcode.non_quiet(), extras).await],
+                _ => multi_get(shared, &keys, quiet_opcode, extras).await,
+            };
             let with_cas = get.verb.returns_cas();
             let failed = results.iter().any(|r| matches!(r, KeyResult::Failed(_)));
             // Leaving out the keys that failed is only honest when some

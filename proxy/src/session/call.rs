@@ -22,7 +22,6 @@ use shoal_vbmap::{ServerIdx, VbucketId};
 use tokio::time::Instant;
 
 use crate::downstream::{Batch, DownstreamError, NodePool, Reply};
-use crate::routing::Routing;
 use crate::Shared;
 
 /// How long to wait for a newer map before trying a down node again.
@@ -195,25 +194,30 @@ pub async fn multi_get(
     let mut retrying = vec![false; keys.len()];
 
     // Group distinct keys per server.
+    // Each key is hashed once: its vbucket travels with it.
     let mut groups: FxHashMap<ServerIdx, Vec<usize>> = FxHashMap::default();
+    let mut vbuckets = vec![0u16; keys.len()];
     for (i, key) in keys.iter().enumerate() {
         if slot_of[i] != i {
             continue;
         }
-        match routing.route(key).server {
+        let route = routing.route(key);
+        vbuckets[i] = route.vbucket;
+        match route.server {
             Some(server) if routing.pool(server).is_some() => {
                 groups.entry(server).or_default().push(i)
             }
             _ => retry.push(i),
         }
     }
+    let vbuckets = &vbuckets;
     let calls = groups.into_iter().map(|(server, members)| {
         let routing = routing.clone();
         async move {
             let pool = routing.pool(server).cloned();
             let outcome = match pool {
                 Some(pool) => {
-                    send_group(&routing, &pool, keys, &members, quiet_opcode, extras).await
+                    send_group(&pool, keys, vbuckets, &members, quiet_opcode, extras).await
                 }
                 None => Err(DownstreamError::NotSent),
             };
@@ -255,51 +259,58 @@ pub async fn multi_get(
             shared.refresh.notify_one();
         }
         let non_quiet = quiet_opcode.non_quiet();
-        let retried = futures_util::future::join_all(retry.iter().map(|&i| async move {
-            let request = Plain {
-                opcode: non_quiet,
-                cas: 0,
-                extras,
-                key: keys[i],
-                value: &[],
-            };
-            let result = match keyed(shared, keys[i], &request, true).await {
-                Ok(reply) if reply.response.header.status == Status::OK => KeyResult::Hit(reply),
-                Ok(reply) if reply.response.header.status == Status::KEY_NOT_FOUND => {
-                    KeyResult::Miss
-                }
-                Ok(_) => KeyResult::Failed(CallError::Unavailable),
-                Err(e) => KeyResult::Failed(e),
-            };
-            (i, result)
-        }))
+        let retried = futures_util::future::join_all(
+            retry
+                .iter()
+                .map(|&i| async move { (i, get_one(shared, keys[i], non_quiet, extras).await) }),
+        )
         .await;
         for (i, result) in retried {
             results[i] = Some(result);
         }
     }
 
-    // Duplicates share their first occurrence's result.
-    (0..keys.len())
-        .map(|i| {
-            let first = slot_of[i];
-            if first == i {
-                results[i].take().unwrap_or(KeyResult::Miss)
-            } else {
-                match &results[first] {
-                    Some(KeyResult::Hit(r)) => KeyResult::Hit(r.clone()),
-                    Some(KeyResult::Failed(e)) => KeyResult::Failed(*e),
-                    _ => KeyResult::Miss,
-                }
+    // Duplicates share their first occurrence's result (which comes
+    // earlier, so it is read before anything is moved out of it).
+    let mut out: Vec<KeyResult> = Vec::with_capacity(keys.len());
+    for i in 0..keys.len() {
+        let first = slot_of[i];
+        let result = if first == i {
+            results[i].take().unwrap_or(KeyResult::Miss)
+        } else {
+            match &out[first] {
+                KeyResult::Hit(r) => KeyResult::Hit(r.clone()),
+                KeyResult::Failed(e) => KeyResult::Failed(*e),
+                KeyResult::Miss => KeyResult::Miss,
             }
-        })
-        .collect()
+        };
+        out.push(result);
+    }
+    out
+}
+
+/// Gets one key with a plain (non-quiet) GET/GETK/GAT/GATK, idempotent,
+/// under [`keyed`]'s retry rules.
+pub async fn get_one(shared: &Shared, key: &[u8], opcode: Opcode, extras: &[u8]) -> KeyResult {
+    let request = Plain {
+        opcode,
+        cas: 0,
+        extras,
+        key,
+        value: &[],
+    };
+    match keyed(shared, key, &request, true).await {
+        Ok(reply) if reply.response.header.status == Status::OK => KeyResult::Hit(reply),
+        Ok(reply) if reply.response.header.status == Status::KEY_NOT_FOUND => KeyResult::Miss,
+        Ok(_) => KeyResult::Failed(CallError::Unavailable),
+        Err(e) => KeyResult::Failed(e),
+    }
 }
 
 async fn send_group(
-    routing: &Routing,
     pool: &Arc<NodePool>,
     keys: &[&[u8]],
+    vbuckets: &[VbucketId],
     members: &[usize],
     quiet_opcode: Opcode,
     extras: &[u8],
@@ -315,8 +326,7 @@ async fn send_group(
             key: keys[i],
             value: &[],
         };
-        let vbucket = routing.route(keys[i]).vbucket;
-        request.encode(&mut frames, vbucket, base.wrapping_add(j as u32));
+        request.encode(&mut frames, vbuckets[i], base.wrapping_add(j as u32));
     }
     let terminator = base.wrapping_add(n);
     Plain {

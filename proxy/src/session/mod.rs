@@ -59,17 +59,30 @@ enum Parsed {
 /// Serves one client until it closes, errs, quits or the proxy drains.
 pub async fn serve(stream: TcpStream, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
-    serve_io(stream, shared, shutdown).await;
+    // The socket's own halves: no lock per read and write, unlike
+    // `tokio::io::split`.
+    let (read, write) = stream.into_split();
+    run(read, write, shared, shutdown).await;
 }
 
 /// [`serve`] over any byte stream (tests and fuzzing use in-memory pipes).
-pub async fn serve_io<S>(stream: S, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
+pub async fn serve_io<S>(stream: S, shared: Arc<Shared>, shutdown: watch::Receiver<bool>)
 where
     S: AsyncRead + AsyncWrite + Send,
 {
     let (read, write) = tokio::io::split(stream);
-    tokio::pin!(read);
-    tokio::pin!(write);
+    run(read, write, shared, shutdown).await;
+}
+
+async fn run<R, W>(
+    mut read: R,
+    mut write: W,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
     let mut wbuf = BytesMut::new();
     let mut skip = 0usize;
