@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::{Bound, ControlFlow};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -44,6 +44,11 @@ struct BucketInner {
     /// grow; that serialises writers of one bucket, which is fine: a bucket
     /// has one flusher.
     seqnos: Mutex<BTreeMap<VbucketId, u64>>,
+    /// The data keyspace's memtable size (`StoreOptions::max_memtable_bytes`).
+    max_memtable_bytes: u64,
+    /// Bytes written by `write_batch` since it last sealed the memtable
+    /// (guarded by `seqnos`' lock, like the writes themselves).
+    unsealed_bytes: AtomicU64,
 }
 
 /// What [`BucketStore::warmup`] saw.
@@ -79,12 +84,15 @@ impl BucketStore {
         shared: Arc<Shared>,
         name: &str,
         large_value_threshold: Option<u32>,
+        max_memtable_bytes: u64,
     ) -> Result<BucketStore, PersistError> {
         let data = shared.db.keyspace(name, || {
-            KeyspaceCreateOptions::default().with_kv_separation(
-                large_value_threshold
-                    .map(|t| KvSeparationOptions::default().separation_threshold(t)),
-            )
+            KeyspaceCreateOptions::default()
+                .max_memtable_size(max_memtable_bytes)
+                .with_kv_separation(
+                    large_value_threshold
+                        .map(|t| KvSeparationOptions::default().separation_threshold(t)),
+                )
         })?;
         let mut seqnos = BTreeMap::new();
         for guard in shared.meta.prefix(meta_prefix(name, TAG_SEQNO)) {
@@ -101,6 +109,8 @@ impl BucketStore {
                 data,
                 shared,
                 seqnos: Mutex::new(seqnos),
+                max_memtable_bytes,
+                unsealed_bytes: AtomicU64::new(0),
             }),
         };
         for vb in interrupted {
@@ -154,6 +164,7 @@ impl BucketStore {
             .db
             .batch()
             .durability(Some(inner.shared.batch_mode));
+        let mut batch_bytes = 0u64;
         for (i, m) in mutations.iter().enumerate() {
             if newest.get(&(m.vbucket, &m.key[..])) != Some(&i) {
                 continue;
@@ -162,6 +173,7 @@ impl BucketStore {
             record::encode_key(m.vbucket, &m.key, &mut key);
             let mut value = Vec::new();
             record::encode_mutation(m, &mut value);
+            batch_bytes += (key.len() + value.len()) as u64;
             batch.insert(&inner.data, key, value);
         }
         let mut seqnos = lock(&inner.seqnos);
@@ -175,8 +187,38 @@ impl BucketStore {
         }
         batch.commit()?;
         seqnos.extend(vb_max);
-        drop(seqnos);
         inner.shared.dirty.store(true, Ordering::Release);
+        self.seal_full_memtable(batch_bytes)?;
+        drop(seqnos);
+        Ok(())
+    }
+
+    /// Seals the data keyspace's memtable once `write_batch` has put
+    /// `max_memtable_bytes` into it. fjall only *requests* that from its
+    /// worker pool when a write finds the memtable full, and the workers
+    /// may be busy flushing the previous memtable: under a steady stream of
+    /// batches the active memtable then grows by everything written during
+    /// a flush (measured: 90 MB against a 4 MiB limit), each flush of a
+    /// bigger memtable takes longer, and fjall's own brake — writers stall
+    /// at four sealed memtables — never engages. All of it is outside the
+    /// RAM quota (with key-value separation memtables hold whole values).
+    /// Sealing here, on the flusher's thread, keeps each memtable near its
+    /// size, so fjall's stall bounds the memtables at about five of them,
+    /// and the stall reaches clients as back-pressure: the engine's queue
+    /// grows inside the quota and writes get "out of memory" until the
+    /// flush catches up. `rotate_memtable` is fjall's (doc-hidden) call for
+    /// exactly this; it also runs the version GC that frees flushed
+    /// memtables.
+    fn seal_full_memtable(&self, batch_bytes: u64) -> Result<(), PersistError> {
+        let inner = &*self.inner;
+        let unsealed = inner
+            .unsealed_bytes
+            .fetch_add(batch_bytes, Ordering::Relaxed)
+            + batch_bytes;
+        if unsealed >= inner.max_memtable_bytes {
+            inner.unsealed_bytes.store(0, Ordering::Relaxed);
+            inner.data.rotate_memtable()?;
+        }
         Ok(())
     }
 

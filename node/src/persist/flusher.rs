@@ -18,9 +18,17 @@ use super::record;
 use super::PersistError;
 use crate::mutation::{Mutation, VbucketId};
 
-/// Mutations asked of `drain` per call while filling a batch: small enough
-/// that the byte budget is overshot by at most this many mutations.
+/// Most mutations asked of `drain` per call while filling a batch.
 const DRAIN_CHUNK: usize = 512;
+
+/// Mutations asked of `drain` first, before anything says how large the
+/// queued ones are. Later calls ask for about what the byte budget still
+/// holds at the average size drained so far, so a batch of large values
+/// (512 × 1 MiB) cannot overshoot `max_batch_bytes` by a whole chunk: the
+/// overshoot is at most this many values, or an average's misjudgement.
+/// Everything a batch encodes ends up in fjall's memtables, outside the
+/// RAM quota, so the byte budget is what bounds that memory.
+const FIRST_DRAIN_CHUNK: usize = 4;
 
 /// Failed attempts at the final drain before `shutdown` gives up.
 const SHUTDOWN_ATTEMPTS: u32 = 3;
@@ -50,9 +58,10 @@ pub struct FlusherConfig {
     /// `FsyncPolicy::EveryBatch`; 10k is where fjall's per-batch cost is
     /// already negligible.
     pub max_batch_items: usize,
-    /// Most encoded bytes per batch (approximate: overshoot is at most one
-    /// drain chunk), bounding the memory a batch holds twice (queue copy and
-    /// record encoding) and the journal write size.
+    /// Most encoded bytes per batch (approximate: the overshoot is a few
+    /// mutations, see `FIRST_DRAIN_CHUNK`), bounding the memory a batch
+    /// holds twice (queue copy and record encoding), the journal write size
+    /// and how far one batch can take a memtable past its size.
     pub max_batch_bytes: usize,
     /// How long the loop sleeps with no notify before draining anyway — a
     /// safety net, not the normal wake-up path.
@@ -337,7 +346,13 @@ impl Flusher {
         loop {
             let mut bytes: usize = pending.iter().map(record::encoded_len).sum();
             while pending.len() < config.max_batch_items && bytes < config.max_batch_bytes {
-                let want = DRAIN_CHUNK.min(config.max_batch_items - pending.len());
+                let by_bytes = match bytes.checked_div(pending.len()) {
+                    Some(average) => ((config.max_batch_bytes - bytes) / average.max(1)).max(1),
+                    None => FIRST_DRAIN_CHUNK,
+                };
+                let want = DRAIN_CHUNK
+                    .min(by_bytes)
+                    .min(config.max_batch_items - pending.len());
                 let chunk = drain(want);
                 let got = chunk.len();
                 bytes += chunk.iter().map(record::encoded_len).sum::<usize>();
@@ -644,6 +659,50 @@ mod tests {
         assert_eq!(flusher.flush_now(), Err(err));
         assert!(marks.lock().unwrap().is_empty());
         assert_eq!(flusher.stats().flusher_todo, 7);
+    }
+
+    /// Records the encoded size of each batch.
+    #[derive(Default)]
+    struct BatchSizes(Mutex<Vec<usize>>);
+
+    impl BatchWriter for BatchSizes {
+        fn write_batch(&self, mutations: &[Mutation]) -> Result<(), PersistError> {
+            let bytes = mutations.iter().map(record::encoded_len).sum();
+            self.0.lock().unwrap().push(bytes);
+            Ok(())
+        }
+
+        fn sync(&self) -> Result<(), PersistError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn large_values_do_not_overshoot_the_batch_byte_budget_by_a_chunk() {
+        // Regression: a batch drained 512 mutations at a time, so 1 MiB
+        // values made 512 MiB batches against a 4 MiB budget — all of it
+        // encoded again into fjall's memtables, outside the RAM quota.
+        let writer = Arc::new(BatchSizes::default());
+        let queue: Queue = Arc::default();
+        let flusher = Flusher::new(FlusherConfig {
+            idle_wait: Duration::from_secs(3600),
+            ..FlusherConfig::default()
+        });
+        let (handle, _marks) = start(&flusher, writer.clone(), &queue);
+        const VALUE: usize = 256 * 1024;
+        push(&queue, 0, 200, VALUE);
+        flusher.flush_now().unwrap();
+        assert_eq!(flusher.stats().items_written, 200);
+        let budget = FlusherConfig::default().max_batch_bytes;
+        let sizes = writer.0.lock().unwrap().clone();
+        for &size in &sizes {
+            assert!(
+                size <= budget + FIRST_DRAIN_CHUNK * (VALUE + 64),
+                "a {size}-byte batch against a {budget}-byte budget"
+            );
+        }
+        flusher.shutdown().unwrap();
+        handle.join().unwrap().unwrap();
     }
 
     #[test]

@@ -61,6 +61,16 @@ pub struct StoreOptions {
     /// large values over and over. `None` keeps everything in the tree.
     /// Only applies to buckets created after it is set.
     pub large_value_threshold: Option<u32>,
+    /// Size at which a bucket keyspace's memtable is sealed and flushed.
+    /// fjall keeps the active memtable plus up to four sealed ones per
+    /// keyspace in memory (it stalls writers at four sealed), and with key-
+    /// value separation memtables hold whole values until they are flushed,
+    /// so a keyspace's write buffer peaks near five times this (plus a
+    /// flusher batch each: `BucketStore::write_batch` seals the memtable
+    /// itself once it is full). fjall stores the size with the keyspace, so
+    /// it only applies to keyspaces created after it is set; existing
+    /// buckets still get sealed by `write_batch` at this size.
+    pub max_memtable_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -72,6 +82,29 @@ impl Default for StoreOptions {
             // Most memcached values are far smaller and stay inline; values
             // past a data block (4 KiB) are where separation pays off.
             large_value_threshold: Some(4096),
+            // fjall's own default.
+            max_memtable_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl StoreOptions {
+    /// Options whose memory fits a node with a RAM quota of `quota_bytes`:
+    /// fjall's block cache and memtables live outside the quota, and at
+    /// fjall's defaults (a 32 MiB cache, 64 MiB memtables, so up to
+    /// ~320 MiB of write buffer per keyspace) they would dwarf a small one.
+    /// The cache gets a quarter of the quota and each memtable a sixteenth
+    /// (a keyspace holds up to five, see [`StoreOptions::max_memtable_bytes`]),
+    /// within fjall's defaults and above a floor below which flushes get too
+    /// small to be worth their files.
+    pub fn for_quota(quota_bytes: usize) -> StoreOptions {
+        const MIB: u64 = 1024 * 1024;
+        let defaults = StoreOptions::default();
+        let quota = u64::try_from(quota_bytes).unwrap_or(u64::MAX);
+        StoreOptions {
+            cache_bytes: (quota / 4).clamp(4 * MIB, defaults.cache_bytes),
+            max_memtable_bytes: (quota / 16).clamp(4 * MIB, defaults.max_memtable_bytes),
+            ..defaults
         }
     }
 }
@@ -133,7 +166,12 @@ impl Store {
         let db = Database::builder(dir)
             .cache_size(options.cache_bytes)
             .open()?;
-        let meta = db.keyspace(META_KEYSPACE, KeyspaceCreateOptions::default)?;
+        // Metadata entries are tiny, but one is rewritten per vbucket per
+        // batch, so a 64 MiB memtable would take long to fill and then hold
+        // that much outside the quota; it gets the data memtables' size.
+        let meta = db.keyspace(META_KEYSPACE, || {
+            KeyspaceCreateOptions::default().max_memtable_size(options.max_memtable_bytes)
+        })?;
         let batch_mode = match options.fsync {
             FsyncPolicy::EveryBatch => PersistMode::SyncData,
             FsyncPolicy::Interval(_) | FsyncPolicy::Never => PersistMode::Buffer,
@@ -173,6 +211,7 @@ impl Store {
             self.shared.clone(),
             name,
             self.options.large_value_threshold,
+            self.options.max_memtable_bytes,
         )?;
         buckets.insert(name.to_owned(), bucket.clone());
         Ok(bucket)
@@ -386,6 +425,27 @@ mod tests {
             Store::open(dir.path(), opts),
             Err(PersistError::InvalidOptions { .. })
         ));
+    }
+
+    #[test]
+    fn fjall_memory_is_sized_from_the_quota() {
+        const MIB: u64 = 1024 * 1024;
+        let sizes = |quota_mb: usize| {
+            let o = StoreOptions::for_quota(quota_mb * 1024 * 1024);
+            (o.cache_bytes / MIB, o.max_memtable_bytes / MIB)
+        };
+        assert_eq!(sizes(64), (16, 4));
+        assert_eq!(
+            sizes(256),
+            (32, 16),
+            "the cache is capped at fjall's default"
+        );
+        assert_eq!(sizes(4096), (32, 64), "so are memtables");
+        assert_eq!(sizes(1), (4, 4), "floors");
+        assert_eq!(
+            StoreOptions::for_quota(64 << 20).fsync,
+            StoreOptions::default().fsync
+        );
     }
 
     #[test]

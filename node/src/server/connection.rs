@@ -10,6 +10,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use shoal_protocol::binary::{encode_error_response, parse_request, peek_request_header, Status};
@@ -33,6 +34,20 @@ const MIN_READ_SPACE: usize = 4 * 1024;
 /// pipeline of large gets does not buffer without bound.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 
+/// A buffer that grew past this for one large request or reply (a 1 MiB
+/// value, a long multi-get line or reply) is given back once the
+/// connection has been idle for [`IDLE_RELEASE`], instead of being kept for
+/// the rest of the connection's life: with thousands of mostly idle
+/// connections, buffers sized for their largest request ever would add up
+/// to more than the bucket's quota (memcached's `conn_shrink` does the same).
+const RETAINED_BUFFER: usize = 4 * READ_BUFFER;
+
+/// How long a connection holding grown buffers waits for its next request
+/// before giving them back. Not at once: a client pipelining large values
+/// batch after batch would have its buffers regrown (and the allocator
+/// churned) for every batch.
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
+
 /// Serves one client until it closes, errs, quits or the node shuts down.
 pub(super) async fn serve(
     mut stream: TcpStream,
@@ -40,11 +55,7 @@ pub(super) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let mut conn = Connection {
-        rbuf: BytesMut::with_capacity(READ_BUFFER),
-        wbuf: BytesMut::with_capacity(READ_BUFFER),
-        skip: 0,
-    };
+    let mut conn = Connection::new();
     loop {
         let (flow, mutated) = conn.process(&ctx);
         if !conn.wbuf.is_empty() {
@@ -65,9 +76,26 @@ pub(super) async fn serve(
             Step::NeedBytes => {}
         }
         conn.rbuf.reserve(MIN_READ_SPACE);
-        let read = tokio::select! {
-            read = stream.read_buf(&mut conn.rbuf) => read,
-            _ = shutdown.changed() => return,
+        // Right after a reserve the capacity is the whole allocation (or a
+        // lower bound of it); once bytes are consumed it no longer says.
+        conn.rbuf_grown |= conn.rbuf.capacity() > RETAINED_BUFFER;
+        let read = if conn.holds_large_buffers() {
+            // A timer only while there is something to give back, so
+            // ordinary connections pay nothing for it.
+            tokio::select! {
+                read = stream.read_buf(&mut conn.rbuf) => read,
+                () = tokio::time::sleep(IDLE_RELEASE) => {
+                    // `read_buf` is cancel-safe: nothing was read.
+                    conn.release_large_buffers();
+                    continue;
+                }
+                _ = shutdown.changed() => return,
+            }
+        } else {
+            tokio::select! {
+                read = stream.read_buf(&mut conn.rbuf) => read,
+                _ = shutdown.changed() => return,
+            }
         };
         match read {
             Ok(0) | Err(_) => return,
@@ -84,11 +112,7 @@ pub(super) async fn serve(
 /// an error that closes the stream. For fuzzing and tests of the session
 /// logic; the bucket is whatever `ctx` holds.
 pub fn drive(ctx: &Context, chunks: &[&[u8]]) -> DriveOutcome {
-    let mut conn = Connection {
-        rbuf: BytesMut::new(),
-        wbuf: BytesMut::new(),
-        skip: 0,
-    };
+    let mut conn = Connection::new();
     let mut output = Vec::new();
     for chunk in chunks {
         conn.rbuf.extend_from_slice(chunk);
@@ -146,9 +170,39 @@ struct Connection {
     /// Bytes still to discard from earlier errors (an oversized value's
     /// data block), possibly beyond what has arrived.
     skip: usize,
+    /// `rbuf` has grown past [`RETAINED_BUFFER`] since it was last
+    /// replaced.
+    rbuf_grown: bool,
 }
 
 impl Connection {
+    fn new() -> Connection {
+        Connection {
+            rbuf: BytesMut::with_capacity(READ_BUFFER),
+            wbuf: BytesMut::with_capacity(READ_BUFFER),
+            skip: 0,
+            rbuf_grown: false,
+        }
+    }
+
+    /// Whether [`Connection::release_large_buffers`] would free anything.
+    fn holds_large_buffers(&self) -> bool {
+        (self.wbuf.is_empty() && self.wbuf.capacity() > RETAINED_BUFFER)
+            || (self.rbuf.is_empty() && self.rbuf_grown)
+    }
+
+    /// Replaces an empty buffer that grew past [`RETAINED_BUFFER`] with a
+    /// fresh one of the initial size.
+    fn release_large_buffers(&mut self) {
+        if self.wbuf.is_empty() && self.wbuf.capacity() > RETAINED_BUFFER {
+            self.wbuf = BytesMut::with_capacity(READ_BUFFER);
+        }
+        if self.rbuf.is_empty() && self.rbuf_grown {
+            self.rbuf = BytesMut::with_capacity(READ_BUFFER);
+            self.rbuf_grown = false;
+        }
+    }
+
     /// Handles every complete request in `rbuf`; returns the next step and
     /// whether anything was written to the bucket.
     fn process(&mut self, ctx: &Context) -> (Step, bool) {
@@ -236,5 +290,41 @@ impl Connection {
             }
             Recovery::Close => Flow::Close,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_grown_for_one_large_request_are_given_back_once_empty() {
+        let mut conn = Connection::new();
+        // A 1 MiB value arrived and was consumed; its reply was written.
+        conn.rbuf.reserve(1024 * 1024);
+        conn.rbuf_grown |= conn.rbuf.capacity() > RETAINED_BUFFER;
+        conn.rbuf.extend_from_slice(&[b'x'; 1024 * 1024]);
+        conn.wbuf.extend_from_slice(&[b'v'; 512 * 1024]);
+        assert!(
+            !conn.holds_large_buffers(),
+            "buffers holding bytes are kept"
+        );
+        conn.release_large_buffers();
+        assert!(
+            conn.wbuf.capacity() > RETAINED_BUFFER && conn.rbuf.capacity() > RETAINED_BUFFER,
+            "buffers holding bytes are kept"
+        );
+        conn.rbuf.advance(conn.rbuf.len());
+        conn.wbuf.clear();
+        assert!(conn.holds_large_buffers());
+        conn.release_large_buffers();
+        assert!(!conn.holds_large_buffers());
+        assert_eq!(conn.wbuf.capacity(), READ_BUFFER);
+        assert_eq!(conn.rbuf.capacity(), READ_BUFFER);
+        assert!(!conn.rbuf_grown);
+        // Small buffers are left alone.
+        let before = conn.rbuf.as_ptr();
+        conn.release_large_buffers();
+        assert_eq!(conn.rbuf.as_ptr(), before);
     }
 }
