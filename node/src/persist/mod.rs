@@ -43,7 +43,7 @@ pub mod record;
 pub mod store;
 
 #[cfg(test)]
-mod testdir;
+pub(crate) mod testdir;
 
 pub use bucket::{BucketStore, ScanStats, WarmupStats};
 pub use flusher::{BatchWriter, FlushError, Flusher, FlusherConfig, FlusherStats};

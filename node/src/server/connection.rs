@@ -296,6 +296,75 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::VbucketState;
+    use crate::persist::testdir::TestDir;
+    use crate::NodeConfig;
+
+    /// A node context with every vbucket active and warmup done.
+    fn context(dir: &TestDir) -> (Arc<Context>, crate::persist::Store) {
+        let (ctx, store) = super::super::open(&NodeConfig {
+            data_dir: dir.path().to_path_buf(),
+            standalone: true,
+            num_vbuckets: 16,
+            max_value_len: 1024,
+            ..NodeConfig::default()
+        })
+        .unwrap();
+        ctx.bucket.set_warming_up(false);
+        for vb in 0..16 {
+            ctx.bucket
+                .set_vbucket_state(vb, VbucketState::Active)
+                .unwrap();
+        }
+        (ctx, store)
+    }
+
+    #[test]
+    fn every_split_of_a_session_gives_the_same_replies() {
+        let dir = TestDir::new("conn-splits");
+        let (ctx, _store) = context(&dir);
+        let mut noop = vec![0u8; 24];
+        noop[0] = 0x80;
+        noop[1] = 0x0a;
+        noop[12..16].copy_from_slice(&7u32.to_be_bytes());
+        let mut session = Vec::new();
+        session.extend_from_slice(b"set k 5 0 3\r\nabc\r\nget k\r\n");
+        // Refused for size: its data block is discarded as it arrives,
+        // across however many reads that takes.
+        session.extend_from_slice(b"set big 0 0 2000\r\n");
+        session.extend_from_slice(&[b'z'; 2000]);
+        session.extend_from_slice(b"\r\nmn\r\n");
+        session.extend_from_slice(&noop);
+        session.extend_from_slice(b"bogus\r\nversion\r\n");
+        let whole = drive(&ctx, &[&session]);
+        assert!(!whole.closed);
+        assert_eq!(whole.buffered, 0);
+        let mut want = b"STORED\r\nVALUE k 5 3\r\nabc\r\nEND\r\n\
+            SERVER_ERROR object too large for cache\r\nMN\r\n"
+            .to_vec();
+        let mut noop_reply = [0u8; 24];
+        noop_reply[0] = 0x81;
+        noop_reply[1] = 0x0a;
+        noop_reply[12..16].copy_from_slice(&7u32.to_be_bytes());
+        want.extend_from_slice(&noop_reply);
+        want.extend_from_slice(
+            format!("ERROR\r\nVERSION {}\r\n", super::super::context::VERSION).as_bytes(),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&whole.output),
+            String::from_utf8_lossy(&want)
+        );
+        // Byte by byte, and in pieces that cut through every token.
+        for size in [1, 2, 3, 7, 64, 1000] {
+            let pieces: Vec<&[u8]> = session.chunks(size).collect();
+            let split = drive(&ctx, &pieces);
+            assert_eq!(
+                (split.output, split.closed, split.buffered),
+                (whole.output.clone(), false, 0),
+                "pieces of {size} bytes"
+            );
+        }
+    }
 
     #[test]
     fn buffers_grown_for_one_large_request_are_given_back_once_empty() {
