@@ -117,10 +117,15 @@ pub(super) fn execute(ctx: &Context, frame: &[u8], cmd: &Command, out: &mut Byte
     }
 }
 
+/// Largest reply one `get` may build: replies are buffered whole before
+/// they are written, so this bounds what one request can make the node hold.
+const MAX_GET_REPLY: usize = 64 * 1024 * 1024;
+
 /// `get gets gat gats`: a `VALUE` block per hit, then `END`. An error on one
 /// key ends the reply with that error (as memcached does when it cannot
 /// build a reply), so the client never mistakes it for a miss.
 fn retrieve(ctx: &Context, frame: &[u8], get: &Get, now: u32, out: &mut BytesMut) {
+    let start = out.len();
     let with_cas = get.verb.returns_cas();
     let touch_to = match get.verb {
         GetVerb::Gat { exptime } | GetVerb::Gats { exptime } => {
@@ -138,6 +143,14 @@ fn retrieve(ctx: &Context, frame: &[u8], get: &Get, now: u32, out: &mut BytesMut
             }
         };
         match result {
+            Ok(hit) if out.len() - start + hit.value.len() > MAX_GET_REPLY => {
+                // A short line naming one large value many times would
+                // otherwise make the node buffer without bound; memcached
+                // answers the same way when it cannot build a reply.
+                out.truncate(start);
+                out.put_slice(b"SERVER_ERROR out of memory writing get response\r\n");
+                return;
+            }
             Ok(hit) => encode_value(out, key, hit.flags, &hit.value, with_cas.then_some(hit.cas)),
             Err(EngineError::NotFound) => {}
             Err(e) => {

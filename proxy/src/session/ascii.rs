@@ -23,6 +23,10 @@ use super::call::{fan_out, get_one, keyed, multi_get, CallError, KeyResult, Plai
 use super::{proxy_stats, Outcome, VERSION};
 use crate::Shared;
 
+/// Largest reply one `get` may build: replies are buffered whole before
+/// they are written, so this bounds what one request can make the proxy hold.
+const MAX_GET_REPLY: usize = 64 * 1024 * 1024;
+
 /// Runs one ASCII command parsed from `frame`.
 pub(super) async fn execute(shared: &Shared, frame: &Bytes, cmd: &Command) -> Outcome {
     let mut out = BytesMut::new();
@@ -54,6 +58,14 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, cmd: &Command) -> Ou
             }
             for (key, result) in keys.iter().zip(&results) {
                 match result {
+                    KeyResult::Hit(reply) if out.len() + reply.frame.len() > MAX_GET_REPLY => {
+                        // One short line naming a large value many times must
+                        // not make the proxy buffer without bound (memcached's
+                        // answer when it cannot build a reply).
+                        out.clear();
+                        out.put_slice(b"SERVER_ERROR out of memory writing get response\r\n");
+                        return Outcome::Reply(out);
+                    }
                     KeyResult::Hit(reply) => {
                         let flags = match reply.response.decoded {
                             Decoded::Flags(f) => f,
