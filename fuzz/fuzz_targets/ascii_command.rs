@@ -21,12 +21,15 @@
 //!   canonical form re-encodes to itself.
 #![no_main]
 
+#[path = "common/stream.rs"]
+mod stream;
+
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use shoal_protocol::ascii::{
     encode_command, parse_command, ArithVerb, Command, GetVerb, StoreVerb,
 };
-use shoal_protocol::{Exptime, Limits, Recovery, Span};
+use shoal_protocol::{Exptime, Limits, Span};
 
 /// What a command means, with its spans resolved to bytes: two commands
 /// parsed from different frames are equal when their views are.
@@ -106,10 +109,7 @@ fn check_command(cmd: &Command, frame: &[u8], limits: &Limits) {
     encode_command(&mut wire, cmd, frame);
     // The canonical line may be longer than the original (a bare LF becomes
     // CRLF), so only the line limit is relaxed for the re-parse.
-    let relaxed = Limits {
-        max_line_len: limits.max_line_len.saturating_mul(2),
-        ..*limits
-    };
+    let relaxed = stream::relaxed(limits);
     let (again, used) = match parse_command(&wire, &relaxed) {
         Ok(Some(parsed)) => parsed,
         other => panic!("re-encoded {wire:?} parsed as {other:?}"),
@@ -121,60 +121,10 @@ fn check_command(cmd: &Command, frame: &[u8], limits: &Limits) {
     assert_eq!(twice, wire, "the canonical form is not a fixed point");
 }
 
-/// Parse `data` as a pipelined stream until it needs more or must close.
-fn drive(data: &[u8], limits: &Limits) {
-    let mut at = 0;
-    let mut parses = 0;
-    while at <= data.len() {
-        parses += 1;
-        assert!(parses <= data.len() + 1, "more parses than input bytes");
-        let rest = &data[at..];
-        match parse_command(rest, limits) {
-            Ok(Some((cmd, used))) => {
-                assert!(
-                    used > 0 && used <= rest.len(),
-                    "consumed {used} of {}",
-                    rest.len()
-                );
-                check_command(&cmd, &rest[..used], limits);
-                at += used;
-            }
-            Ok(None) => {
-                let bound = limits.max_line_len + limits.max_value_len + 2;
-                assert!(
-                    rest.len() < bound,
-                    "still waiting with {} bytes",
-                    rest.len()
-                );
-                return;
-            }
-            Err(e) => match e.recovery {
-                Recovery::Close => return,
-                Recovery::Skip(n) => {
-                    assert!(n > 0, "{e:?} would stall the stream");
-                    let swallows = e.reason == "object too large for cache";
-                    assert!(
-                        n <= rest.len() || swallows,
-                        "{e:?} skips {n} of {}",
-                        rest.len()
-                    );
-                    at = at.saturating_add(n);
-                }
-            },
-        }
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
-    let roomy = Limits {
-        max_value_len: 4096,
-        ..Limits::default()
-    };
-    let tight = Limits {
-        max_line_len: 64,
-        max_value_len: 16,
-        ..Limits::default()
-    };
-    drive(data, &roomy);
-    drive(data, &tight);
+    for limits in stream::limit_sets() {
+        stream::drive(data, &limits, parse_command, check_command, |e| {
+            e.reason == "object too large for cache"
+        });
+    }
 });

@@ -13,10 +13,13 @@
 //!   the encoding re-encodes to itself.
 #![no_main]
 
+#[path = "common/stream.rs"]
+mod stream;
+
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use shoal_protocol::ascii::{encode_reply, parse_reply, Reply};
-use shoal_protocol::{Limits, Recovery, Span};
+use shoal_protocol::{Limits, Span};
 
 /// What a reply means, with its spans resolved to bytes.
 #[derive(Debug, PartialEq)]
@@ -60,10 +63,7 @@ fn check_reply(reply: &Reply, frame: &[u8], limits: &Limits) {
     encode_reply(&mut wire, reply, frame);
     // The encoding may be longer than the original (a bare LF becomes CRLF),
     // so only the line limit is relaxed for the re-parse.
-    let relaxed = Limits {
-        max_line_len: limits.max_line_len.saturating_mul(2),
-        ..*limits
-    };
+    let relaxed = stream::relaxed(limits);
     let (again, used) = match parse_reply(&wire, &relaxed) {
         Ok(Some(parsed)) => parsed,
         other => panic!("re-encoded {wire:?} parsed as {other:?}"),
@@ -75,54 +75,8 @@ fn check_reply(reply: &Reply, frame: &[u8], limits: &Limits) {
     assert_eq!(twice, wire, "the encoding is not a fixed point");
 }
 
-/// Parse `data` as a pipelined stream until it needs more or must close.
-fn drive(data: &[u8], limits: &Limits) {
-    let mut at = 0;
-    let mut parses = 0;
-    while at <= data.len() {
-        parses += 1;
-        assert!(parses <= data.len() + 1, "more parses than input bytes");
-        let rest = &data[at..];
-        match parse_reply(rest, limits) {
-            Ok(Some((reply, used))) => {
-                assert!(
-                    used > 0 && used <= rest.len(),
-                    "consumed {used} of {}",
-                    rest.len()
-                );
-                check_reply(&reply, &rest[..used], limits);
-                at += used;
-            }
-            Ok(None) => {
-                let bound = limits.max_line_len + limits.max_value_len + 2;
-                assert!(
-                    rest.len() < bound,
-                    "still waiting with {} bytes",
-                    rest.len()
-                );
-                return;
-            }
-            Err(e) => match e.recovery {
-                Recovery::Close => return,
-                Recovery::Skip(n) => {
-                    assert!(n > 0, "{e:?} would stall the stream");
-                    at = at.saturating_add(n);
-                }
-            },
-        }
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
-    let roomy = Limits {
-        max_value_len: 4096,
-        ..Limits::default()
-    };
-    let tight = Limits {
-        max_line_len: 64,
-        max_value_len: 16,
-        ..Limits::default()
-    };
-    drive(data, &roomy);
-    drive(data, &tight);
+    for limits in stream::limit_sets() {
+        stream::drive(data, &limits, parse_reply, check_reply, |_| true);
+    }
 });

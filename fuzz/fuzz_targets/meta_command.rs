@@ -20,10 +20,13 @@
 //!   consuming exactly the encoding; and the encoding re-encodes to itself.
 #![no_main]
 
+#[path = "common/stream.rs"]
+mod stream;
+
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use shoal_protocol::meta::{encode_meta, parse_meta, Flag, MetaCommand, MetaFlags};
-use shoal_protocol::{Exptime, Limits, Recovery, Span};
+use shoal_protocol::{Exptime, Limits, Span};
 
 /// The flags of a request with their tokens resolved to bytes.
 #[derive(Debug, PartialEq)]
@@ -127,10 +130,7 @@ fn check_command(cmd: &MetaCommand, frame: &[u8], limits: &Limits) {
     encode_meta(&mut wire, cmd, frame);
     // The encoded line may be longer than the original (a bare LF becomes
     // CRLF), so only the line limit is relaxed for the re-parse.
-    let relaxed = Limits {
-        max_line_len: limits.max_line_len.saturating_mul(2),
-        ..*limits
-    };
+    let relaxed = stream::relaxed(limits);
     let (again, used) = match parse_meta(&wire, &relaxed) {
         Ok(Some(parsed)) => parsed,
         other => panic!("re-encoded {wire:?} parsed as {other:?}"),
@@ -142,54 +142,8 @@ fn check_command(cmd: &MetaCommand, frame: &[u8], limits: &Limits) {
     assert_eq!(twice, wire, "the encoding is not a fixed point");
 }
 
-/// Parse `data` as a pipelined stream until it needs more or must close.
-fn drive(data: &[u8], limits: &Limits) {
-    let mut at = 0;
-    let mut parses = 0;
-    while at <= data.len() {
-        parses += 1;
-        assert!(parses <= data.len() + 1, "more parses than input bytes");
-        let rest = &data[at..];
-        match parse_meta(rest, limits) {
-            Ok(Some((cmd, used))) => {
-                assert!(
-                    used > 0 && used <= rest.len(),
-                    "consumed {used} of {}",
-                    rest.len()
-                );
-                check_command(&cmd, &rest[..used], limits);
-                at += used;
-            }
-            Ok(None) => {
-                let bound = limits.max_line_len + limits.max_value_len + 2;
-                assert!(
-                    rest.len() < bound,
-                    "still waiting with {} bytes",
-                    rest.len()
-                );
-                return;
-            }
-            Err(e) => match e.recovery {
-                Recovery::Close => return,
-                Recovery::Skip(n) => {
-                    assert!(n > 0, "{e:?} would stall the stream");
-                    at = at.saturating_add(n);
-                }
-            },
-        }
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
-    let roomy = Limits {
-        max_value_len: 4096,
-        ..Limits::default()
-    };
-    let tight = Limits {
-        max_line_len: 64,
-        max_value_len: 16,
-        ..Limits::default()
-    };
-    drive(data, &roomy);
-    drive(data, &tight);
+    for limits in stream::limit_sets() {
+        stream::drive(data, &limits, parse_meta, check_command, |_| true);
+    }
 });
