@@ -54,6 +54,10 @@ pub struct ParseError {
     pub reason: &'static str,
     /// How the stream continues.
     pub recovery: Recovery,
+    /// For a storage command refused as too large, its key: memcached then
+    /// unlinks the key, so no stale value outlives a write the client meant
+    /// to replace it.
+    pub key: Option<crate::Span>,
 }
 
 /// Binary status: invalid arguments.
@@ -70,6 +74,7 @@ impl ParseError {
             kind,
             reason,
             recovery: Recovery::Skip(skip),
+            key: None,
         }
     }
 
@@ -79,6 +84,15 @@ impl ParseError {
             kind,
             reason,
             recovery: Recovery::Close,
+            key: None,
+        }
+    }
+
+    /// The same error, naming the key of the refused storage command.
+    pub const fn with_key(self, key: crate::Span) -> Self {
+        ParseError {
+            key: Some(key),
+            ..self
         }
     }
 

@@ -268,7 +268,20 @@ impl Connection {
 
     fn text_error(&mut self, ctx: &Context, e: ParseError) -> Flow {
         ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        // A write refused as too large unlinks its key, as memcached does:
+        // the client meant to replace the value, so the old one must not
+        // be served afterwards.
+        let unlinked = e
+            .key
+            .and_then(|span| self.rbuf.get(span.start..span.end))
+            .map(|key| {
+                let now = ctx.clock.now();
+                ctx.bucket.delete(ctx.vbucket_of(key), key, 0, now).is_ok()
+            });
         e.write_ascii_reply(&mut self.wbuf);
+        if unlinked == Some(true) {
+            return self.recover(e).or_wrote();
+        }
         self.recover(e)
     }
 

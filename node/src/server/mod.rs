@@ -53,6 +53,16 @@ enum Flow {
     Close,
 }
 
+impl Flow {
+    /// This flow, noting that the bucket was written (unless closing).
+    fn or_wrote(self) -> Flow {
+        match self {
+            Flow::Read => Flow::Wrote,
+            other => other,
+        }
+    }
+}
+
 /// Why a node could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

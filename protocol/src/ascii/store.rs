@@ -118,12 +118,19 @@ pub(crate) fn parse(cl: &CommandLine<'_>, verb: StoreVerb) -> ParseResult<Store>
     if len > cl.limits.max_value_len {
         // Swallow the data block as memcached's conn_swallow does, even if
         // it has not arrived: the connection discards it as it comes.
-        return Err(cl.error(
+        let error = cl.error(
             ErrorKind::TooLarge,
             "object too large for cache",
             noreply,
             total,
-        ));
+        );
+        // memcached unlinks the key only for `set` (process_update_command:
+        // "avoid stale data persisting in cache because we failed alloc").
+        return Err(if verb == StoreVerb::Set {
+            error.with_key(key)
+        } else {
+            error
+        });
     }
     let Some(trailer) = cl.buf.get(value_end..total) else {
         return Ok(None);

@@ -145,7 +145,15 @@ pub(crate) fn parse(req: &Request<'_>, limits: &Limits) -> ParseResult<MetaSet> 
         return Err(bad("opaque token too long"));
     }
     if datalen > limits.max_value_len {
-        return Err(swallow(ErrorKind::TooLarge, "object too large for cache"));
+        let error = swallow(ErrorKind::TooLarge, "object too large for cache");
+        // memcached unlinks the key for the plain set mode only; a base64
+        // key would need decoding to name the item, so it is left alone.
+        let set_mode = matches!(parsed.flags.mode(), None | Some(b'S') | Some(b's'));
+        return Err(if set_mode && !parsed.base64 {
+            error.with_key(key)
+        } else {
+            error
+        });
     }
     let Some(block) = req.buf.get(line_len..total) else {
         return Ok(None);

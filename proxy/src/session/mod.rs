@@ -114,7 +114,27 @@ async fn run<R, W>(
                     } else {
                         e.write_ascii_reply(&mut out);
                     }
-                    pending.push_back(Box::pin(async move { Outcome::Reply(out) }));
+                    // A write refused as too large unlinks its key on the
+                    // owning node, as memcached does, before the client
+                    // hears the error.
+                    let unlink = e
+                        .key
+                        .and_then(|span| rbuf.get(span.start..span.end))
+                        .map(Bytes::copy_from_slice);
+                    let shared = shared.clone();
+                    pending.push_back(Box::pin(async move {
+                        if let Some(key) = unlink {
+                            let request = call::Plain {
+                                opcode: shoal_protocol::binary::Opcode::Delete,
+                                cas: 0,
+                                extras: &[],
+                                key: &key,
+                                value: &[],
+                            };
+                            let _ = call::keyed(&shared, &key, &request, false).await;
+                        }
+                        Outcome::Reply(out)
+                    }));
                     match e.recovery {
                         Recovery::Skip(n) => skip = n,
                         Recovery::Close => {
