@@ -24,6 +24,9 @@ use tokio::time::Instant;
 use crate::downstream::{Batch, DownstreamError, NodePool, Reply};
 use crate::Shared;
 
+/// Multi-gets up to this many keys find duplicates by scanning.
+const SCAN_DEDUP_MAX: usize = 32;
+
 /// How long to wait for a newer map before trying a down node again.
 const DOWN_RETRY: Duration = Duration::from_millis(50);
 
@@ -181,12 +184,19 @@ pub async fn multi_get(
     extras: &[u8],
 ) -> Vec<KeyResult> {
     let routing = shared.maps.snapshot();
-    // Distinct keys and, per key, its first occurrence.
-    let mut first_of: FxHashMap<&[u8], usize> = FxHashMap::default();
-    let mut slot_of = Vec::with_capacity(keys.len());
-    for (i, key) in keys.iter().enumerate() {
-        slot_of.push(*first_of.entry(key).or_insert(i));
-    }
+    // Per key, its first occurrence (duplicates are fetched once). A short
+    // list is scanned: cheaper than hashing every key.
+    let slot_of: Vec<usize> = if keys.len() <= SCAN_DEDUP_MAX {
+        (0..keys.len())
+            .map(|i| keys[..i].iter().position(|k| *k == keys[i]).unwrap_or(i))
+            .collect()
+    } else {
+        let mut first_of: FxHashMap<&[u8], usize> = FxHashMap::default();
+        keys.iter()
+            .enumerate()
+            .map(|(i, key)| *first_of.entry(key).or_insert(i))
+            .collect()
+    };
     let mut results: Vec<Option<KeyResult>> = (0..keys.len()).map(|_| None).collect();
     let mut retry: Vec<usize> = Vec::new();
     // Whether a key is in `retry`: a lookup per key, not a scan of `retry`
@@ -195,7 +205,8 @@ pub async fn multi_get(
 
     // Group distinct keys per server.
     // Each key is hashed once: its vbucket travels with it.
-    let mut groups: FxHashMap<ServerIdx, Vec<usize>> = FxHashMap::default();
+    // Few servers per request: a list beats a map.
+    let mut groups: Vec<(ServerIdx, Vec<usize>)> = Vec::new();
     let mut vbuckets = vec![0u16; keys.len()];
     for (i, key) in keys.iter().enumerate() {
         if slot_of[i] != i {
@@ -205,7 +216,10 @@ pub async fn multi_get(
         vbuckets[i] = route.vbucket;
         match route.server {
             Some(server) if routing.pool(server).is_some() => {
-                groups.entry(server).or_default().push(i)
+                match groups.iter_mut().find(|(s, _)| *s == server) {
+                    Some((_, members)) => members.push(i),
+                    None => groups.push((server, vec![i])),
+                }
             }
             _ => retry.push(i),
         }
