@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+mod ctl;
 mod up;
 use shoal_node::persist::FsyncPolicy;
 use shoal_node::{Node, NodeConfig};
@@ -28,6 +29,8 @@ enum Command {
     Node(NodeArgs),
     /// Run a smart proxy.
     Proxy(ProxyArgs),
+    /// Administer a running cluster over its REST API.
+    Ctl(ctl::CtlArgs),
     /// Map keys to vbuckets the way libvbucket does (a debugging aid).
     Vbucket {
         /// Number of vbuckets (a power of two).
@@ -56,9 +59,18 @@ struct NodeArgs {
     /// RAM quota of the bucket, MiB.
     #[arg(long, default_value_t = 256)]
     ram_quota_mb: usize,
-    /// Serve one bucket `default` with every vbucket active here.
-    #[arg(long)]
+    /// Serve one bucket `default` with every vbucket active here, outside
+    /// any cluster.
+    #[arg(long, conflicts_with_all = ["init_cluster", "join"])]
     standalone: bool,
+    /// Start a new cluster with this node as its first member (a no-op if
+    /// the data dir already belongs to a cluster).
+    #[arg(long, conflicts_with = "join")]
+    init_cluster: bool,
+    /// Join the cluster one of whose nodes has this admin URL
+    /// (e.g. http://127.0.0.1:8091); a no-op once a member.
+    #[arg(long, value_name = "URL")]
+    join: Option<String>,
     /// Number of vbuckets (a power of two).
     #[arg(long, default_value_t = 1024)]
     vbuckets: usize,
@@ -129,6 +141,8 @@ fn main() -> ExitCode {
         Command::Node(args) => run_node(args),
         Command::Proxy(args) => run_proxy(args),
         Command::Vbucket { vbuckets, keys } => map_keys(vbuckets, &keys),
+        // ctl prints its own errors and picks its exit codes.
+        Command::Ctl(args) => return ctl::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -152,6 +166,7 @@ fn map_keys(vbuckets: usize, keys: &[String]) -> anyhow::Result<()> {
 }
 
 fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let member = NodeConfig::is_cluster_member(&args.data_dir);
     let config = NodeConfig {
         data_dir: args.data_dir,
         host: args.host,
@@ -166,6 +181,11 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         },
         max_value_len: args.max_value_bytes,
         max_connections: args.max_connections,
+        // A node that is or will be a cluster member gets its buckets from
+        // the cluster; any other serves `default` as configured here.
+        default_bucket: args.standalone || !(args.init_cluster || args.join.is_some() || member),
+        init_cluster: args.init_cluster,
+        join: args.join,
     }
     .validate()?;
     let runtime = runtime(args.threads)?;

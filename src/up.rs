@@ -1,13 +1,11 @@
 //! `shoal up`: a whole local cluster in one command — N storage nodes on
-//! loopback, each with its own data directory under `--dir`, the bucket
-//! `default` spread over them by the vbucket planner, and a proxy on
-//! `--port` that any memcached client can use. Stays in the foreground;
-//! Ctrl-C or SIGTERM stops every child cleanly (nodes flush to disk).
-//! Running it again with the same `--dir` reuses the data (warmup).
-//!
-//! Until the replicated cluster metadata lands, `up` itself computes the
-//! map and hands it to every node over the admin API
-//! (`POST /internal/bucketConfig`).
+//! loopback, each with its own data directory under `--dir`, formed into
+//! one cluster (the first node starts it, the others join), the bucket
+//! `default` created through the cluster's REST API (its map planned by the
+//! Raft leader), and a proxy on `--port` that any memcached client can use.
+//! Stays in the foreground; Ctrl-C or SIGTERM stops every child cleanly
+//! (nodes flush to disk). Running it again with the same `--dir` reuses the
+//! cluster and its data (the nodes keep their metadata and warm up).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -17,8 +15,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::Args;
 use shoal_vbmap::config::{BucketConfig, NodeAddress};
-use shoal_vbmap::planner::fresh_map;
-use shoal_vbmap::ServerIdx;
 
 /// `shoal up` flags.
 #[derive(Debug, Args)]
@@ -42,10 +38,13 @@ pub struct UpArgs {
     /// Where the nodes keep their data (and logs).
     #[arg(long, default_value = ".shoal")]
     dir: PathBuf,
-    /// RAM quota per node, MiB.
+    /// RAM quota of bucket `default` per node, MiB.
     #[arg(long, default_value_t = 256)]
     ram_quota_mb: usize,
 }
+
+/// How long forming the cluster and creating the bucket may take.
+const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A child process and what it is.
 struct Running {
@@ -88,23 +87,22 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         let data_port = args.base_port + 2 * i as u16;
         let admin_port = data_port + 1;
         let dir = args.dir.join(format!("node-{i}"));
-        let child = spawn(
-            &exe,
-            &args.dir.join(format!("node-{i}.log")),
-            &[
-                "node".into(),
-                "--data-dir".into(),
-                dir.display().to_string(),
-                "--port".into(),
-                data_port.to_string(),
-                "--admin-port".into(),
-                admin_port.to_string(),
-                "--vbuckets".into(),
-                args.vbuckets.to_string(),
-                "--ram-quota-mb".into(),
-                args.ram_quota_mb.to_string(),
-            ],
-        )?;
+        let mut node_args = vec![
+            "node".to_string(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--port".into(),
+            data_port.to_string(),
+            "--admin-port".into(),
+            admin_port.to_string(),
+        ];
+        if i == 0 {
+            node_args.push("--init-cluster".into());
+        } else {
+            node_args.push("--join".into());
+            node_args.push(format!("http://127.0.0.1:{}", args.base_port + 1));
+        }
+        let child = spawn(&exe, &args.dir.join(format!("node-{i}.log")), &node_args)?;
         children.push(Running {
             name: format!("node-{i}"),
             child,
@@ -119,7 +117,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         .no_proxy()
         .timeout(Duration::from_secs(30))
         .build()?;
-    runtime.block_on(publish_map(&client, &args, &servers))?;
+    runtime.block_on(form_cluster(&client, &args, &servers))?;
 
     let cluster: Vec<String> = servers
         .iter()
@@ -197,56 +195,89 @@ fn expect_ready_line(running: &mut Running) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Hands every node the bucket config, unless they already serve one for
-/// this exact set of servers (a restart keeps the map it had).
-async fn publish_map(
+/// Waits until the cluster lists every node, creates bucket `default`
+/// unless it exists (a restart keeps the one it had), and waits until every
+/// node serves the same revision of its config.
+async fn form_cluster(
     client: &reqwest::Client,
     args: &UpArgs,
     servers: &[NodeAddress],
 ) -> anyhow::Result<()> {
-    let want: Vec<String> = servers
-        .iter()
-        .map(|s| format!("{}:{}", s.host, s.data_port))
-        .collect();
-    // What each node serves now (after a restart: the map it had).
-    let mut held_rev = 0;
-    let mut all_current = true;
-    for s in servers {
-        let url = format!(
-            "http://127.0.0.1:{}/pools/default/buckets/default",
-            s.admin_port
-        );
-        let held = match client.get(&url).send().await {
-            Ok(resp) if resp.status().is_success() => BucketConfig::parse(&resp.text().await?).ok(),
-            _ => None,
+    let first = format!("http://127.0.0.1:{}", servers[0].admin_port);
+    let deadline = Instant::now() + FORM_TIMEOUT;
+    loop {
+        let listed = match client.get(format!("{first}/pools/default")).send().await {
+            Ok(r) if r.status().is_success() => r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v["nodes"].as_array().map(Vec::len))
+                .unwrap_or(0),
+            _ => 0,
         };
-        let current = held.as_ref().is_some_and(|config| {
-            config
-                .vbucket_server_map
-                .as_ref()
-                .is_some_and(|m| m.server_list == want && m.vbucket_map.len() == args.vbuckets)
-        });
-        all_current &= current;
-        held_rev = held_rev.max(held.and_then(|c| c.rev).unwrap_or(0));
-    }
-    if all_current {
-        return Ok(());
-    }
-    let indexes: Vec<ServerIdx> = (0..servers.len() as u16).collect();
-    let map = fresh_map(args.vbuckets, &indexes, args.replicas)?;
-    let config = BucketConfig::for_vbucket_map("default", held_rev + 1, servers, &map, None)?;
-    let json = config.to_json();
-    for s in servers {
-        let url = format!("http://127.0.0.1:{}/internal/bucketConfig", s.admin_port);
-        let resp = client.post(&url).body(json.clone()).send().await?;
-        if !resp.status().is_success() {
-            bail!(
-                "node at {url} refused the map: {}",
-                resp.text().await.unwrap_or_default()
-            );
+        if listed >= servers.len() {
+            break;
         }
+        if Instant::now() > deadline {
+            bail!("only {listed} of {} nodes joined the cluster within {FORM_TIMEOUT:?} (see the node logs under --dir)", servers.len());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(())
+    loop {
+        let exists = client
+            .get(format!("{first}/pools/default/buckets/default"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if exists {
+            break;
+        }
+        let form = [
+            ("name", "default".to_string()),
+            ("bucketType", "membase".into()),
+            ("ramQuotaMB", args.ram_quota_mb.to_string()),
+            ("replicaNumber", args.replicas.to_string()),
+            ("numVBuckets", args.vbuckets.to_string()),
+        ];
+        let response = client
+            .post(format!("{first}/pools/default/buckets"))
+            .form(&form)
+            .send()
+            .await?;
+        let status = response.status();
+        if status.is_success() || status == reqwest::StatusCode::CONFLICT {
+            continue;
+        }
+        let text = response.text().await.unwrap_or_default();
+        if status.is_client_error() || Instant::now() > deadline {
+            bail!("creating bucket default failed: HTTP {status}: {text}");
+        }
+        // 503: no leader yet; try again.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    loop {
+        let mut revs = Vec::new();
+        for s in servers {
+            let url = format!(
+                "http://127.0.0.1:{}/pools/default/buckets/default",
+                s.admin_port
+            );
+            if let Ok(r) = client.get(&url).send().await {
+                if r.status().is_success() {
+                    if let Ok(config) = BucketConfig::parse(&r.text().await?) {
+                        revs.push(config.rev);
+                    }
+                }
+            }
+        }
+        if revs.len() == servers.len() && revs.windows(2).all(|w| w[0] == w[1]) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the nodes did not agree on bucket default's config within {FORM_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn wait_healthy(client: &reqwest::Client, admin_port: u16) -> anyhow::Result<()> {

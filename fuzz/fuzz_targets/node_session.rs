@@ -115,6 +115,8 @@ fn settle(ctx: &Context) {
     let batch = ctx.bucket.drain(usize::MAX);
     if !batch.is_empty() {
         ctx.store
+            .as_ref()
+            .expect("bucket `default` is persistent")
             .write_batch(&batch)
             .expect("write the queue to the store");
         let mut top: Vec<(u16, u64)> = Vec::new();

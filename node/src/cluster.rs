@@ -1,14 +1,15 @@
-//! [`ClusterView`]: the bucket config this node serves to clients and
-//! proxies, and the vbucket states it drives the engine to.
+//! [`ClusterView`]: the bucket configs this node serves to clients and
+//! proxies, one per bucket, and [`drive_vbuckets`], which sets a bucket's
+//! vbucket states from its map.
 //!
-//! A config is adopted only when its `rev` is higher than the one held
-//! (the rule every smart client follows too). Adopting one sets each
-//! vbucket's state from this node's place in its chain — active at
-//! position 0, replica further down, dead when absent — persists the
-//! config next to the data, and publishes it to every open config stream.
-//! A standalone node derives its config (every vbucket active here) and
-//! never adopts another.
+//! In a cluster the configs come from the replicated metadata (the
+//! `meta::reconcile` loop publishes them). A node outside any cluster can
+//! still be handed a config over REST ([`ClusterView::adopt`]); it is
+//! adopted only when its `rev` is higher than the one held (the rule every
+//! smart client follows too) and kept next to the data. A standalone node
+//! derives its config (every vbucket active here) and never adopts another.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -18,16 +19,19 @@ use tokio::sync::watch;
 
 use crate::engine::VbucketState;
 use crate::server::context::Context;
-use crate::server::{set_vbucket_state, DEFAULT_BUCKET};
+use crate::server::{set_vbucket_state, Buckets, DEFAULT_BUCKET};
 
-/// A config as published: parsed, its revision, and the exact JSON.
-#[derive(Debug)]
+/// A config as published: its revision and the exact JSON.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Published {
     /// The config's `rev`.
     pub rev: i64,
-    /// The JSON served over REST (what was adopted, byte for byte).
+    /// The JSON served over REST, byte for byte.
     pub json: Arc<str>,
 }
+
+/// Every bucket's published config, by name.
+pub type Configs = BTreeMap<String, Arc<Published>>;
 
 /// Why a config was not adopted.
 #[derive(Debug, thiserror::Error)]
@@ -38,11 +42,11 @@ pub enum AdoptError {
     /// A config without `rev` cannot be ordered against the held one.
     #[error("bucket config has no rev")]
     NoRev,
-    /// The config is for another bucket.
-    #[error("config is for bucket {0:?}; this node serves {DEFAULT_BUCKET:?}")]
-    OtherBucket(String),
-    /// Its vbucket count differs from this node's.
-    #[error("config has {config} vbuckets; this node has {node}")]
+    /// The config names a bucket this node does not have.
+    #[error("this node has no bucket {0:?}")]
+    NoBucket(String),
+    /// Its vbucket count differs from the bucket's.
+    #[error("config has {config} vbuckets; the bucket has {node}")]
     VbucketCount {
         /// In the config.
         config: usize,
@@ -52,16 +56,19 @@ pub enum AdoptError {
     /// A standalone node serves its own config only.
     #[error("a standalone node does not take cluster configs")]
     Standalone,
+    /// A cluster member takes its configs from the cluster metadata.
+    #[error("this node belongs to a cluster; change buckets through the cluster's REST API")]
+    Managed,
     /// Writing the config or a vbucket state to disk failed.
     #[error("persisting: {0}")]
     Persist(String),
 }
 
-/// The config this node serves and where it is kept.
+/// The configs this node serves and where an adopted one is kept.
 #[derive(Debug)]
 pub struct ClusterView {
-    current: watch::Sender<Option<Arc<Published>>>,
-    /// Where adopted configs are kept across restarts.
+    current: watch::Sender<Arc<Configs>>,
+    /// Where an adopted `default` config is kept across restarts.
     path: PathBuf,
     /// This node's data address as it appears in `serverList`.
     me: String,
@@ -73,6 +80,7 @@ impl ClusterView {
     /// the config adopted before a restart from `data_dir`.
     pub fn open(data_dir: &std::path::Path, me: String, standalone: bool) -> ClusterView {
         let path = data_dir.join("bucket-config.json");
+        let mut configs = Configs::new();
         let loaded = (!standalone)
             .then(|| std::fs::read_to_string(&path).ok())
             .flatten()
@@ -83,22 +91,74 @@ impl ClusterView {
                     json: Arc::from(json),
                 }))
             });
+        if let Some(p) = loaded {
+            configs.insert(DEFAULT_BUCKET.to_string(), p);
+        }
         ClusterView {
-            current: watch::channel(loaded).0,
+            current: watch::channel(Arc::new(configs)).0,
             path,
             me,
             standalone,
         }
     }
 
-    /// The config being served, if any.
-    pub fn current(&self) -> Option<Arc<Published>> {
+    /// The config served for `bucket`, if any.
+    pub fn current(&self, bucket: &str) -> Option<Arc<Published>> {
+        self.current.borrow().get(bucket).cloned()
+    }
+
+    /// Every bucket's config.
+    pub fn all(&self) -> Arc<Configs> {
         self.current.borrow().clone()
     }
 
-    /// A receiver that sees every newly adopted config.
-    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Published>>> {
+    /// A receiver that sees every change to any bucket's config.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Configs>> {
         self.current.subscribe()
+    }
+
+    /// This node's data address (`host:port`).
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// Serves `json` (rev `rev`) for `bucket` unless that exact config is
+    /// already served.
+    pub fn publish(&self, bucket: &str, rev: i64, json: String) {
+        self.current.send_if_modified(|configs| {
+            if configs
+                .get(bucket)
+                .is_some_and(|p| p.rev == rev && *p.json == *json)
+            {
+                return false;
+            }
+            let mut next = Configs::clone(configs);
+            next.insert(
+                bucket.to_string(),
+                Arc::new(Published {
+                    rev,
+                    json: Arc::from(json),
+                }),
+            );
+            *configs = Arc::new(next);
+            true
+        });
+    }
+
+    /// Stops serving every bucket `keep` refuses.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.current.send_if_modified(|configs| {
+            if configs.keys().all(|name| keep(name)) {
+                return false;
+            }
+            let next: Configs = configs
+                .iter()
+                .filter(|(name, _)| keep(name))
+                .map(|(name, p)| (name.clone(), p.clone()))
+                .collect();
+            *configs = Arc::new(next);
+            true
+        });
     }
 
     /// Builds and publishes a standalone node's config: every vbucket
@@ -118,67 +178,74 @@ impl ClusterView {
         }
         let servers = [NodeAddress::new(host, data_port, admin_port)];
         if let Ok(config) = BucketConfig::for_vbucket_map(DEFAULT_BUCKET, 1, &servers, &map, None) {
-            let json = config.to_json();
-            self.current.send_replace(Some(Arc::new(Published {
-                rev: 1,
-                json: Arc::from(json),
-            })));
+            self.publish(DEFAULT_BUCKET, 1, config.to_json());
         }
     }
 
-    /// Adopts `json` if its rev is higher than the held one: applies the
-    /// vbucket states it gives this node, persists it, publishes it.
-    /// Returns whether it was adopted. Blocking (disk writes): call from a
-    /// blocking context.
-    pub fn adopt(&self, ctx: &Context, json: &str) -> Result<bool, AdoptError> {
+    /// Adopts `json` for the bucket it names (default `default`) if its rev
+    /// is higher than the one held: applies the vbucket states it gives
+    /// this node, persists it, publishes it. Returns whether it was
+    /// adopted. Blocking (disk writes): call from a blocking context.
+    pub fn adopt(&self, buckets: &Buckets, json: &str) -> Result<bool, AdoptError> {
         if self.standalone {
             return Err(AdoptError::Standalone);
         }
         let config = BucketConfig::parse(json)?;
         let map = config.validate()?;
         let rev = config.rev.ok_or(AdoptError::NoRev)?;
-        if let Some(name) = map.name() {
-            if name != DEFAULT_BUCKET {
-                return Err(AdoptError::OtherBucket(name.to_string()));
-            }
-        }
-        if self.current().is_some_and(|held| held.rev >= rev) {
+        let name = map.name().unwrap_or(DEFAULT_BUCKET).to_string();
+        let ctx = buckets
+            .get(&name)
+            .ok_or_else(|| AdoptError::NoBucket(name.clone()))?;
+        if self.current(&name).is_some_and(|held| held.rev >= rev) {
             return Ok(false);
         }
         if let Some(vbmap) = map.vbucket_map() {
-            let node = ctx.bucket.config().num_vbuckets;
-            if vbmap.num_vbuckets() != node {
-                return Err(AdoptError::VbucketCount {
-                    config: vbmap.num_vbuckets(),
-                    node,
-                });
-            }
             let me = map
                 .servers()
                 .iter()
                 .position(|s| s.to_string() == self.me)
                 .map(|i| i as u16);
-            for (vb, chain) in vbmap.chains() {
-                let state = match chain.iter().position(|s| s.is_some() && *s == me) {
-                    Some(0) => VbucketState::Active,
-                    Some(_) => VbucketState::Replica,
-                    None => VbucketState::Dead,
-                };
-                if ctx.bucket.vbucket_state(vb) != Some(state) {
-                    set_vbucket_state(ctx, vb, state)
-                        .map_err(|e| AdoptError::Persist(format!("vbucket {vb}: {e}")))?;
-                }
-            }
+            drive_vbuckets(&ctx, vbmap, me)?;
         }
-        let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, json)
-            .and_then(|()| std::fs::rename(&tmp, &self.path))
-            .map_err(|e| AdoptError::Persist(e.to_string()))?;
-        self.current.send_replace(Some(Arc::new(Published {
-            rev,
-            json: Arc::from(json),
-        })));
-        tracing::info!(rev, "adopted bucket config");
+        if name == DEFAULT_BUCKET {
+            let tmp = self.path.with_extension("json.tmp");
+            std::fs::write(&tmp, json)
+                .and_then(|()| std::fs::rename(&tmp, &self.path))
+                .map_err(|e| AdoptError::Persist(e.to_string()))?;
+        }
+        self.publish(&name, rev, json.to_string());
+        tracing::info!(rev, bucket = %name, "adopted bucket config");
         Ok(true)
     }
+
+    /// Forgets a config adopted outside a cluster (the node joined one).
+    pub fn forget_adopted(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Sets each vbucket of `ctx`'s bucket from `me`'s place in its chain in
+/// `map`: active at position 0, replica further down, dead when absent.
+/// Blocking (disk writes).
+pub fn drive_vbuckets(ctx: &Context, map: &VbucketMap, me: Option<u16>) -> Result<(), AdoptError> {
+    let node = ctx.bucket.config().num_vbuckets;
+    if map.num_vbuckets() != node {
+        return Err(AdoptError::VbucketCount {
+            config: map.num_vbuckets(),
+            node,
+        });
+    }
+    for (vb, chain) in map.chains() {
+        let state = match chain.iter().position(|s| s.is_some() && *s == me) {
+            Some(0) => VbucketState::Active,
+            Some(_) => VbucketState::Replica,
+            None => VbucketState::Dead,
+        };
+        if ctx.bucket.vbucket_state(vb) != Some(state) {
+            set_vbucket_state(ctx, vb, state)
+                .map_err(|e| AdoptError::Persist(format!("vbucket {vb}: {e}")))?;
+        }
+    }
+    Ok(())
 }

@@ -17,9 +17,10 @@ pub struct NodeConfig {
     pub port: u16,
     /// REST admin port; 0 lets the OS choose.
     pub admin_port: u16,
-    /// The bucket's RAM quota, MiB (`ep_max_data_size`).
+    /// The RAM quota of bucket `default`, MiB (`ep_max_data_size`); it
+    /// also sizes the store's caches.
     pub ram_quota_mb: usize,
-    /// vbuckets in the bucket (a power of two).
+    /// vbuckets in bucket `default` (a power of two).
     pub num_vbuckets: usize,
     /// Standalone: one bucket `default` whose vbuckets are all active here.
     pub standalone: bool,
@@ -29,6 +30,17 @@ pub struct NodeConfig {
     pub max_value_len: usize,
     /// Most client connections at once; more wait in the accept queue.
     pub max_connections: usize,
+    /// Create bucket `default` (membase, with `ram_quota_mb` and
+    /// `num_vbuckets`) at start, as a standalone node or a plain
+    /// `shoal node` does. A cluster member starts with no bucket and gets
+    /// its buckets from the cluster manager.
+    pub default_bucket: bool,
+    /// Start a new cluster with this node as its first member (a no-op
+    /// once the data dir belongs to one).
+    pub init_cluster: bool,
+    /// Join the cluster one of whose nodes has this admin URL (a no-op
+    /// once a member).
+    pub join: Option<String>,
 }
 
 impl Default for NodeConfig {
@@ -44,6 +56,9 @@ impl Default for NodeConfig {
             fsync: FsyncPolicy::Interval(Duration::from_millis(100)),
             max_value_len: 1024 * 1024,
             max_connections: 10_000,
+            default_bucket: true,
+            init_cluster: false,
+            join: None,
         }
     }
 }
@@ -81,6 +96,12 @@ impl NodeConfig {
             return Err(NodeConfigError::Connections);
         }
         Ok(self)
+    }
+
+    /// Whether `data_dir` holds the metadata of a cluster this node
+    /// belongs to (it has applied the cluster's log before).
+    pub fn is_cluster_member(data_dir: &std::path::Path) -> bool {
+        data_dir.join("raft").join("state.json").exists()
     }
 
     /// The quota in bytes.

@@ -15,19 +15,24 @@
 //! - [`engine`]: the in-memory KV engine — a [`engine::Bucket`] of vbuckets
 //!   with memcached item semantics, seqnos and checkpoint queues, the RAM
 //!   quota and value ejection. Synchronous, no I/O.
+//! - [`meta`]: the cluster metadata replicated by Raft (nodes, buckets,
+//!   maps), its storage and transport, and the loop that drives this
+//!   node's buckets to match it.
 //! - [`mutation`]: [`Mutation`], the unit that flows from the engine to disk
 //!   and to replicas.
 //! - [`persist`]: write-behind persistence — the on-disk record codec, the
 //!   fjall-backed store (one keyspace per bucket) and the flusher loop.
 //! - [`server`]: the data service — one port for ASCII, meta and binary
-//!   clients in front of the bucket — with warmup, the pager, the flusher
-//!   thread and graceful shutdown ([`Node`]).
+//!   clients in front of the node's buckets, created and deleted at runtime
+//!   ([`server::Buckets`]) — with warmup, the pager, the flusher thread per
+//!   bucket and graceful shutdown ([`Node`]).
 #![deny(unsafe_code)]
 
 pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod engine;
+pub mod meta;
 pub mod mutation;
 pub mod persist;
 pub mod server;

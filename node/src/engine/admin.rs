@@ -82,9 +82,6 @@ impl Bucket {
             ("ep_max_data_size", as_u64(self.mem.quota())),
             ("ep_mem_high_wat", as_u64(self.mem.high())),
             ("ep_mem_low_wat", as_u64(self.mem.low())),
-            // memcached's LRU evictions: the engine ejects values, never
-            // items.
-            ("evictions", 0),
         ];
         stats.extend(self.stats.counters());
         stats

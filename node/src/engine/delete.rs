@@ -5,7 +5,7 @@
 //! memory: the tombstone's charge is below the item's (`ITEM_OVERHEAD >=
 //! MUTATION_OVERHEAD`), so a full bucket can always delete.
 
-use super::memory::{item_charge, mutation_charge};
+use super::memory::item_charge;
 use super::vbucket::{VbInner, VbucketState};
 use super::{Bucket, EngineError, Mutated};
 use crate::mutation::{Mutation, MutationKind, VbucketId};
@@ -53,7 +53,7 @@ impl Bucket {
         self.note_item_removed();
         let release = item_charge(key.len(), 0)
             .saturating_add(inner.retire_value(item.seqno, item.resident_len()));
-        let queue_charge = mutation_charge(key.len());
+        let queue_charge = self.queue_charge(key.len());
         // One net update: release >= queue_charge, see the module doc.
         self.mem.release(release.saturating_sub(queue_charge));
         let cas = self.next_cas();

@@ -3,7 +3,9 @@
 //! value ejection. It implements memcached 1.6's item semantics (store modes,
 //! CAS, incr/decr, touch, expiry, `flush_all`) and produces one
 //! [`Mutation`](crate::Mutation) per acknowledged write for the flusher and
-//! replication. It is synchronous and runtime-free: no async, no I/O, no
+//! replication — except in an ephemeral bucket (a memcached bucket:
+//! [`BucketConfig::ephemeral`]), which queues nothing and evicts whole items
+//! instead of ejecting values. It is synchronous and runtime-free: no async, no I/O, no
 //! clock — every call takes `now` (unix seconds) — so the server calls it
 //! from async tasks (locks are short and never cross an `.await`) and tests
 //! control time. Values must own their allocation (see `memory`).
@@ -128,6 +130,11 @@ pub struct BucketConfig {
     /// Longest value accepted; memcached's default item size limit is
     /// 1 MiB (`-I`).
     pub max_value_len: usize,
+    /// Memory only (a memcached bucket): no mutation is queued — there is
+    /// no flusher, so a queue would only grow — and the pager evicts whole
+    /// unreferenced items (memcached's LRU eviction) instead of ejecting
+    /// clean values, which would have nowhere to be read back from.
+    pub ephemeral: bool,
 }
 
 impl Default for BucketConfig {
@@ -138,6 +145,7 @@ impl Default for BucketConfig {
             high_watermark: 0.85,
             low_watermark: 0.75,
             max_value_len: 1024 * 1024,
+            ephemeral: false,
         }
     }
 }
@@ -244,7 +252,9 @@ impl Bucket {
     /// until the cluster manager sets it.
     pub fn try_new(config: BucketConfig) -> Result<Bucket, ConfigError> {
         let config = config.validate()?;
-        let vbuckets = (0..config.num_vbuckets).map(|_| VBucket::new()).collect();
+        let vbuckets = (0..config.num_vbuckets)
+            .map(|_| VBucket::new(config.ephemeral))
+            .collect();
         Ok(Bucket {
             mem: Memory::new(
                 config.quota_bytes,
@@ -345,8 +355,22 @@ impl Bucket {
             .max(1)
     }
 
-    /// Bookkeeping after a mutation was queued.
+    /// What queueing the mutation of a write to `key_len` bytes of key
+    /// costs: nothing in an ephemeral bucket, which queues nothing.
+    fn queue_charge(&self, key_len: usize) -> usize {
+        if self.config.ephemeral {
+            0
+        } else {
+            memory::mutation_charge(key_len)
+        }
+    }
+
+    /// Bookkeeping after a mutation was queued (or, in an ephemeral
+    /// bucket, would have been).
     fn note_queued(&self) {
+        if self.config.ephemeral {
+            return;
+        }
         self.queued.fetch_add(1, Ordering::Relaxed);
         self.stats.ep_total_enqueued.incr();
     }

@@ -1,6 +1,7 @@
 //! Keeping memory under the quota: the item pager ejects the values of
-//! clean items (metadata stays), and the expiry purge deletes expired and
-//! flushed items. The pager is a clock (second chance): a hand per vbucket
+//! clean items (metadata stays) — or, in an ephemeral (memcached) bucket,
+//! evicts whole items, as memcached's LRU does — and the expiry purge
+//! deletes expired and flushed items. The pager is a clock (second chance): a hand per vbucket
 //! walks the table, clears the reference bit of items used since its last
 //! pass and ejects those it finds unreferenced; the hands of replica (and
 //! dead) vbuckets go first, as Couchbase ejects replica items first, then
@@ -14,6 +15,7 @@ use bytes::Bytes;
 
 use super::get::Miss;
 use super::item::Item;
+use super::memory::item_charge;
 use super::vbucket::{VBucket, VbucketState};
 use super::Bucket;
 use crate::mutation::VbucketId;
@@ -39,6 +41,8 @@ pub struct PagerReport {
     pub ejected: usize,
     /// Bytes those values held.
     pub freed_bytes: usize,
+    /// Whole items evicted (ephemeral buckets only).
+    pub evicted: usize,
     /// Dead (expired or flushed) items found and deleted on the way.
     pub purged: usize,
     /// Whether memory ended at or below the low watermark.
@@ -75,10 +79,17 @@ struct Sweep {
     persisted: u64,
     /// Delete dead items at this time (active vbuckets, pager only).
     purge_at: Option<u32>,
+    /// Evict whole items rather than eject values (ephemeral buckets).
+    evict: bool,
     visited: usize,
+    /// Bytes freed so far, ejected values and evicted items alike.
     freed: usize,
     ejected: usize,
     dead: Vec<Bytes>,
+    /// Items chosen for eviction, removed once the sweep is over.
+    victims: Vec<Bytes>,
+    /// The part of `freed` those items hold (released by their removal).
+    victim_bytes: usize,
 }
 
 impl Sweep {
@@ -137,15 +148,19 @@ impl Bucket {
                     budget: budget - report.visited,
                     persisted: 0,
                     purge_at,
+                    evict: self.config.ephemeral,
                     visited: 0,
                     freed: 0,
                     ejected: 0,
                     dead: Vec::new(),
+                    victims: Vec::new(),
+                    victim_bytes: 0,
                 };
                 let (sweep, purged) = self.eject_from(vb, vbucket, sweep);
                 report.visited += sweep.visited;
                 report.freed_bytes += sweep.freed;
                 report.ejected += sweep.ejected;
+                report.evicted += sweep.victims.len();
                 report.purged += purged;
             }
         }
@@ -173,8 +188,15 @@ impl Bucket {
             hand = self.sweep(inner.table.iter_mut().take(start), &mut sweep);
         }
         inner.pager_hand = hand;
-        self.mem.release(sweep.freed);
+        // Evicted items release their own bytes as they are removed.
+        self.mem.release(sweep.freed - sweep.victim_bytes);
         self.stats.ep_num_value_ejects.add(sweep.ejected as u64);
+        for key in &sweep.victims {
+            // Nothing is queued for an ephemeral bucket, so the removal's
+            // time stamps nothing.
+            self.remove_item(vb, &mut inner, key, sweep.purge_at.unwrap_or(0));
+        }
+        self.stats.evictions.add(sweep.victims.len() as u64);
         let mut purged = 0;
         if let Some(now) = sweep.purge_at {
             for key in std::mem::take(&mut sweep.dead) {
@@ -206,11 +228,18 @@ impl Bucket {
                     continue;
                 }
             }
-            if item.value.is_none() || item.seqno > sweep.persisted {
+            if !sweep.evict && (item.value.is_none() || item.seqno > sweep.persisted) {
                 continue; // ejected already, or dirty
             }
             if item.referenced {
                 item.referenced = false;
+                continue;
+            }
+            if sweep.evict {
+                let bytes = item_charge(key.len(), item.resident_len());
+                sweep.freed += bytes;
+                sweep.victim_bytes += bytes;
+                sweep.victims.push(key.clone());
                 continue;
             }
             if let Some(value) = item.value.take() {
@@ -383,6 +412,40 @@ mod tests {
             .iter()
             .all(|m| m.kind == crate::MutationKind::Delete));
         assert_eq!(b.get(0, b"live", NOW + 2), Err(EngineError::NotFound));
+        b.assert_accounting();
+    }
+
+    #[test]
+    fn ephemeral_buckets_evict_whole_items_and_queue_nothing() {
+        let b = Bucket::try_new(super::super::BucketConfig {
+            num_vbuckets: 1,
+            quota_bytes: 200_000,
+            ephemeral: true,
+            ..super::super::BucketConfig::default()
+        })
+        .unwrap();
+        b.set_vbucket_state(0, VbucketState::Active).unwrap();
+        // Far more than fits: writes evict inline instead of failing.
+        for i in 0..2_000 {
+            set_in(&b, 0, &format!("k{i}"), &"x".repeat(1000));
+        }
+        assert_eq!(b.queue_len(), 0, "nothing is queued");
+        assert!(b.drain(usize::MAX).is_empty());
+        assert!(b.curr_items() < 2_000);
+        assert!(b.mem_used() <= b.config().quota_bytes);
+        assert!(b.get(0, b"k1999", NOW).unwrap().hit().is_some());
+        assert_eq!(b.get(0, b"k0", NOW), Err(EngineError::NotFound));
+        let evicted = b
+            .stats()
+            .iter()
+            .find(|(name, _)| *name == "evictions")
+            .map_or(0, |s| s.1);
+        assert_eq!(evicted as usize, 2_000 - b.curr_items());
+        if b.needs_paging() {
+            let report = b.run_pager(NOW);
+            assert!(report.evicted > 0 && report.ejected == 0, "{report:?}");
+        }
+        assert!(!b.needs_paging());
         b.assert_accounting();
     }
 

@@ -91,6 +91,9 @@ counters! {
     cmd_flush,
     /// Values the pager ejected (Couchbase).
     ep_num_value_ejects,
+    /// Whole items evicted to make room (memcached's LRU evictions; only
+    /// ephemeral buckets evict, the others eject values).
+    evictions,
     /// Values fetched back from disk (Couchbase; counted by restore_value).
     ep_bg_fetched,
     /// Expired or flushed items deleted when a request found them.

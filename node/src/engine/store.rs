@@ -11,7 +11,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::item::Item;
-use super::memory::{item_charge, mutation_charge, NeedMemory};
+use super::memory::{item_charge, NeedMemory};
 use super::vbucket::{VbInner, VbucketState};
 use super::{Bucket, EngineError, Mutated, OpError};
 use crate::mutation::{Mutation, MutationKind, VbucketId};
@@ -192,7 +192,7 @@ impl Bucket {
             .table
             .get_key_value(&key[..])
             .map(|(k, it)| (k.clone(), it.seqno, it.resident_len()));
-        let queue_charge = mutation_charge(key.len());
+        let queue_charge = self.queue_charge(key.len());
         let (charge, release) = match &old {
             Some((_, seqno, len)) => (
                 value.len().saturating_add(queue_charge),

@@ -5,7 +5,6 @@
 //! replicas store whole records. That is why touching an ejected item needs
 //! its value back first ([`EngineError::ValueEjected`]).
 
-use super::memory::mutation_charge;
 use super::vbucket::{VbInner, VbucketState};
 use super::{Bucket, EngineError, Hit, Mutated, OpError};
 use crate::mutation::{Mutation, MutationKind, VbucketId};
@@ -72,7 +71,7 @@ impl Bucket {
             .map_err(|_| EngineError::NotFound)?;
         let value = item.value.clone().ok_or(EngineError::ValueEjected)?;
         let (cas, flags) = (item.cas, item.flags);
-        let queue_charge = mutation_charge(key.len());
+        let queue_charge = self.queue_charge(key.len());
         self.mem.apply(queue_charge, 0)?;
         let key = inner
             .table

@@ -102,6 +102,9 @@ pub(super) struct VbInner {
     /// index: approximate once the table changes, which is fine for a
     /// clock).
     pub(super) pager_hand: usize,
+    /// The bucket is memory only: mutations get seqnos but are not queued
+    /// (see `BucketConfig::ephemeral`).
+    ephemeral: bool,
 }
 
 /// A queued mutation and the bytes charged for it.
@@ -117,10 +120,14 @@ pub(super) struct Queued {
 // === impl VBucket ===
 
 impl VBucket {
-    pub(super) fn new() -> VBucket {
+    /// A dead, empty vbucket; `ephemeral` ones never queue mutations.
+    pub(super) fn new(ephemeral: bool) -> VBucket {
         VBucket {
             state: AtomicU8::new(VbucketState::Dead.to_wire() as u8),
-            inner: Mutex::new(VbInner::default()),
+            inner: Mutex::new(VbInner {
+                ephemeral,
+                ..VbInner::default()
+            }),
         }
     }
 
@@ -148,10 +155,17 @@ impl VBucket {
 
 impl VbInner {
     /// Acknowledges a mutation: gives it the next seqno, queues it with its
-    /// charge (already reserved by the caller), returns the seqno.
+    /// charge (already reserved by the caller), returns the seqno. An
+    /// ephemeral vbucket only counts the seqno (its callers reserve no
+    /// charge) and never builds the mutation; it stays "drained", so the
+    /// queue invariant holds with an empty queue.
     pub(super) fn push(&mut self, charge: usize, build: impl FnOnce(u64) -> Mutation) -> u64 {
         self.high_seqno += 1;
         let seqno = self.high_seqno;
+        if self.ephemeral {
+            self.drained_seqno = seqno;
+            return seqno;
+        }
         self.queue.push_back(Queued {
             mutation: build(seqno),
             charge,
@@ -292,7 +306,7 @@ mod tests {
         assert_eq!(VbucketState::from_wire(0), None);
         assert_eq!(VbucketState::from_wire(5), None);
         assert_eq!(VbucketState::Pending.name(), "pending");
-        let vb = VBucket::new();
+        let vb = VBucket::new(false);
         assert_eq!(vb.state(), VbucketState::Dead, "vbuckets start dead");
         vb.set_state(&mut vb.lock(), VbucketState::Replica);
         assert_eq!(vb.state(), VbucketState::Replica);
@@ -362,6 +376,20 @@ mod tests {
             inner.persisted_seqno < 3,
             "stale report must not clean seqno 3"
         );
+    }
+
+    #[test]
+    fn ephemeral_vbuckets_count_seqnos_and_queue_nothing() {
+        let vb = VBucket::new(true);
+        let mut inner = vb.lock();
+        assert_eq!((push(&mut inner, b"a"), push(&mut inner, b"b")), (1, 2));
+        assert_eq!(inner.queued(), 0);
+        assert_eq!(
+            inner.drained_seqno + inner.queued() as u64,
+            inner.high_seqno
+        );
+        assert_eq!(inner.retire_value(1, 100), 100, "nothing queued shares it");
+        assert_eq!(inner.drain(10, &mut Vec::new()), (0, 0));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::{Bound, ControlFlow};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -17,8 +17,8 @@ use fxhash::FxHashMap;
 
 use super::record::{self, StoredItem, MAX_ITEM_KEY_LEN};
 use super::store::{
-    lock, meta_key, meta_prefix, meta_u64, meta_vbucket, Shared, TAG_DELETING, TAG_FLUSH_DEADLINE,
-    TAG_SEQNO, TAG_STATE,
+    lock, meta_key, meta_prefix, meta_u64, meta_vbucket, remove_bucket_meta, Shared, TAG_DELETING,
+    TAG_FLUSH_DEADLINE, TAG_SEQNO, TAG_STATE,
 };
 use super::PersistError;
 use crate::mutation::{Mutation, VbucketId};
@@ -49,6 +49,9 @@ struct BucketInner {
     /// Bytes written by `write_batch` since it last sealed the memtable
     /// (guarded by `seqnos`' lock, like the writes themselves).
     unsealed_bytes: AtomicU64,
+    /// Set (under `seqnos`' lock) by `Store::delete_bucket`: later batches
+    /// fail instead of landing in a keyspace that is gone.
+    deleted: AtomicBool,
 }
 
 /// What [`BucketStore::warmup`] saw.
@@ -86,6 +89,12 @@ impl BucketStore {
         large_value_threshold: Option<u32>,
         max_memtable_bytes: u64,
     ) -> Result<BucketStore, PersistError> {
+        if !shared.db.keyspace_exists(name) {
+            // A new bucket starts clean, even if an earlier one of this name
+            // was deleted by a process that died between dropping the
+            // keyspace and its metadata (see `Store::delete_bucket`).
+            remove_bucket_meta(&shared, name)?;
+        }
         let data = shared.db.keyspace(name, || {
             KeyspaceCreateOptions::default()
                 .max_memtable_size(max_memtable_bytes)
@@ -111,6 +120,7 @@ impl BucketStore {
                 seqnos: Mutex::new(seqnos),
                 max_memtable_bytes,
                 unsealed_bytes: AtomicU64::new(0),
+                deleted: AtomicBool::new(false),
             }),
         };
         for vb in interrupted {
@@ -123,6 +133,18 @@ impl BucketStore {
     /// The bucket's name.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The data keyspace (for [`Store::delete_bucket`](super::Store::delete_bucket)).
+    pub(super) fn keyspace(&self) -> &Keyspace {
+        &self.inner.data
+    }
+
+    /// Refuses every later [`BucketStore::write_batch`]; waits for one in
+    /// progress to finish first.
+    pub(super) fn mark_deleted(&self) {
+        let _seqnos = lock(&self.inner.seqnos);
+        self.inner.deleted.store(true, Ordering::Release);
     }
 
     /// Writes `mutations` as ONE atomic fjall batch, together with the new
@@ -177,6 +199,9 @@ impl BucketStore {
             batch.insert(&inner.data, key, value);
         }
         let mut seqnos = lock(&inner.seqnos);
+        if inner.deleted.load(Ordering::Acquire) {
+            return Err(PersistError::BucketDeleted);
+        }
         for (vb, max) in &mut vb_max {
             *max = (*max).max(seqnos.get(vb).copied().unwrap_or(0));
             batch.insert(

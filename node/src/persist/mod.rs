@@ -48,7 +48,7 @@ pub(crate) mod testdir;
 pub use bucket::{BucketStore, ScanStats, WarmupStats};
 pub use flusher::{BatchWriter, FlushError, Flusher, FlusherConfig, FlusherStats};
 pub use record::{decode_record, RecordError, RecordHeader, RecordKind, StoredItem};
-pub use store::{FsyncPolicy, Store, StoreOptions};
+pub use store::{validate_bucket_name, FsyncPolicy, Store, StoreOptions};
 
 /// Why a persistence operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +76,10 @@ pub enum PersistError {
         /// What was wrong.
         reason: &'static str,
     },
+    /// The bucket was deleted (`Store::delete_bucket`) while this handle
+    /// was held.
+    #[error("the bucket was deleted")]
+    BucketDeleted,
     /// An item key longer than a record can hold (the engine enforces
     /// memcached's 250 bytes, so this means a bug upstream).
     #[error("item key of {len} bytes is longer than the {max}-byte limit", max = record::MAX_ITEM_KEY_LEN)]

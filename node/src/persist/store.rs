@@ -217,6 +217,34 @@ impl Store {
         Ok(bucket)
     }
 
+    /// Deletes bucket `name` from disk — its keyspace with every item, then
+    /// its metadata (vbucket states, persisted seqnos, flush deadline) —
+    /// and forgets its handle; returns whether it existed. Handles still
+    /// held elsewhere fail their batches from then on
+    /// ([`PersistError::BucketDeleted`]), so stop the bucket's flusher
+    /// first. fjall removes the keyspace's files once the last
+    /// handle is dropped. Synced before returning. A crash between the two
+    /// steps leaves metadata only, which the next [`Store::bucket`] of that
+    /// name clears before creating the keyspace afresh.
+    pub fn delete_bucket(&self, name: &str) -> Result<bool, PersistError> {
+        validate_bucket_name(name)?;
+        let held = lock(&self.buckets).remove(name);
+        if let Some(bucket) = &held {
+            bucket.mark_deleted();
+        }
+        let db = &self.shared.db;
+        let existed = db.keyspace_exists(name);
+        if existed {
+            let keyspace = match &held {
+                Some(bucket) => bucket.keyspace().clone(),
+                None => db.keyspace(name, KeyspaceCreateOptions::default)?,
+            };
+            db.delete_keyspace(keyspace)?;
+        }
+        remove_bucket_meta(&self.shared, name)?;
+        Ok(existed)
+    }
+
     /// Names of the buckets that exist on disk (opened or not), sorted.
     pub fn bucket_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self
@@ -303,7 +331,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Couchbase's bucket name rule, minus `%` (not a legal keyspace name
 /// character in fjall).
-fn validate_bucket_name(name: &str) -> Result<(), PersistError> {
+pub fn validate_bucket_name(name: &str) -> Result<(), PersistError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_BUCKET_NAME_LEN
         && !name.starts_with('.')
@@ -315,6 +343,27 @@ fn validate_bucket_name(name: &str) -> Result<(), PersistError> {
     } else {
         Err(PersistError::InvalidBucketName(name.to_owned()))
     }
+}
+
+/// Removes every metadata entry of bucket `name`, in one synced batch.
+pub(super) fn remove_bucket_meta(shared: &Shared, name: &str) -> Result<(), PersistError> {
+    // `<bucket>/`: bucket names contain no `/`, so this prefix is exactly
+    // this bucket's entries, whatever their tag.
+    let mut prefix = name.as_bytes().to_vec();
+    prefix.push(b'/');
+    let mut keys = Vec::new();
+    for guard in shared.meta.prefix(prefix) {
+        keys.push(guard.key()?);
+    }
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut batch = shared.db.batch().durability(Some(PersistMode::SyncData));
+    for key in keys {
+        batch.remove(&shared.meta, key);
+    }
+    batch.commit()?;
+    Ok(())
 }
 
 /// `<bucket>/<tag>/`: bucket names contain no `/`, so one bucket's keys
@@ -412,6 +461,59 @@ mod tests {
             store.bucket(good).unwrap();
         }
         assert!(!store.bucket_names().iter().any(|n| n == META_KEYSPACE));
+    }
+
+    #[test]
+    fn deleted_buckets_leave_nothing_behind() {
+        let dir = TestDir::new("delete-bucket");
+        {
+            let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            let gone = store.bucket("gone").unwrap();
+            let kept = store.bucket("kept").unwrap();
+            for b in [&gone, &kept] {
+                b.write_batch(&[set(3, 9, "k".into())]).unwrap();
+                b.set_vbucket_state(3, 1).unwrap();
+                b.set_flush_deadline(77).unwrap();
+            }
+            assert!(store.delete_bucket("gone").unwrap());
+            assert!(!store.delete_bucket("gone").unwrap(), "already gone");
+            assert!(!store.delete_bucket("never").unwrap());
+            assert!(gone.write_batch(&[set(3, 10, "k".into())]).is_err());
+            assert_eq!(store.bucket_names(), vec!["kept".to_string()]);
+            let again = store.bucket("gone").unwrap();
+            assert!(again.get(3, b"k").unwrap().is_none());
+            assert!(again.persisted_seqnos().is_empty());
+            assert!(again.vbucket_states().unwrap().is_empty());
+            assert_eq!(again.flush_deadline().unwrap(), 0);
+        }
+        // Across a restart too, and the other bucket is untouched.
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let again = store.bucket("gone").unwrap();
+        assert!(again.get(3, b"k").unwrap().is_none());
+        assert!(again.persisted_seqnos().is_empty());
+        let kept = store.bucket("kept").unwrap();
+        assert!(kept.get(3, b"k").unwrap().is_some());
+        assert_eq!(kept.persisted_seqnos(), vec![(3, 9)]);
+        assert_eq!(kept.vbucket_states().unwrap(), vec![(3, 1)]);
+        assert_eq!(kept.flush_deadline().unwrap(), 77);
+    }
+
+    #[test]
+    fn deleting_a_bucket_not_opened_in_this_process() {
+        let dir = TestDir::new("delete-unopened");
+        {
+            let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            store
+                .bucket("old")
+                .unwrap()
+                .write_batch(&[set(0, 1, "k".into())])
+                .unwrap();
+        }
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(store.bucket_names(), vec!["old".to_string()]);
+        assert!(store.delete_bucket("old").unwrap());
+        assert!(store.bucket_names().is_empty());
+        assert!(store.bucket("old").unwrap().get(0, b"k").unwrap().is_none());
     }
 
     #[test]

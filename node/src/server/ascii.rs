@@ -117,6 +117,30 @@ pub(super) fn execute(ctx: &Context, frame: &[u8], cmd: &Command, out: &mut Byte
     }
 }
 
+/// The reply to a command that needs a bucket on a connection without one
+/// (sent even for `noreply`, as memcached sends errors).
+pub(super) const NO_BUCKET: &[u8] = b"SERVER_ERROR no bucket selected\r\n";
+
+/// Runs `cmd` on a connection with no bucket: `version`, `verbosity` and
+/// `quit` work, everything else is answered [`NO_BUCKET`].
+pub(super) fn without_bucket(cmd: &Command, out: &mut BytesMut) -> Flow {
+    match cmd {
+        Command::Version => {
+            out.put_slice(b"VERSION ");
+            out.put_slice(VERSION.as_bytes());
+            out.put_slice(b"\r\n");
+        }
+        Command::Verbosity(v) => {
+            if !v.noreply {
+                out.put_slice(b"OK\r\n");
+            }
+        }
+        Command::Quit => return Flow::Close,
+        _ => out.put_slice(NO_BUCKET),
+    }
+    Flow::Read
+}
+
 /// Largest reply one `get` may build: replies are buffered whole before
 /// they are written, so this bounds what one request can make the node hold.
 const MAX_GET_REPLY: usize = 64 * 1024 * 1024;

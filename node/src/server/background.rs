@@ -1,6 +1,8 @@
-//! The node's background work: warmup at start, the flusher thread that
-//! drains the bucket's queue to disk, and a ticker that keeps the request
-//! clock, runs the pager above the high watermark and purges expired items.
+//! One bucket's background work: warmup when it is created, the flusher
+//! thread that drains its queue to disk, and a ticker that keeps its
+//! request clock, runs the pager above the high watermark and purges
+//! expired items. A memcached bucket has only the ticker: nothing to warm
+//! up from, nothing to flush.
 //!
 //! The flusher gets its own OS thread because fjall's writes and fsyncs
 //! block; the ticker is a tokio task doing bounded work per tick.
@@ -16,7 +18,7 @@ use tokio::task::JoinHandle;
 use super::context::Context;
 use super::NodeError;
 use crate::engine::{ItemMeta, VbucketState};
-use crate::persist::Store;
+use crate::persist::BucketStore;
 
 /// Clock resolution, and how fast the pager reacts to the high watermark.
 const TICK: Duration = Duration::from_millis(100);
@@ -29,115 +31,155 @@ const PURGE_BUDGET: usize = 20_000;
 
 /// Warmup's progress, as the readiness signal.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Warmup {
+pub(super) enum Warmup {
     Running,
     Done,
     Failed(String),
 }
 
-/// Handles to the background work, stopped by [`Background::stop`].
+/// Handles to one bucket's background work, stopped by
+/// [`Background::stop`] or [`Background::discard`].
 #[derive(Debug)]
 pub(super) struct Background {
-    /// Kept open for as long as the node runs; dropped last.
-    store: Store,
     flusher_thread: Option<std::thread::JoinHandle<Result<(), crate::persist::FlushError>>>,
     ticker: JoinHandle<()>,
     warmup: watch::Receiver<Warmup>,
 }
 
 impl Background {
-    pub(super) fn start(
-        ctx: Arc<Context>,
-        store: Store,
-        standalone: bool,
-        shutdown: watch::Receiver<bool>,
-    ) -> Background {
-        let flusher_ctx = ctx.clone();
-        let flusher_thread = std::thread::Builder::new()
-            .name("shoal-flusher".into())
-            .spawn(move || {
-                let ctx = flusher_ctx;
-                ctx.flusher.run(
-                    &ctx.store,
-                    |max| ctx.bucket.drain(max),
-                    |seqnos| ctx.bucket.mark_persisted_all(seqnos),
-                )
-            })
-            .map_err(|e| tracing::error!(error = %e, "cannot start flusher thread"))
-            .ok();
-
+    /// Starts the bucket's work: for a persistent bucket the flusher thread
+    /// and warmup (every vbucket set active first when `standalone`); for
+    /// a memcached bucket only the ticker, its warmup reported done at once.
+    pub(super) fn start(ctx: Arc<Context>, standalone: bool) -> Background {
         let (warmup_tx, warmup) = watch::channel(Warmup::Running);
-        let warm_ctx = ctx.clone();
-        tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            let state = match warm_up(&warm_ctx, standalone) {
-                Ok(()) => {
-                    tracing::info!(
-                        items = warm_ctx.warmup_count.load(Ordering::Relaxed),
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "warmup complete"
-                    );
-                    Warmup::Done
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "warmup failed; the node keeps answering temporary failure");
-                    Warmup::Failed(e.to_string())
-                }
-            };
-            let _ = warmup_tx.send(state);
-        });
-
-        let ticker = tokio::spawn(tick(ctx, shutdown));
+        let flusher_thread = match ctx.store.clone() {
+            Some(store) => {
+                let thread = spawn_flusher(ctx.clone(), store);
+                let warm_ctx = ctx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let state = run_warmup(&warm_ctx, standalone);
+                    let _ = warmup_tx.send(state);
+                });
+                thread
+            }
+            None => {
+                ctx.warmup_done.store(true, Ordering::Release);
+                let _ = warmup_tx.send(Warmup::Done);
+                None
+            }
+        };
+        let ticker = tokio::spawn(tick(ctx));
         Background {
-            store,
             flusher_thread,
             ticker,
             warmup,
         }
     }
 
-    pub(super) async fn warmed_up(&self) -> Result<(), NodeError> {
-        let mut rx = self.warmup.clone();
-        let state = rx
-            .wait_for(|s| *s != Warmup::Running)
-            .await
-            .map(|s| s.clone())
-            .unwrap_or(Warmup::Failed("warmup task ended".into()));
-        match state {
-            Warmup::Failed(e) => Err(NodeError::Warmup(e)),
-            _ => Ok(()),
-        }
+    /// A receiver of warmup's progress, to wait on without holding `self`.
+    pub(super) fn warmup(&self) -> watch::Receiver<Warmup> {
+        self.warmup.clone()
     }
 
     /// Stops the ticker, drains the queue to disk and syncs.
     pub(super) async fn stop(mut self, ctx: &Arc<Context>) -> Result<(), NodeError> {
         self.ticker.abort();
+        self.stop_flusher(ctx).await
+    }
+
+    /// Stops everything of a bucket being deleted, writing nothing more:
+    /// warmup is cut short (it checks the deleted flag per item), the queue
+    /// is dropped, and the flusher exits with nothing left to write. Call
+    /// after [`Context::mark_deleted`](super::context::Context).
+    pub(super) async fn discard(mut self, ctx: &Arc<Context>) {
+        self.ticker.abort();
+        let _ = wait_for_warmup(self.warmup.clone()).await;
+        // Requests still running answer "temporary failure" from now on;
+        // what they queued before is dropped here or by the flusher's last
+        // pass into a keyspace that is about to go.
+        ctx.bucket.set_warming_up(true);
+        drop(ctx.bucket.drain(usize::MAX));
+        if let Err(error) = self.stop_flusher(ctx).await {
+            tracing::debug!(bucket = %ctx.name, %error, "flusher of a deleted bucket");
+        }
+    }
+
+    async fn stop_flusher(&mut self, ctx: &Arc<Context>) -> Result<(), NodeError> {
+        let Some(thread) = self.flusher_thread.take() else {
+            return Ok(());
+        };
         let flusher = ctx.flusher.clone();
-        let thread = self.flusher_thread.take();
-        let result = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let shutdown = flusher.shutdown();
-            if let Some(thread) = thread {
-                let _ = thread.join();
-            }
+            let _ = thread.join();
             shutdown
         })
         .await
-        .unwrap_or(Err(crate::persist::FlushError::Stopped));
-        result?;
-        self.store.sync()?;
+        .unwrap_or(Err(crate::persist::FlushError::Stopped))?;
         Ok(())
     }
 }
 
-async fn tick(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+/// Waits until warmup has finished (or failed).
+pub(super) async fn wait_for_warmup(mut rx: watch::Receiver<Warmup>) -> Result<(), NodeError> {
+    let state = rx
+        .wait_for(|s| *s != Warmup::Running)
+        .await
+        .map(|s| s.clone())
+        .unwrap_or(Warmup::Failed("warmup task ended".into()));
+    match state {
+        Warmup::Failed(e) => Err(NodeError::Warmup(e)),
+        _ => Ok(()),
+    }
+}
+
+/// The flusher's thread, draining `ctx`'s queue into `store`.
+fn spawn_flusher(
+    ctx: Arc<Context>,
+    store: BucketStore,
+) -> Option<std::thread::JoinHandle<Result<(), crate::persist::FlushError>>> {
+    let name = ctx.name.clone();
+    std::thread::Builder::new()
+        .name("shoal-flusher".into())
+        .spawn(move || {
+            ctx.flusher.run(
+                &store,
+                |max| ctx.bucket.drain(max),
+                |seqnos| ctx.bucket.mark_persisted_all(seqnos),
+            )
+        })
+        .map_err(|e| tracing::error!(bucket = %name, error = %e, "cannot start flusher thread"))
+        .ok()
+}
+
+/// Runs warmup and logs how it went.
+fn run_warmup(ctx: &Context, standalone: bool) -> Warmup {
+    let started = std::time::Instant::now();
+    match warm_up(ctx, standalone) {
+        Ok(()) => {
+            tracing::info!(
+                bucket = %ctx.name,
+                items = ctx.warmup_count.load(Ordering::Relaxed),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "warmup complete"
+            );
+            Warmup::Done
+        }
+        Err(e) if ctx.is_deleted() => Warmup::Failed(e.to_string()),
+        Err(e) => {
+            tracing::error!(bucket = %ctx.name, error = %e, "warmup failed; the bucket keeps answering temporary failure");
+            Warmup::Failed(e.to_string())
+        }
+    }
+}
+
+/// The ticker; runs until aborted.
+async fn tick(ctx: Arc<Context>) {
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u32;
     loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            _ = shutdown.changed() => return,
-        }
+        interval.tick().await;
         ctx.clock.tick();
         let now = ctx.clock.now();
         if ctx.bucket.needs_paging() {
@@ -148,7 +190,7 @@ async fn tick(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
         if ticks.is_multiple_of(PURGE_EVERY_TICKS) && !ctx.bucket.is_warming_up() {
             let report = ctx.bucket.purge_expired(now, PURGE_BUDGET);
             if report.expired + report.flushed > 0 {
-                ctx.flusher.notify();
+                ctx.wrote();
             }
         }
     }
@@ -158,6 +200,9 @@ async fn tick(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
 /// `flush_all` deadline, then every item (values while they fit under the
 /// high watermark, metadata only after that). Then opens for traffic.
 fn warm_up(ctx: &Context, standalone: bool) -> Result<(), NodeError> {
+    let Some(store) = &ctx.store else {
+        return Err(NodeError::Warmup("a memcached bucket has no store".into()));
+    };
     let bucket = &ctx.bucket;
     let n = bucket.config().num_vbuckets;
     if standalone {
@@ -165,17 +210,21 @@ fn warm_up(ctx: &Context, standalone: bool) -> Result<(), NodeError> {
             let _ = bucket.set_vbucket_state(vb as u16, VbucketState::Active);
         }
     }
-    for (vb, state) in ctx.store.vbucket_states()? {
+    for (vb, state) in store.vbucket_states()? {
         if let Some(state) = VbucketState::from_wire(u32::from(state)) {
             let _ = bucket.set_vbucket_state(vb, state);
         }
     }
-    for (vb, seqno) in ctx.store.persisted_seqnos() {
+    for (vb, seqno) in store.persisted_seqnos() {
         let _ = bucket.load_seqno(vb, seqno);
     }
-    bucket.load_flush_deadline(ctx.store.flush_deadline()?);
+    bucket.load_flush_deadline(store.flush_deadline()?);
     let mut failure = None;
-    ctx.store.warmup(|vb, key, item| {
+    store.warmup(|vb, key, item| {
+        if ctx.is_deleted() {
+            failure = Some("the bucket was deleted".to_string());
+            return ControlFlow::Break(());
+        }
         let meta = ItemMeta {
             flags: item.header.flags,
             exptime: item.header.exptime,

@@ -1,11 +1,16 @@
-//! The binary front end: runs one parsed [`Request`] against the bucket and
-//! appends memcached 1.6's reply frame to the connection's output.
+//! The binary front end: runs one parsed [`Request`] against the
+//! connection's bucket and appends memcached 1.6's reply frame to the
+//! connection's output.
 //!
 //! The vbucket comes from the request header (smart clients and the proxy
-//! compute it). Quiet opcodes follow memcached: GETQ/GETKQ/GATQ/GATKQ are
-//! silent on a miss, quiet mutations are silent on success, errors are
-//! always sent. The vbucket commands (SET/GET/DEL_VBUCKET) are what the
-//! cluster manager drives a node with.
+//! compute it; a memcached bucket ignores it). Quiet opcodes follow
+//! memcached: GETQ/GETKQ/GATQ/GATKQ are silent on a miss, quiet mutations
+//! are silent on success, errors are always sent. The vbucket commands
+//! (SET/GET/DEL_VBUCKET) are what the cluster manager drives a node with.
+//!
+//! Bucket selection, as Couchbase does it: SASL PLAIN authenticates as a
+//! user named like the bucket, SELECT_BUCKET names the bucket. Without a
+//! bucket, every command that needs one answers NO_BUCKET (0x08).
 
 use bytes::{Bytes, BytesMut};
 use shoal_protocol::binary::{
@@ -13,6 +18,8 @@ use shoal_protocol::binary::{
     RequestHeader, ResponseFields, Status, VbucketState as WireState,
 };
 
+use super::buckets::BucketKind;
+use super::connection::Session;
 use super::context::{Context, VERSION};
 use super::stats;
 use super::Flow;
@@ -21,8 +28,91 @@ use crate::engine::{
     VbucketState,
 };
 
-/// Runs `req`, parsed from `frame`, appending its reply (if any) to `out`.
-pub(super) fn execute(ctx: &Context, frame: &[u8], req: &Request, out: &mut BytesMut) -> Flow {
+/// The one SASL mechanism offered.
+const PLAIN: &[u8] = b"PLAIN";
+
+/// Runs `req`, parsed from `frame`, appending its reply (if any) to `out`:
+/// the commands that need no bucket here, the rest on the session's bucket.
+pub(super) fn execute(
+    session: &mut Session,
+    frame: &[u8],
+    req: &Request,
+    out: &mut BytesMut,
+) -> Flow {
+    let h = &req.header;
+    match h.opcode {
+        Opcode::Noop | Opcode::Verbosity => {
+            reply(out, h, Status::OK, 0, &[], &[], &[]);
+            Flow::Read
+        }
+        Opcode::Version => {
+            reply(out, h, Status::OK, 0, &[], &[], VERSION.as_bytes());
+            Flow::Read
+        }
+        Opcode::Quit => {
+            reply(out, h, Status::OK, 0, &[], &[], &[]);
+            Flow::Close
+        }
+        Opcode::QuitQ => Flow::Close,
+        Opcode::SaslListMechs => {
+            reply(out, h, Status::OK, 0, &[], &[], PLAIN);
+            Flow::Read
+        }
+        Opcode::SaslAuth => {
+            // No security yet: the password is not checked. The user names
+            // the bucket (Couchbase's per-bucket SASL, which moxi and the
+            // old smart clients rely on); an unknown one is an auth error
+            // and leaves the selection as it was.
+            let user = (req.key.of(frame) == PLAIN)
+                .then(|| plain_user(req.value.of(frame)))
+                .flatten();
+            match user {
+                Some(user) if session.select(user) => {
+                    reply(out, h, Status::OK, 0, &[], &[], b"Authenticated")
+                }
+                _ => status_reply(out, h, Status::AUTH_ERROR),
+            }
+            Flow::Read
+        }
+        // PLAIN completes in one step: there is nothing to continue.
+        Opcode::SaslStep => {
+            status_reply(out, h, Status::AUTH_ERROR);
+            Flow::Read
+        }
+        Opcode::SelectBucket => {
+            // Couchbase answers an unknown bucket "not found" and keeps the
+            // connection on the bucket it had.
+            if session.select(req.key.of(frame)) {
+                reply(out, h, Status::OK, 0, &[], &[], &[]);
+            } else {
+                status_reply(out, h, Status::KEY_NOT_FOUND);
+            }
+            Flow::Read
+        }
+        Opcode::Other(_) => {
+            status_reply(out, h, Status::UNKNOWN_COMMAND);
+            Flow::Read
+        }
+        _ => match session.bucket() {
+            Some(ctx) => execute_on(ctx, frame, req, out),
+            None => {
+                status_reply(out, h, Status::NO_BUCKET);
+                Flow::Read
+            }
+        },
+    }
+}
+
+/// The user of a SASL PLAIN message (`authzid NUL authcid NUL password`,
+/// RFC 4616), if it is one.
+fn plain_user(message: &[u8]) -> Option<&[u8]> {
+    let mut parts = message.split(|&b| b == 0);
+    let (_authzid, user, _password) = (parts.next()?, parts.next()?, parts.next()?);
+    (parts.next().is_none() && !user.is_empty()).then_some(user)
+}
+
+/// Runs a command that needs a bucket on `ctx`.
+fn execute_on(ctx: &Context, frame: &[u8], req: &Request, out: &mut BytesMut) -> Flow {
     let now = ctx.clock.now();
     let h = &req.header;
     let key = req.key.of(frame);
@@ -137,18 +227,6 @@ pub(super) fn execute(ctx: &Context, frame: &[u8], req: &Request, out: &mut Byte
             }
             Flow::Wrote
         }
-        Opcode::Noop => {
-            reply(out, h, Status::OK, 0, &[], &[], &[]);
-            Flow::Read
-        }
-        Opcode::Version => {
-            reply(out, h, Status::OK, 0, &[], &[], VERSION.as_bytes());
-            Flow::Read
-        }
-        Opcode::Verbosity => {
-            reply(out, h, Status::OK, 0, &[], &[], &[]);
-            Flow::Read
-        }
         Opcode::Flush | Opcode::FlushQ => {
             let deadline = match req.extras {
                 Extras::Flush {
@@ -182,11 +260,12 @@ pub(super) fn execute(ctx: &Context, frame: &[u8], req: &Request, out: &mut Byte
             }
             Flow::Read
         }
-        Opcode::Quit => {
-            reply(out, h, Status::OK, 0, &[], &[], &[]);
-            Flow::Close
+        // A memcached bucket's one vbucket is always active: there is
+        // nothing for the cluster manager to move.
+        Opcode::SetVbucket | Opcode::DelVbucket if ctx.kind == BucketKind::Memcached => {
+            status_reply(out, h, Status::NOT_SUPPORTED);
+            Flow::Read
         }
-        Opcode::QuitQ => Flow::Close,
         Opcode::SetVbucket => {
             let state = match req.extras {
                 Extras::SetVbucket { state } => engine_state(state),
@@ -216,21 +295,6 @@ pub(super) fn execute(ctx: &Context, frame: &[u8], req: &Request, out: &mut Byte
                 Ok(()) => reply(out, h, Status::OK, 0, &[], &[], &[]),
                 Err(e) => error_reply(out, h, e),
             }
-            Flow::Read
-        }
-        Opcode::SaslListMechs => {
-            reply(out, h, Status::OK, 0, &[], &[], b"PLAIN");
-            Flow::Read
-        }
-        Opcode::SaslAuth | Opcode::SaslStep => {
-            // A standalone node has one open bucket: every client is let in,
-            // as memcached without `-S` does. The cluster manager adds
-            // per-bucket credentials.
-            reply(out, h, Status::OK, 0, &[], &[], b"Authenticated");
-            Flow::Read
-        }
-        Opcode::Other(_) => {
-            status_reply(out, h, Status::UNKNOWN_COMMAND);
             Flow::Read
         }
         _ => {
@@ -310,5 +374,20 @@ fn reply(
     // limits, far inside the header's length fields.
     if encode_response(out, &fields, extras, key, value).is_err() {
         tracing::error!(opcode = %h.opcode, "reply too large to encode");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_messages() {
+        assert_eq!(plain_user(b"\0b1\0secret"), Some(&b"b1"[..]));
+        assert_eq!(plain_user(b"admin\0b1\0"), Some(&b"b1"[..]));
+        assert_eq!(plain_user(b"\0\0pw"), None, "no user");
+        assert_eq!(plain_user(b"b1"), None);
+        assert_eq!(plain_user(b"\0b1"), None, "no password field");
+        assert_eq!(plain_user(b"\0b1\0pw\0more"), None);
     }
 }

@@ -1,5 +1,12 @@
 //! One client connection: read, parse every complete request in the
-//! buffer, run each, write all replies of the batch at once.
+//! buffer, run each against the connection's bucket, write all replies of
+//! the batch at once.
+//!
+//! A [`Session`] is the connection's bucket: `default` at accept if the
+//! node has one, then whatever binary SASL or SELECT_BUCKET chose. It holds
+//! the bucket's `Arc<Context>`, so requests take no lock to find it. When
+//! the bucket is deleted the connection closes after its current batch
+//! (or at once, if it is waiting for a request).
 //!
 //! Each request is sniffed by its first byte — 0x80 binary, `m` meta,
 //! anything else classic ASCII — so any memcached client library works on
@@ -14,12 +21,14 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use shoal_protocol::binary::{encode_error_response, parse_request, peek_request_header, Status};
-use shoal_protocol::{ascii, meta, ParseError, Recovery};
+use shoal_protocol::{ascii, meta, Limits, ParseError, Recovery};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::context::Context;
+use super::buckets::Buckets;
+use super::context::{Context, ServerStats};
+use super::DEFAULT_BUCKET;
 use super::{ascii as ascii_front, binary as binary_front, meta as meta_front, Flow};
 
 /// Initial read buffer: a few MTUs, enough for most pipelined batches of
@@ -48,27 +57,35 @@ const RETAINED_BUFFER: usize = 4 * READ_BUFFER;
 /// churned) for every batch.
 const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
-/// Serves one client until it closes, errs, quits or the node shuts down.
+/// Serves one client until it closes, errs, quits, its bucket is deleted
+/// or the node shuts down.
 pub(super) async fn serve(
     mut stream: TcpStream,
-    ctx: Arc<Context>,
+    buckets: Arc<Buckets>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let mut session = Session::on_node(buckets);
+    let stats = session.stats.clone();
     let mut conn = Connection::new();
     loop {
-        let (flow, mutated) = conn.process(&ctx);
+        let (flow, mutated) = conn.process(&mut session);
         if !conn.wbuf.is_empty() {
             if stream.write_all(&conn.wbuf).await.is_err() {
                 return;
             }
-            ctx.stats
+            stats
                 .bytes_written
                 .fetch_add(conn.wbuf.len() as u64, Ordering::Relaxed);
             conn.wbuf.clear();
         }
         if mutated {
-            ctx.flusher.notify();
+            if let Some(ctx) = session.bucket() {
+                ctx.wrote();
+            }
+        }
+        if session.bucket_deleted() {
+            return;
         }
         match flow {
             Step::Close => return,
@@ -90,19 +107,34 @@ pub(super) async fn serve(
                     continue;
                 }
                 _ = shutdown.changed() => return,
+                () = deleted(&mut session.deleted) => return,
             }
         } else {
             tokio::select! {
                 read = stream.read_buf(&mut conn.rbuf) => read,
                 _ = shutdown.changed() => return,
+                () = deleted(&mut session.deleted) => return,
             }
         };
         match read {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                ctx.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+                stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// Resolves once the bucket `signal` belongs to is deleted; never without
+/// a bucket.
+async fn deleted(signal: &mut Option<watch::Receiver<bool>>) {
+    match signal {
+        // An error means the context is gone, which a session holding it
+        // rules out; either way there is nothing left to serve.
+        Some(signal) => {
+            let _ = signal.wait_for(|deleted| *deleted).await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -110,14 +142,15 @@ pub(super) async fn serve(
 /// no socket: the input arrives in `chunks` (as reads would deliver it) and
 /// the replies are returned. Stops early, like a connection, at `quit` or at
 /// an error that closes the stream. For fuzzing and tests of the session
-/// logic; the bucket is whatever `ctx` holds.
-pub fn drive(ctx: &Context, chunks: &[&[u8]]) -> DriveOutcome {
+/// logic; the connection is on `ctx`'s bucket, the only one it can select.
+pub fn drive(ctx: &Arc<Context>, chunks: &[&[u8]]) -> DriveOutcome {
+    let mut session = Session::on_bucket(ctx.clone());
     let mut conn = Connection::new();
     let mut output = Vec::new();
     for chunk in chunks {
         conn.rbuf.extend_from_slice(chunk);
         loop {
-            let (step, _) = conn.process(ctx);
+            let (step, _) = conn.process(&mut session);
             output.extend_from_slice(&conn.wbuf);
             conn.wbuf.clear();
             match step {
@@ -160,6 +193,104 @@ enum Step {
     Flushed,
     /// Close after writing what is buffered.
     Close,
+}
+
+/// A connection's bucket, and where it can select another.
+pub(super) struct Session {
+    /// The selected bucket; `None` until one is (a node without `default`).
+    ctx: Option<Arc<Context>>,
+    /// Fires when the selected bucket is deleted.
+    deleted: Option<watch::Receiver<bool>>,
+    /// Where names are looked up.
+    directory: Directory,
+    /// The node's parser limits (the same for every bucket).
+    limits: Limits,
+    /// The node's counters.
+    stats: Arc<ServerStats>,
+}
+
+/// Where a [`Session`] looks bucket names up.
+enum Directory {
+    /// Every bucket of a node.
+    Node(Arc<Buckets>),
+    /// One bucket and nothing else ([`drive`]).
+    Single(Arc<Context>),
+}
+
+// === impl Session ===
+
+impl Session {
+    /// A session of a connection to the node of `buckets`: on `default` if
+    /// the node has one.
+    fn on_node(buckets: Arc<Buckets>) -> Session {
+        let mut session = Session {
+            ctx: None,
+            deleted: None,
+            limits: *buckets.limits(),
+            stats: buckets.stats().clone(),
+            directory: Directory::Node(buckets),
+        };
+        if let Some(ctx) = session.lookup(DEFAULT_BUCKET) {
+            session.set_bucket(ctx);
+        }
+        session
+    }
+
+    /// A session on `ctx`, which can select nothing else.
+    fn on_bucket(ctx: Arc<Context>) -> Session {
+        let mut session = Session {
+            ctx: None,
+            deleted: None,
+            limits: ctx.limits,
+            stats: ctx.stats.clone(),
+            directory: Directory::Single(ctx.clone()),
+        };
+        session.set_bucket(ctx);
+        session
+    }
+
+    /// The selected bucket.
+    #[inline]
+    pub(super) fn bucket(&self) -> Option<&Arc<Context>> {
+        self.ctx.as_ref()
+    }
+
+    /// Whether the selected bucket has been deleted.
+    fn bucket_deleted(&self) -> bool {
+        self.ctx.as_ref().is_some_and(|ctx| ctx.is_deleted())
+    }
+
+    /// Selects bucket `name`; false (and the selection unchanged, as
+    /// Couchbase keeps it) when there is no such bucket.
+    pub(super) fn select(&mut self, name: &[u8]) -> bool {
+        let found = std::str::from_utf8(name)
+            .ok()
+            .and_then(|name| self.lookup(name));
+        match found {
+            Some(ctx) => {
+                self.set_bucket(ctx);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn lookup(&self, name: &str) -> Option<Arc<Context>> {
+        match &self.directory {
+            Directory::Node(buckets) => buckets.get(name),
+            Directory::Single(ctx) => (ctx.name == name && !ctx.is_deleted()).then(|| ctx.clone()),
+        }
+    }
+
+    fn set_bucket(&mut self, ctx: Arc<Context>) {
+        // The batch may have written to the bucket being left; the serve
+        // loop only notifies the one selected when the batch ends.
+        if let Some(old) = &self.ctx {
+            old.wrote();
+        }
+        self.deleted = Some(ctx.deleted_signal());
+        self.ctx = Some(ctx);
+    }
 }
 
 /// A connection's buffers, kept apart from the socket so the processing
@@ -205,7 +336,7 @@ impl Connection {
 
     /// Handles every complete request in `rbuf`; returns the next step and
     /// whether anything was written to the bucket.
-    fn process(&mut self, ctx: &Context) -> (Step, bool) {
+    fn process(&mut self, session: &mut Session) -> (Step, bool) {
         let mut mutated = false;
         loop {
             if self.skip > 0 {
@@ -219,7 +350,7 @@ impl Connection {
             if self.rbuf.is_empty() {
                 return (Step::NeedBytes, mutated);
             }
-            match self.one(ctx) {
+            match self.one(session) {
                 Some(Flow::Read) => {}
                 Some(Flow::Wrote) => mutated = true,
                 Some(Flow::Close) => return (Step::Close, mutated),
@@ -233,48 +364,58 @@ impl Connection {
 
     /// Parses and runs the request at the front of `rbuf`; `None` when it
     /// is incomplete.
-    fn one(&mut self, ctx: &Context) -> Option<Flow> {
+    fn one(&mut self, session: &mut Session) -> Option<Flow> {
         let buf = &self.rbuf[..];
-        let limits = &ctx.limits;
+        let limits = &session.limits;
         let (flow, used) = match buf[0] {
             0x80 => match parse_request(buf, limits) {
                 Ok(Some((req, used))) => (
-                    binary_front::execute(ctx, &buf[..used], &req, &mut self.wbuf),
+                    binary_front::execute(session, &buf[..used], &req, &mut self.wbuf),
                     used,
                 ),
                 Ok(None) => return None,
-                Err(e) => return Some(self.binary_error(ctx, e)),
+                Err(e) => return Some(self.binary_error(session, e)),
             },
             b'm' => match meta::parse_meta(buf, limits) {
-                Ok(Some((cmd, used))) => (
-                    meta_front::execute(ctx, &buf[..used], &cmd, &mut self.wbuf),
-                    used,
-                ),
+                Ok(Some((cmd, used))) => {
+                    let flow = match session.bucket() {
+                        Some(ctx) => meta_front::execute(ctx, &buf[..used], &cmd, &mut self.wbuf),
+                        None => meta_front::without_bucket(&cmd, &mut self.wbuf),
+                    };
+                    (flow, used)
+                }
                 Ok(None) => return None,
-                Err(e) => return Some(self.text_error(ctx, e)),
+                Err(e) => return Some(self.text_error(session, e)),
             },
             _ => match ascii::parse_command(buf, limits) {
-                Ok(Some((cmd, used))) => (
-                    ascii_front::execute(ctx, &buf[..used], &cmd, &mut self.wbuf),
-                    used,
-                ),
+                Ok(Some((cmd, used))) => {
+                    let flow = match session.bucket() {
+                        Some(ctx) => ascii_front::execute(ctx, &buf[..used], &cmd, &mut self.wbuf),
+                        None => ascii_front::without_bucket(&cmd, &mut self.wbuf),
+                    };
+                    (flow, used)
+                }
                 Ok(None) => return None,
-                Err(e) => return Some(self.text_error(ctx, e)),
+                Err(e) => return Some(self.text_error(session, e)),
             },
         };
         self.rbuf.advance(used);
         Some(flow)
     }
 
-    fn text_error(&mut self, ctx: &Context, e: ParseError) -> Flow {
-        ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    fn text_error(&mut self, session: &Session, e: ParseError) -> Flow {
+        session
+            .stats
+            .protocol_errors
+            .fetch_add(1, Ordering::Relaxed);
         // A write refused as too large unlinks its key, as memcached does:
         // the client meant to replace the value, so the old one must not
         // be served afterwards.
         let unlinked = e
             .key
             .and_then(|span| self.rbuf.get(span.start..span.end))
-            .map(|key| {
+            .zip(session.bucket())
+            .map(|(key, ctx)| {
                 let now = ctx.clock.now();
                 ctx.bucket.delete(ctx.vbucket_of(key), key, 0, now).is_ok()
             });
@@ -285,8 +426,11 @@ impl Connection {
         self.recover(e)
     }
 
-    fn binary_error(&mut self, ctx: &Context, e: ParseError) -> Flow {
-        ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    fn binary_error(&mut self, session: &Session, e: ParseError) -> Flow {
+        session
+            .stats
+            .protocol_errors
+            .fetch_add(1, Ordering::Relaxed);
         // The header is whole whenever the parser could judge it; answer
         // with its opcode and opaque so the client can match the error.
         if let Some(header) = peek_request_header(&self.rbuf) {

@@ -1,14 +1,18 @@
-//! [`Context`]: what every connection of a node shares — the bucket, its
-//! store and flusher, the clock and the server's own counters — plus the
-//! two helpers every protocol front end needs: reading through to disk for
-//! ejected values, and retrying a write that needs an ejected value.
+//! [`Context`]: what every connection on one bucket shares — the bucket,
+//! its store and flusher, its clock, the node's counters and whether the
+//! bucket was deleted — plus the two helpers every protocol front end
+//! needs: reading through to disk for ejected values, and retrying a write
+//! that needs an ejected value.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use shoal_protocol::Limits;
+use tokio::sync::watch;
 
+use super::buckets::BucketKind;
 use crate::engine::{Bucket, EngineError, Hit, Lookup};
 use crate::mutation::VbucketId;
 use crate::persist::{BucketStore, Flusher};
@@ -63,7 +67,9 @@ impl Default for Clock {
     }
 }
 
-/// Counters of the server around the engine (memcached's names).
+/// Counters of the server around the engine (memcached's names). One set
+/// per node, shared by the contexts of all its buckets: connections and
+/// bytes belong to the node, not to whichever bucket a connection selected.
 #[derive(Debug, Default)]
 pub struct ServerStats {
     /// Open client connections.
@@ -80,34 +86,116 @@ pub struct ServerStats {
     pub protocol_errors: AtomicU64,
 }
 
-/// Everything a connection needs, shared behind an `Arc`.
+/// One bucket of a node and everything a connection working on it needs,
+/// shared behind an `Arc` (by [`Buckets`](super::Buckets), the bucket's
+/// background work and every connection that selected it).
 #[derive(Debug)]
 pub struct Context {
-    /// The one bucket.
+    /// The bucket's name (`default`, or what the cluster manager created).
+    pub name: String,
+    /// Persistent (membase) or memory only (memcached).
+    pub kind: BucketKind,
+    /// The bucket's items.
     pub bucket: Bucket,
-    /// Its on-disk store.
-    pub store: BucketStore,
-    /// The write-behind flusher draining `bucket` into `store`.
+    /// Its on-disk store; `None` for a memcached bucket, which has none.
+    pub store: Option<BucketStore>,
+    /// The write-behind flusher draining `bucket` into `store` (never
+    /// started for a memcached bucket: its stats stay zero).
     pub flusher: Flusher,
-    /// Parser limits.
+    /// Parser limits (the node's).
     pub limits: Limits,
-    /// The request clock.
+    /// The request clock, ticked by the bucket's ticker.
     pub clock: Clock,
-    /// Server counters.
-    pub stats: ServerStats,
+    /// The node's server counters.
+    pub stats: Arc<ServerStats>,
     /// When the node started (for `uptime`).
     pub started: Instant,
     /// Set once warmup has finished (`ep_warmup_thread: complete`).
-    pub warmup_done: std::sync::atomic::AtomicBool,
+    pub warmup_done: AtomicBool,
     /// Items loaded by warmup so far (`ep_warmup_count`).
     pub warmup_count: AtomicU64,
     /// Standalone nodes place every key by its own hash, ignoring the
     /// binary header's vbucket: plain memcached binary clients send 0 there,
     /// and their keys must land where ASCII clients will look for them.
     pub hash_keys: bool,
+    /// Set (once) when the bucket is deleted; read after every batch by
+    /// the connections using it, which then close.
+    deleted: AtomicBool,
+    /// Flips to `true` with `deleted`, to wake connections idle in a read.
+    deleted_signal: watch::Sender<bool>,
+}
+
+/// The parts of a [`Context`] that are not derived: what
+/// [`Context::new`] needs.
+#[derive(Debug)]
+pub(super) struct ContextParts {
+    /// The bucket's name.
+    pub name: String,
+    /// Its kind.
+    pub kind: BucketKind,
+    /// Its items (built empty; warming up for a membase bucket).
+    pub bucket: Bucket,
+    /// Its store (`None` for a memcached bucket).
+    pub store: Option<BucketStore>,
+    /// Its flusher.
+    pub flusher: Flusher,
+    /// Parser limits.
+    pub limits: Limits,
+    /// The node's counters.
+    pub stats: Arc<ServerStats>,
+    /// When the node started.
+    pub started: Instant,
+    /// See [`Context::hash_keys`].
+    pub hash_keys: bool,
 }
 
 impl Context {
+    /// A context for `parts`, warmup not done, not deleted.
+    pub(super) fn new(parts: ContextParts) -> Context {
+        Context {
+            name: parts.name,
+            kind: parts.kind,
+            bucket: parts.bucket,
+            store: parts.store,
+            flusher: parts.flusher,
+            limits: parts.limits,
+            clock: Clock::new(),
+            stats: parts.stats,
+            started: parts.started,
+            warmup_done: AtomicBool::new(false),
+            warmup_count: AtomicU64::new(0),
+            hash_keys: parts.hash_keys,
+            deleted: AtomicBool::new(false),
+            deleted_signal: watch::channel(false).0,
+        }
+    }
+
+    /// Whether the bucket was deleted (its connections close).
+    #[inline]
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Marks the bucket deleted and wakes the connections using it.
+    pub(super) fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
+        self.deleted_signal.send_replace(true);
+    }
+
+    /// A receiver that sees `true` once the bucket is deleted.
+    pub(super) fn deleted_signal(&self) -> watch::Receiver<bool> {
+        self.deleted_signal.subscribe()
+    }
+
+    /// Called after a batch that wrote to the bucket: wakes the flusher
+    /// (a memcached bucket has none and queues nothing).
+    #[inline]
+    pub fn wrote(&self) {
+        if self.store.is_some() {
+            self.flusher.notify();
+        }
+    }
+
     /// The vbucket of `key`, computed with libvbucket's rule.
     #[inline]
     pub fn vbucket_of(&self, key: &[u8]) -> VbucketId {
@@ -174,7 +262,11 @@ impl Context {
     /// resident), and the store's block cache serves most of them.
     fn fetch(&self, vb: VbucketId, key: &[u8], seqno: u64) -> Result<Bytes, EngineError> {
         self.stats.bg_fetches.fetch_add(1, Ordering::Relaxed);
-        match self.store.get(vb, key) {
+        // Only persistent buckets eject values, so only they fetch.
+        let Some(store) = &self.store else {
+            return Err(EngineError::TempFail);
+        };
+        match store.get(vb, key) {
             Ok(Some(item)) if !item.is_tombstone() && item.header.seqno == seqno => {
                 self.bucket
                     .restore_value(vb, key, seqno, item.value.clone());

@@ -36,6 +36,16 @@ const UNSUPPORTED_ARITH: &[Flag] = &[Flag::NewCas];
 /// memcached's longest key; base64 keys decode into a buffer this size.
 const MAX_KEY: usize = 250;
 
+/// Runs `cmd` on a connection with no bucket: `mn` works, everything else
+/// is answered `SERVER_ERROR no bucket selected`.
+pub(super) fn without_bucket(cmd: &MetaCommand, out: &mut BytesMut) -> Flow {
+    match cmd {
+        MetaCommand::Noop => out.put_slice(b"MN\r\n"),
+        _ => out.put_slice(super::ascii::NO_BUCKET),
+    }
+    Flow::Read
+}
+
 /// Runs `cmd`, parsed from `frame`, appending its reply (if any) to `out`.
 pub(super) fn execute(ctx: &Context, frame: &[u8], cmd: &MetaCommand, out: &mut BytesMut) -> Flow {
     let mut key_buf = [0u8; MAX_KEY];

@@ -1,28 +1,35 @@
 //! The storage node's data service: a memcached listener (ASCII, meta and
-//! binary on one port) in front of one bucket, with write-behind
-//! persistence, warmup, the pager and graceful shutdown.
+//! binary on one port) in front of any number of buckets, with
+//! write-behind persistence, warmup, the pager and graceful shutdown.
 //!
-//! Modules: [`context`] (what connections share), `connection` (the
-//! per-client read/parse/run/write loop), `ascii`, `meta` and `binary` (one
-//! front end per protocol), `stats` (the `stats` groups), `background`
-//! (clock, pager, expiry purge, flusher thread, warmup).
+//! Modules: [`buckets`] (the node's buckets, created and deleted at
+//! runtime), [`context`] (what connections on one bucket share),
+//! `connection` (the per-client read/parse/run/write loop and its bucket
+//! selection), `ascii`, `meta` and `binary` (one front end per protocol),
+//! `stats` (the `stats` groups), `background` (per bucket: clock, pager,
+//! expiry purge, flusher thread, warmup).
 //!
-//! [`Node::start`] binds, starts warmup and returns at once; requests get
-//! "temporary failure" until warmup completes. [`Node::shutdown`] stops
-//! accepting, closes connections, writes every queued mutation to disk and
-//! returns.
+//! [`Node::start`] binds, creates bucket `default` when configured to
+//! (starting its warmup) and returns at once; requests get "temporary
+//! failure" until warmup completes. A connection starts on `default` when
+//! it exists and selects another bucket with binary SASL PLAIN (the user
+//! names the bucket) or SELECT_BUCKET. [`Node::shutdown`] stops accepting,
+//! closes connections, writes every queued mutation of every bucket to
+//! disk and returns.
 
 mod ascii;
 mod background;
 mod binary;
+pub mod buckets;
 mod connection;
+pub use buckets::{BucketKind, BucketSpec, Buckets};
 pub use connection::{drive, DriveOutcome};
 pub mod context;
 mod meta;
 mod stats;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,13 +40,16 @@ use tokio::task::JoinHandle;
 
 use crate::cluster::ClusterView;
 use crate::config::NodeConfig;
-use crate::engine::{Bucket, BucketConfig, EngineError, VbucketState};
+use crate::engine::{EngineError, VbucketState};
+use crate::meta::Meta;
 use crate::mutation::VbucketId;
-use crate::persist::{Flusher, FlusherConfig, PersistError, Store, StoreOptions};
+use crate::persist::{PersistError, Store, StoreOptions};
+use buckets::BucketSettings;
 pub use context::Context;
-use context::{Clock, ServerStats};
+use context::ServerStats;
 
-/// The one bucket a standalone node serves.
+/// The bucket a standalone node serves, and the one a connection starts
+/// on.
 pub const DEFAULT_BUCKET: &str = "default";
 
 /// What a request does to the connection after its reply.
@@ -81,28 +91,48 @@ pub enum NodeError {
     /// Warmup failed.
     #[error("warmup: {0}")]
     Warmup(String),
+    /// The cluster metadata service could not start.
+    #[error("cluster metadata: {0}")]
+    Meta(String),
+    /// No bucket of that name on this node.
+    #[error("no bucket {0:?}")]
+    NoSuchBucket(String),
+    /// The node is shutting down: buckets can no longer be created.
+    #[error("the node is stopping")]
+    Stopped,
+    /// A blocking task (opening, deleting or syncing a keyspace) panicked
+    /// or was cancelled.
+    #[error("background task: {0}")]
+    Task(String),
 }
 
 /// A running node.
 #[derive(Debug)]
 pub struct Node {
-    ctx: Arc<Context>,
+    buckets: Arc<Buckets>,
+    /// The cluster metadata service (`None` on a standalone node).
+    meta: Option<Arc<Meta>>,
     data_addr: SocketAddr,
     admin_addr: SocketAddr,
     admin: JoinHandle<()>,
     view: Arc<ClusterView>,
     shutdown: watch::Sender<bool>,
     accept: JoinHandle<()>,
-    background: background::Background,
     connections: Arc<Semaphore>,
     max_connections: usize,
 }
 
 impl Node {
-    /// Opens the data dir, binds the data port and starts warmup; returns
-    /// as soon as the port accepts connections.
+    /// Opens the data dir, creates bucket `default` if
+    /// [`NodeConfig::default_bucket`] says so (starting its warmup) and
+    /// binds the data and admin ports; returns as soon as they accept
+    /// connections.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
-        let (ctx, store) = open(&config)?;
+        let store = open_store(&config)?;
+        let buckets = Arc::new(Buckets::new(store, settings(&config)));
+        if config.default_bucket {
+            buckets.create(default_spec(&config)).await?;
+        }
         let listener = TcpListener::bind((config.host, config.port)).await?;
         let data_addr = listener.local_addr()?;
         let admin_listener = TcpListener::bind((config.host, config.admin_port)).await?;
@@ -122,34 +152,44 @@ impl Node {
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(config.max_connections));
-        let background = background::Background::start(
-            ctx.clone(),
-            store,
-            config.standalone,
-            shutdown_rx.clone(),
-        );
+        let meta = if config.standalone {
+            None
+        } else {
+            Some(
+                start_meta(
+                    &config,
+                    data_addr,
+                    admin_addr,
+                    &buckets,
+                    &view,
+                    &shutdown_rx,
+                )
+                .await?,
+            )
+        };
         let admin = tokio::spawn(crate::admin::serve(
             admin_listener,
-            ctx.clone(),
+            buckets.clone(),
             view.clone(),
+            meta.clone(),
             shutdown_rx.clone(),
         ));
         let accept = tokio::spawn(accept_loop(
             listener,
-            ctx.clone(),
+            buckets.clone(),
             connections.clone(),
             shutdown_rx,
         ));
         tracing::info!(%data_addr, %admin_addr, dir = %config.data_dir.display(), "node listening");
         Ok(Node {
-            ctx,
+            buckets,
+            meta,
             data_addr,
             admin_addr,
             admin,
             view,
             shutdown,
             accept,
-            background,
             connections,
             max_connections: config.max_connections,
         })
@@ -170,18 +210,37 @@ impl Node {
         &self.view
     }
 
-    /// The shared state (for stats and tests).
-    pub fn context(&self) -> &Arc<Context> {
-        &self.ctx
+    /// The cluster metadata service, unless standalone.
+    pub fn meta(&self) -> Option<&Arc<Meta>> {
+        self.meta.as_ref()
     }
 
-    /// Waits until warmup has finished (or failed).
+    /// The node's buckets: create, delete, look up.
+    pub fn buckets(&self) -> &Arc<Buckets> {
+        &self.buckets
+    }
+
+    /// Bucket `default`, if the node has one (for stats and tests).
+    pub fn context(&self) -> Option<Arc<Context>> {
+        self.buckets.get(DEFAULT_BUCKET)
+    }
+
+    /// Waits until every bucket the node has now has warmed up (or one
+    /// failed).
     pub async fn ready(&self) -> Result<(), NodeError> {
-        self.background.warmed_up().await
+        for name in self.buckets.names() {
+            match self.buckets.ready(&name).await {
+                // Deleted meanwhile: nothing to wait for.
+                Err(NodeError::NoSuchBucket(_)) => {}
+                other => other?,
+            }
+        }
+        Ok(())
     }
 
     /// Graceful stop: no new connections, open ones closed after their
-    /// current batch, every queued mutation written and synced.
+    /// current batch, every queued mutation of every bucket written and
+    /// synced.
     pub async fn shutdown(self) -> Result<(), NodeError> {
         let _ = self.shutdown.send(true);
         let _ = self.accept.await;
@@ -190,58 +249,125 @@ impl Node {
         let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
         let _ =
             tokio::time::timeout(Duration::from_secs(10), self.connections.acquire_many(all)).await;
-        self.background.stop(&self.ctx).await
+        if let Some(meta) = &self.meta {
+            meta.shutdown().await;
+        }
+        self.buckets.shutdown().await
     }
 }
 
-/// Opens the data dir and builds the shared [`Context`] (bucket still
-/// warming up), without binding anything: [`Node::start`] uses it, and so do
-/// harnesses that drive sessions without sockets.
-pub fn open(config: &NodeConfig) -> Result<(Arc<Context>, Store), NodeError> {
+/// Starts the metadata service, the loop that drives this node's buckets
+/// from it, and — if asked — forming or joining a cluster (in the
+/// background: a joiner retries until the cluster answers).
+async fn start_meta(
+    config: &NodeConfig,
+    data_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    buckets: &Arc<Buckets>,
+    view: &Arc<ClusterView>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Arc<Meta>, NodeError> {
+    let meta = Meta::start(
+        &config.data_dir,
+        config.host.to_string(),
+        data_addr.port(),
+        admin_addr.port(),
+    )
+    .await
+    .map_err(|e| NodeError::Meta(e.to_string()))?;
+    tokio::spawn(crate::meta::reconcile::run(
+        meta.clone(),
+        buckets.clone(),
+        view.clone(),
+        shutdown.clone(),
+    ));
+    if config.init_cluster {
+        let meta = meta.clone();
+        tokio::spawn(async move {
+            match meta.init_cluster().await {
+                Ok(()) => tracing::info!(id = meta.me().id, "cluster initialised"),
+                Err(error) => tracing::error!(%error, "could not initialise the cluster"),
+            }
+        });
+    }
+    if let Some(url) = config.join.clone() {
+        let meta = meta.clone();
+        tokio::spawn(async move {
+            match meta.join(&url).await {
+                Ok(()) => tracing::info!(%url, "joined the cluster"),
+                Err(error) => tracing::error!(%error, %url, "could not join the cluster"),
+            }
+        });
+    }
+    Ok(meta)
+}
+
+/// The node's parser limits.
+fn limits(config: &NodeConfig) -> Limits {
+    Limits {
+        max_value_len: config.max_value_len,
+        // memcached reads a `get` line of any length and clients rely on
+        // it (pymemcache sends a whole `get_many` as one line); 1 MiB is
+        // ~80k short keys and still bounds a line without CRLF.
+        max_line_len: 1024 * 1024,
+        ..Limits::default()
+    }
+}
+
+/// What every bucket of a node with `config` is built with.
+fn settings(config: &NodeConfig) -> BucketSettings {
+    BucketSettings {
+        standalone: config.standalone,
+        max_value_len: config.max_value_len,
+        limits: limits(config),
+    }
+}
+
+/// Bucket `default` as the node's config describes it.
+fn default_spec(config: &NodeConfig) -> BucketSpec {
+    BucketSpec {
+        name: DEFAULT_BUCKET.to_owned(),
+        kind: BucketKind::Membase,
+        ram_quota_mb: config.ram_quota_mb,
+        num_vbuckets: config.num_vbuckets,
+    }
+}
+
+/// Opens (creating) the data dir and the node's store.
+fn open_store(config: &NodeConfig) -> Result<Store, NodeError> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let store = Store::open(
+    Ok(Store::open(
         &config.data_dir.join("data"),
         StoreOptions {
             fsync: config.fsync,
             ..StoreOptions::for_quota(config.quota_bytes())
         },
-    )?;
+    )?)
+}
+
+/// Opens the data dir and builds the [`Context`] of bucket `default`
+/// (still warming up, nothing started), without binding anything: for
+/// harnesses that drive sessions without sockets (see [`drive`]).
+pub fn open(config: &NodeConfig) -> Result<(Arc<Context>, Store), NodeError> {
+    let store = open_store(config)?;
     let bucket_store = store.bucket(DEFAULT_BUCKET)?;
-    let bucket = Bucket::try_new(BucketConfig {
-        num_vbuckets: config.num_vbuckets,
-        quota_bytes: config.quota_bytes(),
-        max_value_len: config.max_value_len,
-        ..BucketConfig::default()
-    })?;
-    bucket.set_warming_up(true);
-    let ctx = Arc::new(Context {
-        bucket,
-        store: bucket_store,
-        flusher: Flusher::new(FlusherConfig::default()),
-        limits: Limits {
-            max_value_len: config.max_value_len,
-            // memcached reads a `get` line of any length and clients rely
-            // on it (pymemcache sends a whole `get_many` as one line); 1 MiB
-            // is ~80k short keys and still bounds a line without CRLF.
-            max_line_len: 1024 * 1024,
-            ..Limits::default()
-        },
-        clock: Clock::new(),
-        stats: ServerStats::default(),
-        started: Instant::now(),
-        warmup_done: AtomicBool::new(false),
-        warmup_count: AtomicU64::new(0),
-        hash_keys: config.standalone,
-    });
-    Ok((ctx, store))
+    let ctx = buckets::new_context(
+        &default_spec(config),
+        &settings(config),
+        Some(bucket_store),
+        Arc::new(ServerStats::default()),
+        Instant::now(),
+    )?;
+    Ok((Arc::new(ctx), store))
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    ctx: Arc<Context>,
+    buckets: Arc<Buckets>,
     connections: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let stats = buckets.stats().clone();
     let mut backoff = Duration::from_millis(5);
     loop {
         let permit = tokio::select! {
@@ -258,13 +384,13 @@ async fn accept_loop(
         match accepted {
             Ok((stream, _peer)) => {
                 backoff = Duration::from_millis(5);
-                ctx.stats.total_connections.fetch_add(1, Ordering::Relaxed);
-                ctx.stats.curr_connections.fetch_add(1, Ordering::Relaxed);
-                let ctx = ctx.clone();
+                stats.total_connections.fetch_add(1, Ordering::Relaxed);
+                stats.curr_connections.fetch_add(1, Ordering::Relaxed);
+                let (buckets, stats) = (buckets.clone(), stats.clone());
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
-                    connection::serve(stream, ctx.clone(), shutdown).await;
-                    ctx.stats.curr_connections.fetch_sub(1, Ordering::Relaxed);
+                    connection::serve(stream, buckets, shutdown).await;
+                    stats.curr_connections.fetch_sub(1, Ordering::Relaxed);
                     drop(permit);
                 });
             }
@@ -283,8 +409,11 @@ async fn accept_loop(
 /// records the deadline so a restart honours it.
 fn flush_all(ctx: &Context, deadline: u32, now: u32) -> Result<(), EngineError> {
     let effective = ctx.bucket.flush_all(deadline, now)?;
-    if let Err(error) = ctx.store.set_flush_deadline(effective) {
-        tracing::error!(%error, "could not persist flush_all deadline");
+    let Some(store) = &ctx.store else {
+        return Ok(());
+    };
+    if let Err(error) = store.set_flush_deadline(effective) {
+        tracing::error!(bucket = %ctx.name, %error, "could not persist flush_all deadline");
         return Err(EngineError::TempFail);
     }
     Ok(())
@@ -297,9 +426,12 @@ pub(crate) fn set_vbucket_state(
     state: VbucketState,
 ) -> Result<(), EngineError> {
     ctx.bucket.set_vbucket_state(vb, state)?;
+    let Some(store) = &ctx.store else {
+        return Ok(());
+    };
     let wire = u8::try_from(state.to_wire()).unwrap_or(u8::MAX);
-    if let Err(error) = ctx.store.set_vbucket_state(vb, wire) {
-        tracing::error!(%error, vb, "could not persist vbucket state");
+    if let Err(error) = store.set_vbucket_state(vb, wire) {
+        tracing::error!(bucket = %ctx.name, %error, vb, "could not persist vbucket state");
         return Err(EngineError::TempFail);
     }
     Ok(())
@@ -308,13 +440,15 @@ pub(crate) fn set_vbucket_state(
 /// DEL_VBUCKET: drops a vbucket's items from memory and disk.
 fn delete_vbucket(ctx: &Context, vb: VbucketId) -> Result<(), EngineError> {
     ctx.bucket.delete_vbucket(vb)?;
+    let Some(store) = &ctx.store else {
+        return Ok(());
+    };
     let wire = u8::try_from(VbucketState::Dead.to_wire()).unwrap_or(u8::MAX);
-    let result = ctx
-        .store
+    let result = store
         .delete_vbucket(vb)
-        .and_then(|_| ctx.store.set_vbucket_state(vb, wire));
+        .and_then(|_| store.set_vbucket_state(vb, wire));
     if let Err(error) = result {
-        tracing::error!(%error, vb, "could not delete vbucket on disk");
+        tracing::error!(bucket = %ctx.name, %error, vb, "could not delete vbucket on disk");
         return Err(EngineError::TempFail);
     }
     Ok(())

@@ -1,7 +1,8 @@
 //! Opcodes: a named constant for every opcode Shoal knows, and [`Opcode`],
 //! the typed form a parsed header carries. The classic memcached set
-//! (0x00–0x24, from memcached's `protocol_binary.h`), the vbucket and
-//! cluster commands Couchbase added (0x3d–0x3f, 0x83, 0x92, 0xb5), and the
+//! (0x00–0x24, from memcached's `protocol_binary.h`), the vbucket, bucket
+//! and cluster commands Couchbase added (0x3d–0x3f, 0x83, 0x89, 0x92,
+//! 0xb5), and the
 //! DCP replication range (0x50–0x5e) are named; every other byte is
 //! [`Opcode::Other`] — a value, never an error, so a server can answer 0x81
 //! "unknown command" for it and carry on with the next frame. One macro
@@ -174,6 +175,9 @@ opcodes! {
     DcpControl = DCP_CONTROL = 0x5e,
     /// 0x83: read a key from a replica vbucket.
     GetReplica = GET_REPLICA = 0x83,
+    /// 0x89: bind the connection to the bucket named by the key
+    /// (Couchbase).
+    SelectBucket = SELECT_BUCKET = 0x89,
     /// 0x92: persistence/replication state of keys.
     Observe = OBSERVE = 0x92,
     /// 0xb5: the bucket config JSON.
@@ -352,6 +356,7 @@ mod tests {
             (DCP_MUTATION, 0x57),
             (DCP_CONTROL, 0x5e),
             (GET_REPLICA, 0x83),
+            (SELECT_BUCKET, 0x89),
             (OBSERVE, 0x92),
             (GET_CLUSTER_CONFIG, 0xb5),
         ];

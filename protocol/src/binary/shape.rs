@@ -65,6 +65,8 @@ pub(crate) fn shape(opcode: Opcode) -> Option<Shape> {
         | Opcode::GetVbucket => shape_of(Exactly(0), No, No),
         // The key names the mechanism; the value is the client's data.
         Opcode::SaslAuth | Opcode::SaslStep => shape_of(Exactly(0), Yes, Maybe),
+        // The key names the bucket (Couchbase's BinaryProtocol.md).
+        Opcode::SelectBucket => shape_of(Exactly(0), Yes, No),
         Opcode::SetVbucket => shape_of(SetVbucket, No, Maybe),
         // ep-engine accepted an optional "async" marker as the body.
         Opcode::DelVbucket => shape_of(Exactly(0), No, Maybe),
@@ -143,6 +145,12 @@ mod tests {
         assert_eq!(check(Opcode::SaslAuth, 0, 5, 12), Ok(()));
         assert_eq!(check(Opcode::SaslStep, 0, 0, 12), Err("key required"));
         assert_eq!(check(Opcode::Verbosity, 4, 0, 0), Ok(()));
+        assert_eq!(check(Opcode::SelectBucket, 0, 7, 0), Ok(()));
+        assert_eq!(check(Opcode::SelectBucket, 0, 0, 0), Err("key required"));
+        assert_eq!(
+            check(Opcode::SelectBucket, 0, 3, 1),
+            Err("value not allowed")
+        );
     }
 
     #[test]

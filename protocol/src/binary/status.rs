@@ -1,6 +1,6 @@
 //! Response statuses: [`Status`], a `u16` newtype with a named constant for
 //! every status Shoal sends or reads (memcached's set plus Couchbase's
-//! NOT_MY_VBUCKET), and the text memcached puts in an error reply's body.
+//! NOT_MY_VBUCKET and NO_BUCKET), and the text memcached puts in an error reply's body.
 //! A newtype rather than an enum because a peer may send any `u16` and the
 //! proxy must pass unknown statuses through untouched.
 
@@ -28,6 +28,9 @@ impl Status {
     /// 0x0007: the vbucket is not active on this node; the body may carry
     /// the current bucket config JSON (Couchbase ≥ 2.5).
     pub const NOT_MY_VBUCKET: Status = Status(0x0007);
+    /// 0x0008: the connection is not bound to a bucket (Couchbase's
+    /// `NoBucket`): select one with SASL or SELECT_BUCKET first.
+    pub const NO_BUCKET: Status = Status(0x0008);
     /// 0x0020: authentication failed.
     pub const AUTH_ERROR: Status = Status(0x0020);
     /// 0x0021: authentication continues (SASL step needed).
@@ -69,6 +72,7 @@ impl Status {
             Status::NOT_STORED => "Not stored.",
             Status::NON_NUMERIC => "Non-numeric server-side value for incr or decr",
             Status::NOT_MY_VBUCKET => "Not my vbucket",
+            Status::NO_BUCKET => "No bucket selected",
             Status::AUTH_ERROR => "Auth failure.",
             Status::AUTH_CONTINUE => "Auth continue",
             Status::UNKNOWN_COMMAND => "Unknown command",
@@ -120,6 +124,7 @@ mod tests {
             (Status::NOT_STORED, 0x05),
             (Status::NON_NUMERIC, 0x06),
             (Status::NOT_MY_VBUCKET, 0x07),
+            (Status::NO_BUCKET, 0x08),
             (Status::AUTH_ERROR, 0x20),
             (Status::AUTH_CONTINUE, 0x21),
             (Status::UNKNOWN_COMMAND, 0x81),

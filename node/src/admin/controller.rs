@@ -1,0 +1,502 @@
+//! The REST endpoints that change the cluster: bucket create and delete,
+//! `/controller/addNode` and `/controller/ejectNode`.
+//!
+//! They run on the Raft leader. Any other node forwards the request as is
+//! (marked, so a forwarded request is never forwarded again) and relays the
+//! answer; with no leader known the answer is 503 and nothing changes.
+//! Parameters are Couchbase's, form-encoded; every bad one gets a 400
+//! naming it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use shoal_vbmap::planner::fresh_map;
+
+use super::{error, json, Admin};
+use crate::meta::{BucketRecord, Command, Durability, Meta, MetaError, NodeRecord, Rejection};
+use crate::server::BucketKind;
+
+/// Marks a request already forwarded once.
+const FORWARDED: &str = "x-shoal-forwarded";
+
+/// The largest vbucket count a bucket may ask for.
+const MAX_VBUCKETS: u32 = 4096;
+
+/// Most replicas per vbucket (Couchbase's limit).
+const MAX_REPLICAS: u8 = 3;
+
+/// A bucket as `POST /pools/default/buckets` describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketParams {
+    /// Bucket name.
+    pub name: String,
+    /// `membase` or `memcached`.
+    pub kind: BucketKind,
+    /// RAM quota per node, MiB.
+    pub ram_quota_mb: u64,
+    /// Replicas per vbucket.
+    pub replicas: u8,
+    /// Minimum durability.
+    pub durability: Durability,
+    /// vbuckets (1 for memcached buckets).
+    pub num_vbuckets: u32,
+}
+
+/// Parses and validates a form-encoded bucket-creation body.
+pub fn parse_bucket_form(body: &[u8]) -> Result<BucketParams, String> {
+    bucket_params(&form(body))
+}
+
+/// Decodes a form body into its last value per name.
+fn form(body: &[u8]) -> BTreeMap<String, String> {
+    form_urlencoded::parse(body).into_owned().collect()
+}
+
+/// Validates bucket-creation parameters (Couchbase's names; `numVBuckets`
+/// is Shoal's own, default 1024).
+fn bucket_params(form: &BTreeMap<String, String>) -> Result<BucketParams, String> {
+    let name = form
+        .get("name")
+        .filter(|n| !n.is_empty())
+        .ok_or("name is required")?
+        .clone();
+    if crate::persist::validate_bucket_name(&name).is_err() {
+        return Err(format!(
+            "name {name:?} is invalid: use up to 100 of A-Z a-z 0-9 _ - . (not starting with .)"
+        ));
+    }
+    let kind = match form.get("bucketType").map(String::as_str) {
+        None | Some("membase") | Some("couchbase") => BucketKind::Membase,
+        Some("memcached") => BucketKind::Memcached,
+        Some(other) => {
+            return Err(format!(
+                "bucketType {other:?} is not supported: use membase (couchbase) or memcached"
+            ))
+        }
+    };
+    let ram_quota_mb = match form.get("ramQuotaMB").or_else(|| form.get("ramQuota")) {
+        None => return Err("ramQuotaMB is required".into()),
+        Some(q) => q
+            .parse::<u64>()
+            .ok()
+            .filter(|q| (1..=1 << 20).contains(q))
+            .ok_or_else(|| {
+                format!("ramQuotaMB must be a whole number of MiB from 1 (got {q:?})")
+            })?,
+    };
+    let replicas = match form.get("replicaNumber") {
+        None if kind == BucketKind::Memcached => 0,
+        None => 1,
+        Some(r) => r
+            .parse::<u8>()
+            .ok()
+            .filter(|r| *r <= MAX_REPLICAS)
+            .ok_or_else(|| format!("replicaNumber must be 0 to {MAX_REPLICAS} (got {r:?})"))?,
+    };
+    let durability = match form.get("durabilityMinLevel") {
+        None => Durability::None,
+        Some(d) => Durability::parse(d).ok_or_else(|| {
+            format!(
+                "durabilityMinLevel must be none, majority, majorityAndPersistActive or \
+                 persistToMajority (got {d:?})"
+            )
+        })?,
+    };
+    let num_vbuckets = match form.get("numVBuckets") {
+        None if kind == BucketKind::Memcached => 1,
+        None => 1024,
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|v| v.is_power_of_two() && *v <= MAX_VBUCKETS)
+            .ok_or_else(|| {
+                format!("numVBuckets must be a power of two from 1 to {MAX_VBUCKETS} (got {v:?})")
+            })?,
+    };
+    if kind == BucketKind::Memcached {
+        if replicas != 0 {
+            return Err("memcached buckets have no replicas: replicaNumber must be 0".into());
+        }
+        if durability != Durability::None {
+            return Err(
+                "memcached buckets have no durability: durabilityMinLevel must be none".into(),
+            );
+        }
+        if num_vbuckets != 1 {
+            return Err("memcached buckets have no vbuckets: omit numVBuckets".into());
+        }
+    }
+    Ok(BucketParams {
+        name,
+        kind,
+        ram_quota_mb,
+        replicas,
+        durability,
+        num_vbuckets,
+    })
+}
+
+/// The response for a failed metadata operation.
+fn meta_error(e: MetaError) -> Response {
+    match e {
+        MetaError::Rejected(Rejection::NotFound(m)) => error(StatusCode::NOT_FOUND, &m),
+        MetaError::Rejected(Rejection::Conflict(m)) => error(StatusCode::CONFLICT, &m),
+        MetaError::Rejected(Rejection::Invalid(m)) => error(StatusCode::BAD_REQUEST, &m),
+        MetaError::NotLeader(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leadership changed while handling the request; nothing was changed, retry",
+        ),
+        MetaError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, &m),
+        MetaError::Internal(m) => error(StatusCode::INTERNAL_SERVER_ERROR, &m),
+    }
+}
+
+/// The request as received, for forwarding.
+struct Incoming {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// Runs `local` if this node leads; otherwise relays the request to the
+/// leader.
+async fn on_leader<F, Fut>(admin: &Admin, incoming: Incoming, local: F) -> Response
+where
+    F: FnOnce(Arc<Meta>, Bytes) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
+    let Some(meta) = admin.meta.clone() else {
+        return error(
+            StatusCode::CONFLICT,
+            "a standalone node has no cluster to change",
+        );
+    };
+    if meta.is_leader() {
+        return local(meta, incoming.body).await;
+    }
+    let no_leader = || {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no Raft leader is known: the cluster has no majority, so metadata changes are \
+             refused",
+        )
+    };
+    if incoming.headers.contains_key(FORWARDED) {
+        return no_leader();
+    }
+    let Some((_, leader)) = meta.leader() else {
+        return no_leader();
+    };
+    let path = incoming
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let mut request = admin
+        .http
+        .request(incoming.method, format!("http://{leader}{path}"))
+        .header(FORWARDED, "1")
+        .body(incoming.body);
+    if let Some(ct) = incoming.headers.get(axum::http::header::CONTENT_TYPE) {
+        request = request.header(axum::http::header::CONTENT_TYPE, ct);
+    }
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status();
+            let ct = response
+                .headers()
+                .get(axum::http::header::CONTENT_TYPE)
+                .cloned();
+            let body = response.bytes().await.unwrap_or_default();
+            let mut out = (status, body).into_response();
+            if let Some(ct) = ct {
+                out.headers_mut()
+                    .insert(axum::http::header::CONTENT_TYPE, ct);
+            }
+            out
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("the Raft leader at {leader} did not answer ({e}); retry"),
+        ),
+    }
+}
+
+/// `POST /pools/default/buckets`.
+pub(super) async fn create_bucket(
+    State(admin): State<Admin>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let incoming = Incoming {
+        method,
+        uri,
+        headers,
+        body,
+    };
+    on_leader(&admin, incoming, |meta, body| async move {
+        let params = match parse_bucket_form(&body) {
+            Ok(p) => p,
+            Err(m) => return error(StatusCode::BAD_REQUEST, &m),
+        };
+        let state = meta.state();
+        if state.buckets.contains_key(&params.name) {
+            return error(
+                StatusCode::CONFLICT,
+                &format!("bucket {:?} already exists", params.name),
+            );
+        }
+        let servers = state.active_nodes();
+        if servers.is_empty() {
+            return error(StatusCode::CONFLICT, "the cluster has no active node");
+        }
+        let chains = match params.kind {
+            BucketKind::Membase => {
+                let idx: Vec<u16> = (0..servers.len() as u16).collect();
+                match fresh_map(params.num_vbuckets as usize, &idx, params.replicas as usize) {
+                    Ok(map) => map.to_chains(),
+                    Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+                }
+            }
+            BucketKind::Memcached => Vec::new(),
+        };
+        let record = BucketRecord {
+            name: params.name,
+            kind: params.kind,
+            ram_quota_mb: params.ram_quota_mb,
+            replicas: params.replicas,
+            durability: params.durability,
+            num_vbuckets: params.num_vbuckets,
+            uuid: uuid(),
+            servers,
+            chains,
+            forward: None,
+            rev: 0,
+        };
+        match meta.write(Command::CreateBucket(record)).await {
+            Ok(()) => StatusCode::ACCEPTED.into_response(),
+            Err(e) => meta_error(e),
+        }
+    })
+    .await
+}
+
+/// `DELETE /pools/default/buckets/<b>`.
+pub(super) async fn delete_bucket(
+    State(admin): State<Admin>,
+    Path(bucket): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let incoming = Incoming {
+        method,
+        uri,
+        headers,
+        body: Bytes::new(),
+    };
+    on_leader(&admin, incoming, |meta, _| async move {
+        match meta.write(Command::DeleteBucket { name: bucket }).await {
+            Ok(()) => StatusCode::OK.into_response(),
+            Err(e) => meta_error(e),
+        }
+    })
+    .await
+}
+
+/// `POST /controller/addNode` with `hostname=host[:adminport]`.
+pub(super) async fn add_node(
+    State(admin): State<Admin>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let incoming = Incoming {
+        method,
+        uri,
+        headers,
+        body,
+    };
+    on_leader(&admin, incoming, |meta, body| async move {
+        let form = form(&body);
+        let Some(hostname) = form.get("hostname").filter(|h| !h.is_empty()) else {
+            return error(StatusCode::BAD_REQUEST, "hostname is required");
+        };
+        let hostname = hostname.trim_start_matches("http://").trim_end_matches('/');
+        let hostname = if hostname.contains(':') {
+            hostname.to_string()
+        } else {
+            format!("{hostname}:8091")
+        };
+        match meta.add_node(&hostname).await {
+            Ok(record) => json(serde_json::json!({ "otpNode": record.otp_node() }).to_string()),
+            Err(e) => meta_error(e),
+        }
+    })
+    .await
+}
+
+/// `POST /controller/ejectNode` with `otpNode=ns_<id>@host` (or the
+/// node's `host:adminport`).
+pub(super) async fn eject_node(
+    State(admin): State<Admin>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let incoming = Incoming {
+        method,
+        uri,
+        headers,
+        body,
+    };
+    on_leader(&admin, incoming, |meta, body| async move {
+        let form = form(&body);
+        let Some(wanted) = form.get("otpNode").filter(|n| !n.is_empty()) else {
+            return error(StatusCode::BAD_REQUEST, "otpNode is required");
+        };
+        let state = meta.state();
+        let found: Option<&NodeRecord> = state
+            .nodes
+            .values()
+            .find(|n| n.otp_node() == *wanted || n.admin_address() == *wanted);
+        let Some(node) = found else {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("no node {wanted:?} in the cluster"),
+            );
+        };
+        match meta.eject_node(node.id).await {
+            Ok(()) => StatusCode::OK.into_response(),
+            Err(e) => meta_error(e),
+        }
+    })
+    .await
+}
+
+/// A fresh bucket UUID (32 hex digits), unique enough to tell a bucket
+/// from an earlier one of the same name.
+fn uuid() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = String::with_capacity(32);
+    for salt in 0..2u8 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u8(salt);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Result<BucketParams, String> {
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        bucket_params(&form(body.as_bytes()))
+    }
+
+    #[test]
+    fn defaults_and_aliases() {
+        let p = params(&[("name", "b"), ("ramQuotaMB", "100")]).unwrap();
+        assert_eq!(p.kind, BucketKind::Membase);
+        assert_eq!((p.replicas, p.num_vbuckets), (1, 1024));
+        assert_eq!(p.durability, Durability::None);
+        let p = params(&[
+            ("name", "b"),
+            ("bucketType", "couchbase"),
+            ("ramQuotaMB", "100"),
+            ("replicaNumber", "2"),
+            ("durabilityMinLevel", "majority"),
+            ("numVBuckets", "64"),
+        ])
+        .unwrap();
+        assert_eq!((p.replicas, p.num_vbuckets), (2, 64));
+        assert_eq!(p.durability, Durability::Majority);
+        let p = params(&[
+            ("name", "m"),
+            ("bucketType", "memcached"),
+            ("ramQuotaMB", "8"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (p.kind, p.replicas, p.num_vbuckets),
+            (BucketKind::Memcached, 0, 1)
+        );
+    }
+
+    #[test]
+    fn every_bad_parameter_is_named() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("ramQuotaMB", "100")], "name"),
+            (&[("name", ".x"), ("ramQuotaMB", "100")], "name"),
+            (&[("name", "a/b"), ("ramQuotaMB", "100")], "name"),
+            (&[("name", "b")], "ramQuotaMB"),
+            (&[("name", "b"), ("ramQuotaMB", "lots")], "ramQuotaMB"),
+            (&[("name", "b"), ("ramQuotaMB", "0")], "ramQuotaMB"),
+            (
+                &[
+                    ("name", "b"),
+                    ("ramQuotaMB", "1"),
+                    ("bucketType", "ephemeral"),
+                ],
+                "bucketType",
+            ),
+            (
+                &[("name", "b"), ("ramQuotaMB", "1"), ("replicaNumber", "4")],
+                "replicaNumber",
+            ),
+            (
+                &[("name", "b"), ("ramQuotaMB", "1"), ("replicaNumber", "-1")],
+                "replicaNumber",
+            ),
+            (
+                &[("name", "b"), ("ramQuotaMB", "1"), ("numVBuckets", "1000")],
+                "numVBuckets",
+            ),
+            (
+                &[
+                    ("name", "b"),
+                    ("ramQuotaMB", "1"),
+                    ("durabilityMinLevel", "x"),
+                ],
+                "durabilityMinLevel",
+            ),
+            (
+                &[
+                    ("name", "b"),
+                    ("ramQuotaMB", "1"),
+                    ("bucketType", "memcached"),
+                    ("replicaNumber", "1"),
+                ],
+                "replicaNumber",
+            ),
+        ];
+        for (pairs, field) in cases {
+            let message = params(pairs).unwrap_err();
+            assert!(message.contains(field), "{pairs:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn uuids_differ() {
+        assert_ne!(uuid(), uuid());
+        assert_eq!(uuid().len(), 32);
+    }
+}

@@ -1,0 +1,470 @@
+//! The cluster manager's replicated metadata: one [`ClusterState`] kept
+//! identical on every node by Raft (openraft), with the Raft leader as the
+//! orchestrator that plans maps and admits nodes.
+//!
+//! Modules: [`state`] (the state and the commands that change it — pure,
+//! deterministic), `store` (the durable Raft log and applied state),
+//! `network` (Raft over the admin port's HTTP), `reconcile` (drives the
+//! node's own buckets and vbuckets to match the state). Every metadata
+//! change goes through [`Meta::write`] on the leader after the leader has
+//! confirmed a majority, so with no majority nothing changes anywhere: no
+//! split brain, and callers get a clear error instead of a hang.
+
+mod network;
+pub mod reconcile;
+pub mod state;
+mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState};
+use tokio::sync::watch;
+
+pub use state::{
+    BucketRecord, ClusterState, Command, Durability, Membership, NodeId, NodeRecord, Rejection,
+};
+use store::{LogStore, StateMachine};
+
+openraft::declare_raft_types!(
+    /// Raft's types for the metadata: commands in, `Result`s out.
+    pub TypeConfig:
+        D = Command,
+        R = Result<(), Rejection>,
+        NodeId = NodeId,
+        Node = BasicNode,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+);
+
+/// Most voters; further nodes follow as learners (Couchbase-sized clusters
+/// gain nothing from a bigger quorum, and every write waits for it).
+pub const MAX_VOTERS: usize = 5;
+
+/// How long a metadata change may wait for a majority.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the leader waits to confirm it still has a majority.
+const QUORUM_CHECK: Duration = Duration::from_secs(3);
+
+/// Why a metadata operation failed; the REST layer maps each to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// The state refused the change (unknown, duplicate, not allowed).
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// This node is not the leader; the leader's admin address if known.
+    #[error("not the leader")]
+    NotLeader(Option<String>),
+    /// No majority answered: the change was not made.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else (disk, Raft internals, a peer's bad answer).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What a node tells the leader about itself when it is added.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    /// Raft id.
+    pub id: NodeId,
+    /// Host its ports listen on.
+    pub host: String,
+    /// memcached port.
+    pub data_port: u16,
+    /// REST port.
+    pub admin_port: u16,
+}
+
+/// The metadata service of one node.
+pub struct Meta {
+    raft: Raft<TypeConfig>,
+    sm: StateMachine,
+    me: NodeInfo,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Meta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Meta").field("me", &self.me).finish()
+    }
+}
+
+/// The node's Raft id: read from `raft/node-id`, or chosen now and kept.
+fn node_id(dir: &Path) -> std::io::Result<NodeId> {
+    let path = dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| std::io::Error::other(format!("{} is corrupt", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            h.write_u32(std::process::id());
+            // Small positive ids read better in `ns_<id>@host`.
+            let id = h.finish() % 1_000_000_000 + 1;
+            std::fs::write(&path, id.to_string())?;
+            Ok(id)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl Meta {
+    /// Opens the Raft state under `data_dir/raft` and starts this node's
+    /// Raft member (uninitialised until it starts or joins a cluster).
+    pub async fn start(
+        data_dir: &Path,
+        host: String,
+        data_port: u16,
+        admin_port: u16,
+    ) -> Result<Arc<Meta>, MetaError> {
+        let dir = data_dir.join("raft");
+        std::fs::create_dir_all(&dir).map_err(internal)?;
+        let id = node_id(&dir).map_err(internal)?;
+        let log = LogStore::open(&dir.join("log")).map_err(internal)?;
+        let sm = StateMachine::open(&dir).map_err(internal)?;
+        let config = Config {
+            cluster_name: "shoal".into(),
+            heartbeat_interval: 250,
+            election_timeout_min: 1500,
+            election_timeout_max: 3000,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(internal)?;
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            network::Network::new(),
+            log,
+            sm.clone(),
+        )
+        .await
+        .map_err(internal)?;
+        let me = NodeInfo {
+            id,
+            host,
+            data_port,
+            admin_port,
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(internal)?;
+        tracing::info!(id, "metadata service started");
+        Ok(Arc::new(Meta { raft, sm, me, http }))
+    }
+
+    /// This node as it introduces itself.
+    pub fn me(&self) -> &NodeInfo {
+        &self.me
+    }
+
+    /// The Raft handle (for the RPC endpoints).
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// The applied metadata.
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.sm.current()
+    }
+
+    /// Every applied change, starting with the current state.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.sm.subscribe()
+    }
+
+    /// Whether this node is a member of a cluster (in the applied state).
+    pub fn is_member(&self) -> bool {
+        self.state().nodes.contains_key(&self.me.id)
+    }
+
+    /// This node's record for the state, with `membership`.
+    fn record(&self, membership: Membership) -> NodeRecord {
+        NodeRecord {
+            id: self.me.id,
+            host: self.me.host.clone(),
+            data_port: self.me.data_port,
+            admin_port: self.me.admin_port,
+            membership,
+        }
+    }
+
+    /// `(leader id, its admin address)` as this node last heard.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let id = metrics.current_leader?;
+        let addr = metrics
+            .membership_config
+            .membership()
+            .get_node(&id)?
+            .addr
+            .clone();
+        Some((id, addr))
+    }
+
+    /// Whether this node believes it leads.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// `voter`, `learner` or `leader` for each node in the Raft membership.
+    pub fn raft_roles(&self) -> BTreeMap<NodeId, &'static str> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let mut roles: BTreeMap<NodeId, &'static str> =
+            membership.learner_ids().map(|id| (id, "learner")).collect();
+        for id in membership.voter_ids() {
+            roles.insert(id, "voter");
+        }
+        if let Some(leader) = metrics.current_leader {
+            roles.insert(leader, "leader");
+        }
+        roles
+    }
+
+    /// The current Raft term.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// Starts a new cluster with this node as its only member (a no-op on a
+    /// node that already belongs to one), and records it as active.
+    pub async fn init_cluster(&self) -> Result<(), MetaError> {
+        let initialized = self.raft.is_initialized().await.map_err(internal)?;
+        if !initialized {
+            let members = BTreeMap::from([(
+                self.me.id,
+                BasicNode {
+                    addr: self.admin_address(),
+                },
+            )]);
+            self.raft.initialize(members).await.map_err(internal)?;
+        }
+        // Wait for a leader, then make sure the state lists this node.
+        for _ in 0..100 {
+            if self.leader().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !self.is_member() && self.is_leader() {
+            self.write(Command::AddNode(self.record(Membership::Active)))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Asks the cluster at `url` (an admin URL) to add this node, retrying
+    /// until it answers; a no-op once this node is a member.
+    pub async fn join(&self, url: &str) -> Result<(), MetaError> {
+        let url = format!("{}/controller/addNode", url.trim_end_matches('/'));
+        let mut last = String::new();
+        for _ in 0..120 {
+            if self.is_member() {
+                return Ok(());
+            }
+            let form = [("hostname", self.admin_address())];
+            match self.http.post(&url).form(&form).send().await {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) => {
+                    let status = r.status();
+                    last = format!("HTTP {status}: {}", r.text().await.unwrap_or_default());
+                    if status.is_client_error() {
+                        return Err(MetaError::Internal(format!("join refused: {last}")));
+                    }
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(MetaError::Unavailable(format!(
+            "could not join via {url}: {last}"
+        )))
+    }
+
+    fn admin_address(&self) -> String {
+        state::join_host_port(&self.me.host, self.me.admin_port)
+    }
+
+    /// Applies `command` through the log, on the leader, after confirming
+    /// a majority; returns the state's verdict.
+    pub async fn write(&self, command: Command) -> Result<(), MetaError> {
+        self.confirm_quorum().await?;
+        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(command)).await {
+            Ok(Ok(response)) => response.data.map_err(MetaError::Rejected),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(MetaError::NotLeader(f.leader_node.map(|n| n.addr)))
+            }
+            Ok(Err(e)) => Err(internal(e)),
+            Err(_) => Err(MetaError::Unavailable(format!(
+                "no majority acknowledged the change within {} s; it may still apply once \
+                 nodes return",
+                WRITE_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// Fails unless this node leads and a majority still follows it.
+    async fn confirm_quorum(&self) -> Result<(), MetaError> {
+        if !self.is_leader() {
+            return Err(MetaError::NotLeader(self.leader().map(|(_, a)| a)));
+        }
+        match tokio::time::timeout(QUORUM_CHECK, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                f,
+            )))) => Err(MetaError::NotLeader(f.leader_node.map(|n| n.addr))),
+            Ok(Err(e)) => Err(MetaError::Unavailable(format!(
+                "no majority of the cluster's voters is reachable ({e}); metadata changes are \
+                 refused"
+            ))),
+            Err(_) => Err(MetaError::Unavailable(
+                "no majority of the cluster's voters is reachable; metadata changes are refused"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Leader side of `/controller/addNode`: asks the node at `hostname`
+    /// (its admin address) who it is, makes it a Raft learner, records it,
+    /// and promotes it to voter while there are fewer than
+    /// [`MAX_VOTERS`]. Idempotent for a node already added.
+    pub async fn add_node(&self, hostname: &str) -> Result<NodeRecord, MetaError> {
+        self.confirm_quorum().await?;
+        let info: NodeInfo = self
+            .http
+            .get(format!("http://{hostname}/internal/nodeInfo"))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| {
+                MetaError::Rejected(Rejection::Invalid(format!(
+                    "cannot reach a Shoal node at {hostname}: {e}"
+                )))
+            })?
+            .json()
+            .await
+            .map_err(|e| {
+                MetaError::Rejected(Rejection::Invalid(format!(
+                    "{hostname} did not answer as a Shoal node: {e}"
+                )))
+            })?;
+        let state = self.state();
+        if let Some(existing) = state.nodes.get(&info.id) {
+            if existing.admin_port == info.admin_port && existing.data_port == info.data_port {
+                return Ok(existing.clone());
+            }
+        }
+        let membership = if state.buckets.is_empty() {
+            Membership::Active
+        } else {
+            Membership::InactiveAdded
+        };
+        let record = NodeRecord {
+            id: info.id,
+            host: info.host.clone(),
+            data_port: info.data_port,
+            admin_port: info.admin_port,
+            membership: state
+                .nodes
+                .get(&info.id)
+                .map_or(membership, |n| n.membership),
+        };
+        let node = BasicNode {
+            addr: record.admin_address(),
+        };
+        self.raft
+            .add_learner(info.id, node, true)
+            .await
+            .map_err(raft_write_error)?;
+        self.write(Command::AddNode(record.clone())).await?;
+        self.balance_voters().await?;
+        Ok(record)
+    }
+
+    /// Leader side of `/controller/ejectNode`: drops the node from the
+    /// state (refused while it holds vbuckets) and from Raft.
+    pub async fn eject_node(&self, id: NodeId) -> Result<(), MetaError> {
+        self.write(Command::RemoveNode { id }).await?;
+        let voters: BTreeSet<NodeId> = self.voters();
+        let change = if voters.contains(&id) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(raft_write_error)?;
+        if voters.contains(&id) && id != self.me.id {
+            self.balance_voters().await?;
+        }
+        Ok(())
+    }
+
+    fn voters(&self) -> BTreeSet<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    /// Promotes learners until there are [`MAX_VOTERS`] voters (or none
+    /// left to promote).
+    async fn balance_voters(&self) -> Result<(), MetaError> {
+        let voters = self.voters();
+        let learners: Vec<NodeId> = {
+            let metrics = self.raft.metrics().borrow().clone();
+            metrics
+                .membership_config
+                .membership()
+                .learner_ids()
+                .collect()
+        };
+        let wanted = MAX_VOTERS.saturating_sub(voters.len());
+        let promote: BTreeSet<NodeId> = learners.into_iter().take(wanted).collect();
+        if promote.is_empty() {
+            return Ok(());
+        }
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(promote), false)
+            .await
+            .map_err(raft_write_error)?;
+        Ok(())
+    }
+
+    /// Stops Raft (node shutdown).
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> MetaError {
+    MetaError::Internal(e.to_string())
+}
+
+fn raft_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> MetaError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            MetaError::NotLeader(f.leader_node.map(|n| n.addr))
+        }
+        other => internal(other),
+    }
+}
