@@ -271,13 +271,57 @@ async fn form_cluster(
             }
         }
         if revs.len() == servers.len() && revs.windows(2).all(|w| w[0] == w[1]) {
-            return Ok(());
+            break;
         }
         if Instant::now() > deadline {
             bail!("the nodes did not agree on bucket default's config within {FORM_TIMEOUT:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Ready means ready for data: every node has warmed bucket `default` up.
+    for s in servers {
+        loop {
+            if warmed_up(s.data_port).await {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the node on port {} did not warm up bucket default within {FORM_TIMEOUT:?}",
+                    s.data_port
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the node on `data_port` serves bucket `default` with warmup
+/// complete (`stats warmup` on a fresh connection, which starts on
+/// `default`).
+async fn warmed_up(data_port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut conn) = tokio::net::TcpStream::connect(("127.0.0.1", data_port)).await else {
+        return false;
+    };
+    if conn.write_all(b"stats warmup\r\n").await.is_err() {
+        return false;
+    }
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(2), async {
+        while !(reply.ends_with(b"END\r\n")
+            || reply.ends_with(b"ERROR\r\n")
+            || reply.len() > 1 << 16)
+        {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => reply.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.is_ok() && String::from_utf8_lossy(&reply).contains("STAT ep_warmup_thread complete")
 }
 
 async fn wait_healthy(client: &reqwest::Client, admin_port: u16) -> anyhow::Result<()> {

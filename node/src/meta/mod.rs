@@ -82,6 +82,8 @@ pub struct NodeInfo {
 
 /// The metadata service of one node.
 pub struct Meta {
+    /// `data_dir/raft`.
+    dir: std::path::PathBuf,
     raft: Raft<TypeConfig>,
     sm: StateMachine,
     me: NodeInfo,
@@ -164,12 +166,23 @@ impl Meta {
             .build()
             .map_err(internal)?;
         tracing::info!(id, "metadata service started");
-        Ok(Arc::new(Meta { raft, sm, me, http }))
+        Ok(Arc::new(Meta {
+            dir,
+            raft,
+            sm,
+            me,
+            http,
+        }))
     }
 
     /// This node as it introduces itself.
     pub fn me(&self) -> &NodeInfo {
         &self.me
+    }
+
+    /// Where the metadata lives (`data_dir/raft`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The Raft handle (for the RPC endpoints).

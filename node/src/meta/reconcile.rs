@@ -6,8 +6,13 @@
 //!
 //! Reconciling is idempotent and level-triggered — it looks at the whole
 //! state, not the change — so a failed step is simply retried on the next
-//! change or after a short pause.
+//! change or after a short pause. The UUID of every bucket hosted here is
+//! kept in `raft/hosted.json`: a bucket deleted and created again under the
+//! same name (even while this node was down) has a new UUID, and its old
+//! data is deleted before the new bucket is created.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,9 +34,10 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut changes = meta.subscribe();
+    let mut hosted = Hosted::load(meta.dir());
     loop {
         let state = changes.borrow_and_update().clone();
-        let ok = reconcile(&meta, &buckets, &view, &state).await;
+        let ok = reconcile(&meta, &buckets, &view, &state, &mut hosted).await;
         let pause = async {
             if ok {
                 std::future::pending::<()>().await;
@@ -56,18 +62,50 @@ async fn reconcile(
     buckets: &Buckets,
     view: &ClusterView,
     state: &ClusterState,
+    hosted: &mut Hosted,
 ) -> bool {
     let me = meta.me().id;
     let Some(record) = state.nodes.get(&me) else {
         if !state.nodes.is_empty() {
             // A cluster exists and this node is not (or no longer) in it:
             // whatever it holds is not the cluster's.
+            hosted.forget_all();
             return drop_all(buckets, view).await;
         }
         return true;
     };
     let mut ok = true;
+    view.retain(|name| state.buckets.contains_key(name));
+    // Local buckets and data the state does not want here, or wants with
+    // another UUID (a new bucket under an old name).
+    let mut names = buckets.names();
+    names.extend(hosted.uuids.keys().cloned());
+    names.sort();
+    names.dedup();
+    for name in names {
+        let keep = state.buckets.get(&name).is_some_and(|b| {
+            hosts(record.membership, b, me) && hosted.uuids.get(&name).is_none_or(|u| *u == b.uuid)
+        });
+        if !keep {
+            tracing::info!(bucket = %name, "deleting bucket no longer hosted here");
+            match buckets.delete(&name).await {
+                Ok(_) => hosted.forget(&name),
+                Err(error) => {
+                    tracing::error!(%error, bucket = %name, "could not delete bucket");
+                    ok = false;
+                }
+            }
+        }
+    }
     for bucket in state.buckets.values() {
+        // A bucket hosted here is published only once this node serves it
+        // as the config says, so whoever reads the config here can use it.
+        if hosts(record.membership, bucket, me) {
+            if !hosted.record(&bucket.name, &bucket.uuid) || !host(buckets, bucket, me).await {
+                ok = false;
+                continue;
+            }
+        }
         match state.bucket_config(bucket) {
             Some(config) => view.publish(&bucket.name, config.rev.unwrap_or(0), config.to_json()),
             None => {
@@ -75,56 +113,42 @@ async fn reconcile(
             }
         }
     }
-    view.retain(|name| state.buckets.contains_key(name));
-    for name in buckets.names() {
-        let keep = state
-            .buckets
-            .get(&name)
-            .is_some_and(|b| hosts(record.membership, b, me));
-        if !keep {
-            tracing::info!(bucket = %name, "deleting bucket no longer hosted here");
-            if let Err(error) = buckets.delete(&name).await {
-                tracing::error!(%error, bucket = %name, "could not delete bucket");
-                ok = false;
-            }
-        }
-    }
-    for bucket in state.buckets.values() {
-        if !hosts(record.membership, bucket, me) {
-            continue;
-        }
-        let spec = BucketSpec {
-            name: bucket.name.clone(),
-            kind: bucket.kind,
-            ram_quota_mb: bucket.ram_quota_mb as usize,
-            num_vbuckets: bucket.num_vbuckets as usize,
-        };
-        let ctx = match buckets.create(spec).await {
-            Ok(ctx) => ctx,
-            Err(error) => {
-                tracing::error!(%error, bucket = %bucket.name, "could not create bucket");
-                ok = false;
-                continue;
-            }
-        };
-        let Some(map) = bucket.map() else { continue };
-        let index = bucket
-            .servers
-            .iter()
-            .position(|id| *id == me)
-            .and_then(|i| u16::try_from(i).ok());
-        let name = bucket.name.clone();
-        let driven = tokio::task::spawn_blocking(move || drive_vbuckets(&ctx, &map, index)).await;
-        match driven {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::error!(%error, bucket = %name, "could not set vbucket states");
-                ok = false;
-            }
-            Err(_) => ok = false,
-        }
-    }
     ok
+}
+
+/// Creates `bucket` here if needed and sets its vbucket states from the
+/// map; returns whether both worked.
+async fn host(buckets: &Buckets, bucket: &BucketRecord, me: u64) -> bool {
+    let spec = BucketSpec {
+        name: bucket.name.clone(),
+        kind: bucket.kind,
+        ram_quota_mb: bucket.ram_quota_mb as usize,
+        num_vbuckets: bucket.num_vbuckets as usize,
+    };
+    let ctx = match buckets.create(spec).await {
+        Ok(ctx) => ctx,
+        Err(error) => {
+            tracing::error!(%error, bucket = %bucket.name, "could not create bucket");
+            return false;
+        }
+    };
+    let Some(map) = bucket.map() else {
+        return true;
+    };
+    let index = bucket
+        .servers
+        .iter()
+        .position(|id| *id == me)
+        .and_then(|i| u16::try_from(i).ok());
+    let name = bucket.name.clone();
+    match tokio::task::spawn_blocking(move || drive_vbuckets(&ctx, &map, index)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(error)) => {
+            tracing::error!(%error, bucket = %name, "could not set vbucket states");
+            false
+        }
+        Err(_) => false,
+    }
 }
 
 /// Whether a node with `membership` and id `me` hosts `bucket`.
@@ -144,4 +168,57 @@ async fn drop_all(buckets: &Buckets, view: &ClusterView) -> bool {
         }
     }
     ok
+}
+
+/// The UUIDs of the buckets hosted here, kept across restarts.
+#[derive(Debug)]
+struct Hosted {
+    path: PathBuf,
+    uuids: BTreeMap<String, String>,
+}
+
+impl Hosted {
+    fn load(dir: &Path) -> Hosted {
+        let path = dir.join("hosted.json");
+        let uuids = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        Hosted { path, uuids }
+    }
+
+    /// Notes that bucket `name` with `uuid` is hosted here, durably, before
+    /// any of its data is written; returns whether that worked.
+    fn record(&mut self, name: &str, uuid: &str) -> bool {
+        if self.uuids.get(name).is_some_and(|u| u == uuid) {
+            return true;
+        }
+        self.uuids.insert(name.to_string(), uuid.to_string());
+        self.save()
+    }
+
+    fn forget(&mut self, name: &str) {
+        if self.uuids.remove(name).is_some() {
+            self.save();
+        }
+    }
+
+    fn forget_all(&mut self) {
+        if !self.uuids.is_empty() {
+            self.uuids.clear();
+            self.save();
+        }
+    }
+
+    fn save(&self) -> bool {
+        let tmp = self.path.with_extension("json.tmp");
+        let result = serde_json::to_vec(&self.uuids)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if let Err(error) = &result {
+            tracing::error!(%error, "could not record the hosted buckets");
+        }
+        result.is_ok()
+    }
 }
