@@ -1,6 +1,7 @@
 //! Writing whole frames: the shared back end of
-//! [`encode_request`](crate::binary::encode_request) and
-//! [`encode_response`](crate::binary::encode_response). Lengths are computed
+//! [`encode_request`](crate::binary::encode_request),
+//! [`encode_response`](crate::binary::encode_response) and the DCP
+//! encoders. Lengths are computed
 //! from the slices, never taken on trust, and a part too long for its header
 //! field is refused with an [`EncodeError`] before a single byte is written —
 //! a bad argument never panics and never leaves half a frame in the buffer.
@@ -20,6 +21,12 @@ pub enum EncodeError {
     ExtrasTooLong(usize),
     /// Extras + key + value overflow the 32-bit body length field.
     BodyTooLong(usize),
+    /// A DCP item's extended metadata is longer than its 16-bit `nmeta`
+    /// extras field allows.
+    ExtMetaTooLong(usize),
+    /// A DCP failover log has more entries than
+    /// [`MAX_FAILOVER_ENTRIES`](crate::binary::dcp::MAX_FAILOVER_ENTRIES).
+    TooManyEntries(usize),
 }
 
 impl std::fmt::Display for EncodeError {
@@ -28,6 +35,10 @@ impl std::fmt::Display for EncodeError {
             EncodeError::KeyTooLong(n) => write!(f, "key of {n} bytes exceeds 65535"),
             EncodeError::ExtrasTooLong(n) => write!(f, "extras of {n} bytes exceed 255"),
             EncodeError::BodyTooLong(n) => write!(f, "body of {n} bytes exceeds 4 GiB"),
+            EncodeError::ExtMetaTooLong(n) => {
+                write!(f, "extended metadata of {n} bytes exceeds 65535")
+            }
+            EncodeError::TooManyEntries(n) => write!(f, "failover log of {n} entries is too long"),
         }
     }
 }
@@ -38,25 +49,42 @@ impl std::error::Error for EncodeError {}
 /// in from the slices, then extras, key and value.
 pub(crate) fn write_frame(
     out: &mut BytesMut,
-    mut header: RawHeader,
+    header: RawHeader,
     extras: &[u8],
     key: &[u8],
     value: &[u8],
 ) -> Result<(), EncodeError> {
+    begin_frame(out, header, extras.len(), key.len(), value.len())?;
+    out.put_slice(extras);
+    out.put_slice(key);
+    out.put_slice(value);
+    Ok(())
+}
+
+/// Check the three lengths, reserve room for the whole frame and write
+/// `header` with them filled in; the caller then appends exactly
+/// `extras_len` + `key_len` + `value_len` bytes. For frames whose value is
+/// assembled from parts (a DCP item's value and extended metadata, a
+/// failover log's entries) without an intermediate buffer. Nothing is
+/// written on error.
+pub(crate) fn begin_frame(
+    out: &mut BytesMut,
+    mut header: RawHeader,
+    extras_len: usize,
+    key_len: usize,
+    value_len: usize,
+) -> Result<(), EncodeError> {
     header.extras_len =
-        u8::try_from(extras.len()).map_err(|_| EncodeError::ExtrasTooLong(extras.len()))?;
-    header.key_len = u16::try_from(key.len()).map_err(|_| EncodeError::KeyTooLong(key.len()))?;
+        u8::try_from(extras_len).map_err(|_| EncodeError::ExtrasTooLong(extras_len))?;
+    header.key_len = u16::try_from(key_len).map_err(|_| EncodeError::KeyTooLong(key_len))?;
     // extras ≤ 255 and key ≤ 65535, so only the value can overflow the sum.
-    let body = (extras.len() + key.len())
-        .checked_add(value.len())
+    let body = (extras_len + key_len)
+        .checked_add(value_len)
         .ok_or(EncodeError::BodyTooLong(usize::MAX))?;
     header.body_len = u32::try_from(body).map_err(|_| EncodeError::BodyTooLong(body))?;
 
     out.reserve(HEADER_LEN + body);
     out.put_slice(&header.encode());
-    out.put_slice(extras);
-    out.put_slice(key);
-    out.put_slice(value);
     Ok(())
 }
 

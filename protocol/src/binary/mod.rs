@@ -10,6 +10,8 @@
 //!   stack-only extras encoders.
 //! - [`request`]: [`parse_request`] and [`encode_request`].
 //! - [`response`]: [`parse_response`] and [`encode_response`].
+//! - [`dcp`]: the DCP replication messages, [`parse_dcp`] and an encoder
+//!   per message.
 //! - `shape` (private): which extras, key and value each opcode may carry.
 //! - `encode` (private): the shared frame writer and [`EncodeError`].
 //!
@@ -18,6 +20,7 @@
 //! spans index the frame starting at `buf[0]`. Encoders append to a
 //! `BytesMut` with lengths computed from the slices given.
 
+pub mod dcp;
 pub mod extras;
 pub mod header;
 pub mod opcode;
@@ -31,6 +34,7 @@ mod shape;
 #[cfg(test)]
 mod proptests;
 
+pub use dcp::{parse_dcp, DcpMessage, FailoverEntry, FailoverLog};
 pub use encode::EncodeError;
 pub use extras::{
     arith_extras, exptime_from_wire, exptime_to_wire, flags_extras, store_extras, touch_extras,

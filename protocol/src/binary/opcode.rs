@@ -2,12 +2,12 @@
 //! the typed form a parsed header carries. The classic memcached set
 //! (0x00–0x24, from memcached's `protocol_binary.h`), the vbucket, bucket
 //! and cluster commands Couchbase added (0x3d–0x3f, 0x83, 0x89, 0x92,
-//! 0xb5), and the
-//! DCP replication range (0x50–0x5e) are named; every other byte is
-//! [`Opcode::Other`] — a value, never an error, so a server can answer 0x81
-//! "unknown command" for it and carry on with the next frame. One macro
-//! table is the single source of truth for the constants, the enum and both
-//! conversions, so they cannot drift apart.
+//! 0xb5), and the DCP replication opcodes Shoal speaks (0x50–0x5e, 0x61;
+//! values from kv_engine's `include/mcbp/protocol/opcode.h`) are named;
+//! every other byte is [`Opcode::Other`] — a value, never an error, so a
+//! server can answer 0x81 "unknown command" for it and carry on with the
+//! next frame. One macro table is the single source of truth for the
+//! constants, the enum and both conversions, so they cannot drift apart.
 
 /// Declares the opcode constants, the [`Opcode`] enum and its conversions
 /// from one table, so adding an opcode is one line.
@@ -173,6 +173,8 @@ opcodes! {
     DcpBufferAck = DCP_BUFFER_ACK = 0x5d,
     /// 0x5e: DCP connection settings.
     DcpControl = DCP_CONTROL = 0x5e,
+    /// 0x61: a replica acknowledges the seqno it has reached (durability).
+    DcpSeqnoAcknowledged = DCP_SEQNO_ACKNOWLEDGED = 0x61,
     /// 0x83: read a key from a replica vbucket.
     GetReplica = GET_REPLICA = 0x83,
     /// 0x89: bind the connection to the bucket named by the key
@@ -186,8 +188,10 @@ opcodes! {
 
 /// First opcode of the range reserved for DCP replication.
 pub const DCP_RANGE_START: u8 = 0x50;
-/// Last opcode of the range reserved for DCP replication.
-pub const DCP_RANGE_END: u8 = 0x5f;
+/// Last opcode of the range reserved for DCP replication: kv_engine's
+/// `/* DCP */` block runs 0x50–0x65 (0x5f–0x65 are system events, sync
+/// replication and OSO snapshots, 0x64 unassigned).
+pub const DCP_RANGE_END: u8 = 0x65;
 
 impl From<u8> for Opcode {
     fn from(byte: u8) -> Opcode {
@@ -299,7 +303,7 @@ impl Opcode {
         matches!(self.non_quiet(), Opcode::Increment | Opcode::Decrement)
     }
 
-    /// True for any opcode in the DCP range 0x50–0x5f, named or not.
+    /// True for any opcode in the DCP range 0x50–0x65, named or not.
     pub const fn is_dcp(self) -> bool {
         let byte = self.to_u8();
         byte >= DCP_RANGE_START && byte <= DCP_RANGE_END
@@ -355,6 +359,7 @@ mod tests {
             (DCP_STREAM_REQ, 0x53),
             (DCP_MUTATION, 0x57),
             (DCP_CONTROL, 0x5e),
+            (DCP_SEQNO_ACKNOWLEDGED, 0x61),
             (GET_REPLICA, 0x83),
             (SELECT_BUCKET, 0x89),
             (OBSERVE, 0x92),
@@ -373,6 +378,8 @@ mod tests {
             assert_eq!(Opcode::from_u8(byte), Opcode::Other(byte));
         }
         assert!(Opcode::from_u8(0x5f).is_dcp());
+        assert!(Opcode::DcpSeqnoAcknowledged.is_dcp());
+        assert!(!Opcode::from_u8(0x66).is_dcp());
         assert_eq!(Opcode::Other(0xee).to_string(), "UNKNOWN(0xee)");
         assert_eq!(Opcode::GetKQ.to_string(), "GETKQ");
     }

@@ -101,7 +101,9 @@ impl Shape {
     }
 }
 
-fn present(
+/// Check one part's length against its rule; the error is the reason for
+/// an invalid-arguments reply (`missing` or `unwanted`).
+pub(crate) fn present(
     rule: Presence,
     len: usize,
     missing: &'static str,

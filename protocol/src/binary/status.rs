@@ -1,6 +1,7 @@
 //! Response statuses: [`Status`], a `u16` newtype with a named constant for
 //! every status Shoal sends or reads (memcached's set plus Couchbase's
-//! NOT_MY_VBUCKET and NO_BUCKET), and the text memcached puts in an error reply's body.
+//! NOT_MY_VBUCKET, NO_BUCKET and DCP's ROLLBACK), and the text memcached
+//! puts in an error reply's body.
 //! A newtype rather than an enum because a peer may send any `u16` and the
 //! proxy must pass unknown statuses through untouched.
 
@@ -35,6 +36,9 @@ impl Status {
     pub const AUTH_ERROR: Status = Status(0x0020);
     /// 0x0021: authentication continues (SASL step needed).
     pub const AUTH_CONTINUE: Status = Status(0x0021);
+    /// 0x0023: a DCP stream request cannot resume where the consumer asked;
+    /// the body is the u64 seqno to roll back to (Couchbase's `Rollback`).
+    pub const ROLLBACK: Status = Status(0x0023);
     /// 0x0081: unknown command.
     pub const UNKNOWN_COMMAND: Status = Status(0x0081);
     /// 0x0082: out of memory.
@@ -75,6 +79,7 @@ impl Status {
             Status::NO_BUCKET => "No bucket selected",
             Status::AUTH_ERROR => "Auth failure.",
             Status::AUTH_CONTINUE => "Auth continue",
+            Status::ROLLBACK => "Rollback",
             Status::UNKNOWN_COMMAND => "Unknown command",
             Status::OUT_OF_MEMORY => "Out of memory",
             Status::NOT_SUPPORTED => "Not supported",
@@ -127,6 +132,7 @@ mod tests {
             (Status::NO_BUCKET, 0x08),
             (Status::AUTH_ERROR, 0x20),
             (Status::AUTH_CONTINUE, 0x21),
+            (Status::ROLLBACK, 0x23),
             (Status::UNKNOWN_COMMAND, 0x81),
             (Status::OUT_OF_MEMORY, 0x82),
             (Status::NOT_SUPPORTED, 0x83),
