@@ -40,6 +40,9 @@ pub struct DownstreamConfig {
     /// Limits for parsing node replies, and client requests (the
     /// sessions parse with the same bounds).
     pub limits: Limits,
+    /// The bucket every new connection selects, with SASL PLAIN, before
+    /// it is used; `None` stays on the node's `default`.
+    pub bucket: Option<String>,
 }
 
 impl Default for DownstreamConfig {
@@ -62,6 +65,7 @@ impl Default for DownstreamConfig {
                 max_line_len: 1024 * 1024,
                 ..Limits::default()
             },
+            bucket: None,
         }
     }
 }
@@ -221,20 +225,56 @@ impl NodePool {
 
     /// Sends a batch and waits for all its replies (the terminator's last).
     pub async fn call(&self, batch: Batch) -> Result<Vec<Reply>, DownstreamError> {
+        self.send(batch).await?.replies().await
+    }
+
+    /// Queues a batch on one of the node's connections (waiting only while
+    /// its queue is full) and returns at once: a caller with batches for
+    /// several nodes sends them all, then collects the replies, with no
+    /// future per node to poll.
+    pub async fn send(&self, batch: Batch) -> Result<Pending, DownstreamError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let (tx, rx) = oneshot::channel();
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        if self.slots[i]
+            .send(Queued { batch, reply: tx })
+            .await
+            .is_err()
+        {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            return Err(DownstreamError::NotSent);
+        }
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        let sent = self.slots[i].send(Queued { batch, reply: tx }).await;
-        let result = match sent {
-            Ok(()) => rx.await.unwrap_or(Err(DownstreamError::Lost)),
-            Err(_) => Err(DownstreamError::NotSent),
-        };
-        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        Ok(Pending {
+            rx,
+            stats: self.stats.clone(),
+        })
+    }
+}
+
+/// A batch handed to a connection: its replies, when they are all in.
+#[derive(Debug)]
+pub struct Pending {
+    rx: oneshot::Receiver<Result<Vec<Reply>, DownstreamError>>,
+    /// The node's counters: `in_flight` drops when this does, so a caller
+    /// that gives up (a cancelled request) is not counted for ever.
+    stats: Arc<NodeStats>,
+}
+
+impl Pending {
+    /// Waits for every reply of the batch, the terminator's last.
+    pub async fn replies(mut self) -> Result<Vec<Reply>, DownstreamError> {
+        let result = (&mut self.rx).await.unwrap_or(Err(DownstreamError::Lost));
         if result.is_err() {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
         }
         result
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -253,10 +293,13 @@ async fn run_slot(
         // Connect only when there is something to send: an idle proxy keeps
         // no sockets to nodes it does not use.
         let Some(first) = rx.recv().await else { return };
-        let connected = tokio::time::timeout(
-            config.connect_timeout,
-            TcpStream::connect((addr.host.as_str(), addr.port)),
-        )
+        let connected = tokio::time::timeout(config.connect_timeout, async {
+            let mut stream = TcpStream::connect((addr.host.as_str(), addr.port)).await?;
+            if let Some(bucket) = &config.bucket {
+                select_bucket(&mut stream, bucket, &config.limits).await?;
+            }
+            Ok::<_, std::io::Error>(stream)
+        })
         .await;
         match connected {
             Ok(Ok(stream)) => {
@@ -280,6 +323,51 @@ async fn run_slot(
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
+        }
+    }
+}
+
+/// Selects `bucket` on a fresh node connection: SASL PLAIN as user
+/// `bucket` with an empty password (nodes do not check passwords yet), the
+/// way moxi picked a Couchbase bucket. Anything but "ok" fails the
+/// connection, which is then handled like a refused connect.
+async fn select_bucket(
+    stream: &mut TcpStream,
+    bucket: &str,
+    limits: &Limits,
+) -> std::io::Result<()> {
+    use shoal_protocol::binary::{encode_request, Opcode, RequestFields, Status};
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let mut frame = BytesMut::new();
+    let message = format!("\0{bucket}\0");
+    encode_request(
+        &mut frame,
+        &RequestFields::new(Opcode::SaslAuth),
+        &[],
+        b"PLAIN",
+        message.as_bytes(),
+    )
+    .map_err(|_| invalid("bucket name too long"))?;
+    stream.write_all(&frame).await?;
+    let mut buf = BytesMut::with_capacity(256);
+    loop {
+        match parse_response(&buf, limits) {
+            Ok(Some((reply, _))) if reply.header.status == Status::OK => return Ok(()),
+            Ok(Some((reply, _))) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "bucket {bucket:?}: SASL auth answered {}",
+                        reply.header.status
+                    ),
+                ))
+            }
+            Ok(None) => {}
+            Err(_) => return Err(invalid("unreadable SASL auth reply")),
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
     }
 }

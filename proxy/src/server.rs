@@ -38,13 +38,28 @@ impl Shared {
     /// are installed by [`Proxy::start`]; harnesses may install their own).
     pub fn new(config: ProxyConfig) -> Arc<Shared> {
         Arc::new(Shared {
-            maps: MapStore::new(config.downstream.clone()),
+            maps: MapStore::new(downstream_config(&config)),
             stats: ProxyStats::default(),
             draining: AtomicBool::new(false),
             refresh: Notify::new(),
             config,
         })
     }
+}
+
+/// The downstream settings of a proxy with `config`: in vbucket mode the
+/// bucket is selected on every node connection, `default` included — a
+/// connection only starts on `default` if the node had it when the
+/// connection was accepted, and the bucket may be created or re-created
+/// later.
+fn downstream_config(config: &ProxyConfig) -> crate::downstream::DownstreamConfig {
+    let mut downstream = config.downstream.clone();
+    if let MapSource::Cluster { bucket, .. } = &config.source {
+        if downstream.bucket.is_none() {
+            downstream.bucket = Some(bucket.clone());
+        }
+    }
+    downstream
 }
 
 /// A running proxy.

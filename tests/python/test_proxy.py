@@ -16,7 +16,9 @@ decides exactly when the map changes relative to the nodes' states.
   one arrives, or fail with a temporary failure at the retry deadline —
   never a miss — while every other key keeps working;
 - static ketama mode in front of three memcached: placement agrees with
-  libmemcached's libketama-compatible mode;
+  libmemcached's libketama-compatible mode; with one memcached down, a
+  multi-get returns the other keys in the client's order, or fails as a
+  whole with `--strict-multiget`;
 - bad input on one connection does not disturb another.
 
 Measured figures (waits, counts) are printed; run with `-s` to see them.
@@ -726,6 +728,83 @@ def test_static_ketama_agrees_with_libmemcached(harness):
     figure(f"ketama: 1000 keys over three memcached: {counts}")
     assert sum(counts) == 1000
     assert min(counts) > 200
+
+
+def test_static_ketama_multiget_order(harness):
+    """Hits, misses (quiet ones, and the non-quiet request that ends each
+    server's batch) and repeats come back in the client's order, for get
+    and gat alike."""
+    servers = [harness.memcached(f"memcached-{i}") for i in range(3)]
+    proxy = harness.proxy("--servers", ",".join(s.addr_str for s in servers)).wait_healthy()
+    values = {f"order:{i}": f"value {i}".encode() for i in range(30)}
+    c = py_client(proxy)
+    assert c.set_many(values) == []
+    c.close()
+    keys = sorted(values) + [f"order:absent:{i}" for i in range(12)]
+    random.Random(11).shuffle(keys)
+    keys += [keys[0], keys[1], keys[0]]
+    want = b"".join(b"VALUE %s 0 %d\r\n%s\r\n" % (k.encode(), len(values[k]), values[k])
+                    for k in keys if k in values) + b"END\r\n"  # fmt: skip
+    hit = sorted(values)[0]
+    hit_value = b"VALUE %s 0 %d\r\n%s\r\n" % (hit.encode(), len(values[hit]), values[hit])
+    for verb in (b"get", b"gat 0"):
+        reply, _ = ascii_request(proxy.addr, b"%s %s\r\n" % (verb, " ".join(keys).encode()))
+        assert reply == want, f"{verb!r}: {reply[:200]!r}"
+        # A key last in the client's order is last in its server's batch:
+        # batches ending on a miss, and misses before a hit.
+        for absent in (k for k in keys if k not in values):
+            for pair in ((hit, absent), (absent, hit)):
+                reply, _ = ascii_request(proxy.addr, b"%s %s %s\r\n" % (verb, pair[0].encode(), pair[1].encode()))
+                assert reply == hit_value + b"END\r\n", f"{verb!r} {pair}: {reply!r}"
+
+
+# The multi-get test's deadline: short, as no map will ever come to rescue
+# the dead server's keys.
+MULTIGET_RETRY_DEADLINE_MS = 300
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["lenient", "strict"])
+def test_multiget_with_a_server_down(harness, strict):
+    servers = [harness.memcached(f"memcached-{i}") for i in range(3)]
+    spec = ",".join(s.addr_str for s in servers)
+    args = ["--servers", spec, "--retry-deadline-ms", MULTIGET_RETRY_DEADLINE_MS]
+    proxy = harness.proxy(*args, *(["--strict-multiget"] if strict else [])).wait_healthy()
+    values = {f"mget:{i}": f"value {i}".encode() for i in range(24)}
+    c = py_client(proxy)
+    assert c.set_many(values) == []
+    c.close()
+    victim = servers[1]
+    direct = PyClient(victim.addr, timeout=10)
+    lost = set(direct.get_many(list(values)))
+    direct.close()
+    assert 0 < len(lost) < len(values), "the victim must hold some keys, not all"
+
+    # Every key once, shuffled (the dead server's keys among the others),
+    # then a repeat of a reachable and of a lost key (memcached answers
+    # each occurrence).
+    keys = sorted(values)
+    random.Random(7).shuffle(keys)
+    keys += [next(k for k in keys if k not in lost), next(k for k in keys if k in lost)]
+    before = proxy.stats()
+    victim.kill()
+    reply, seconds = ascii_request(proxy.addr, b"get %s\r\n" % " ".join(keys).encode())
+    after = proxy.stats()
+    figure(f"multi-get of {len(keys)} keys, {len(lost)} on a dead server "
+           f"({'strict' if strict else 'lenient'}): answered after {seconds:.2f}s")  # fmt: skip
+    errors = int(after["proxy_errors"]) - int(before["proxy_errors"])
+    left_out = int(after["proxy_multiget_missing_keys"]) - int(before["proxy_multiget_missing_keys"])
+    if strict:
+        assert reply == b"SERVER_ERROR temporary failure\r\n"
+        assert errors == 1
+    else:
+        want = b"".join(b"VALUE %s 0 %d\r\n%s\r\n" % (k.encode(), len(values[k]), values[k])
+                        for k in keys if k not in lost)  # fmt: skip
+        assert reply == want + b"END\r\n", "the reachable keys, in the client's order, repeats included"
+        assert left_out == sum(1 for k in keys if k in lost)
+        assert errors == 0
+    # The dead server's keys were retried up to the deadline, not given up
+    # on at the first refusal.
+    assert seconds >= MULTIGET_RETRY_DEADLINE_MS / 1000 * 0.9
 
 
 # === bad input ===

@@ -27,9 +27,13 @@ use crate::Shared;
 /// they are written, so this bounds what one request can make the proxy hold.
 const MAX_GET_REPLY: usize = 64 * 1024 * 1024;
 
-/// Runs one ASCII command parsed from `frame`.
-pub(super) async fn execute(shared: &Shared, frame: &Bytes, cmd: &Command) -> Outcome {
-    let mut out = BytesMut::new();
+/// Runs one ASCII command parsed from `frame`, appending its reply to `out`.
+pub(super) async fn execute(
+    shared: &Shared,
+    frame: &Bytes,
+    cmd: &Command,
+    out: &mut BytesMut,
+) -> Outcome {
     match cmd {
         Command::Get(get) => {
             let keys: Vec<&[u8]> = get.keys(frame).map(|s| s.of(frame)).collect();
@@ -40,7 +44,7 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, cmd: &Command) -> Ou
                 }
             };
             let extras = extras.as_ref().map_or(&[][..], |e| &e[..]);
-            // A single key skips the grouping and the NOOP fence.
+            // A single key skips the grouping.
             let results = match keys[..] {
                 [key] => vec![get_one(shared, key, quiet_opcode.non_quiet(), extras).await],
                 _ => multi_get(shared, &keys, quiet_opcode, extras).await,
@@ -54,17 +58,32 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, cmd: &Command) -> Ou
             if failed && (shared.config.strict_multiget || all_failed) {
                 shared.stats.errors.fetch_add(1, Ordering::Relaxed);
                 out.put_slice(b"SERVER_ERROR temporary failure\r\n");
-                return Outcome::Reply(out);
+                return Outcome::Continue;
             }
+            // Room for the whole reply at once: a hit takes its key, its
+            // value and at most 63 more bytes (`VALUE`, flags, length and
+            // CAS, spaces, two CRLFs).
+            let start = out.len();
+            let hits_len: usize = results
+                .iter()
+                .zip(&keys)
+                .map(|(r, key)| match r {
+                    KeyResult::Hit(reply) => key.len() + reply.response.value.len() + 63,
+                    _ => 0,
+                })
+                .sum();
+            out.reserve(hits_len.saturating_add(5).min(MAX_GET_REPLY));
             for (key, result) in keys.iter().zip(&results) {
                 match result {
-                    KeyResult::Hit(reply) if out.len() + reply.frame.len() > MAX_GET_REPLY => {
+                    KeyResult::Hit(reply)
+                        if out.len() - start + reply.frame.len() > MAX_GET_REPLY =>
+                    {
                         // One short line naming a large value many times must
                         // not make the proxy buffer without bound (memcached's
                         // answer when it cannot build a reply).
-                        out.clear();
+                        out.truncate(start);
                         out.put_slice(b"SERVER_ERROR out of memory writing get response\r\n");
-                        return Outcome::Reply(out);
+                        return Outcome::Continue;
                     }
                     KeyResult::Hit(reply) => {
                         let flags = match reply.response.decoded {
@@ -72,13 +91,7 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, cmd: &Command) -> Ou
                             _ => 0,
                         };
                         let cas = with_cas.then_some(reply.response.header.cas);
-                        encode_value(
-                            &mut out,
-                            key,
-                            flags,
-                            reply.response.value.of(&reply.frame),
-                            cas,
-                        );
+                        encode_value(out, key, flags, reply.response.value.of(&reply.frame), cas);
                     }
                     KeyResult::Miss => {}
                     KeyResult::Failed(e) => {
@@ -117,7 +130,7 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, cmd: &Command) -> Ou
             };
             let result = keyed(shared, key, &request, false).await;
             if !store.noreply {
-                store_reply(shared, &mut out, store.verb, result);
+                store_reply(shared, out, store.verb, result);
             }
         }
         Command::Delete(delete) => {
@@ -131,7 +144,7 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, cmd: &Command) -> Ou
             };
             let result = keyed(shared, key, &request, false).await;
             if !delete.noreply {
-                simple_reply(shared, &mut out, result, b"DELETED\r\n");
+                simple_reply(shared, out, result, b"DELETED\r\n");
             }
         }
         Command::Arith(arith) => {
@@ -152,11 +165,11 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, cmd: &Command) -> Ou
                 match result {
                     Ok(reply) if reply.response.header.status == Status::OK => {
                         match reply.response.decoded {
-                            Decoded::Counter(n) => encode_number(&mut out, n),
+                            Decoded::Counter(n) => encode_number(out, n),
                             _ => out.put_slice(b"SERVER_ERROR bad reply from node\r\n"),
                         }
                     }
-                    other => simple_reply(shared, &mut out, other, b""),
+                    other => simple_reply(shared, out, other, b""),
                 }
             }
         }
@@ -172,7 +185,7 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, cmd: &Command) -> Ou
             };
             let result = keyed(shared, key, &request, true).await;
             if !touch.noreply {
-                simple_reply(shared, &mut out, result, b"TOUCHED\r\n");
+                simple_reply(shared, out, result, b"TOUCHED\r\n");
             }
         }
         Command::FlushAll(flush) => {
@@ -216,7 +229,7 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, cmd: &Command) -> Ou
                 .unwrap_or(b"");
             if group == b"proxy" {
                 for (name, value) in proxy_stats(shared) {
-                    stat_line(&mut out, name.as_bytes(), value.as_bytes());
+                    stat_line(out, name.as_bytes(), value.as_bytes());
                 }
             } else {
                 let request = Plain {
@@ -227,7 +240,7 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, cmd: &Command) -> Ou
                     value: &[],
                 };
                 for (name, value) in merged_stats(fan_out(shared, &request).await) {
-                    stat_line(&mut out, &name, &value);
+                    stat_line(out, &name, &value);
                 }
             }
             out.put_slice(b"END\r\n");
@@ -239,7 +252,7 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, cmd: &Command) -> Ou
         }
         Command::Quit => return Outcome::Close,
     }
-    Outcome::Reply(out)
+    Outcome::Continue
 }
 
 fn stat_line(out: &mut BytesMut, name: &[u8], value: &[u8]) {

@@ -16,12 +16,16 @@ use super::call::{fan_out, keyed, CallError, Plain};
 use super::{proxy_stats, Outcome, VERSION};
 use crate::Shared;
 
-/// Runs one binary request parsed from `frame`.
-pub(super) async fn execute(shared: &Shared, frame: &Bytes, req: &Request) -> Outcome {
+/// Runs one binary request parsed from `frame`, appending its reply to `out`.
+pub(super) async fn execute(
+    shared: &Shared,
+    frame: &Bytes,
+    req: &Request,
+    out: &mut BytesMut,
+) -> Outcome {
     let h = &req.header;
     let base = h.opcode.non_quiet();
     let quiet = h.opcode.is_quiet();
-    let mut out = BytesMut::new();
     match base {
         Opcode::Get
         | Opcode::GetK
@@ -73,7 +77,7 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, req: &Request) -> Ou
                         };
                         let r = &reply.response;
                         let _ = encode_response(
-                            &mut out,
+                            out,
                             &fields,
                             r.extras.of(&reply.frame),
                             r.key.of(&reply.frame),
@@ -81,16 +85,14 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, req: &Request) -> Ou
                         );
                     }
                 }
-                Err(e) => call_error(shared, &mut out, h, e),
+                Err(e) => call_error(shared, out, h, e),
             }
         }
-        Opcode::Noop => local(&mut out, h, Status::OK, &[], &[]),
-        Opcode::Version => local(&mut out, h, Status::OK, &[], VERSION.as_bytes()),
-        Opcode::Verbosity => local(&mut out, h, Status::OK, &[], &[]),
-        Opcode::SaslListMechs => local(&mut out, h, Status::OK, &[], b"PLAIN"),
-        Opcode::SaslAuth | Opcode::SaslStep => {
-            local(&mut out, h, Status::OK, &[], b"Authenticated")
-        }
+        Opcode::Noop => local(out, h, Status::OK, &[], &[]),
+        Opcode::Version => local(out, h, Status::OK, &[], VERSION.as_bytes()),
+        Opcode::Verbosity => local(out, h, Status::OK, &[], &[]),
+        Opcode::SaslListMechs => local(out, h, Status::OK, &[], b"PLAIN"),
+        Opcode::SaslAuth | Opcode::SaslStep => local(out, h, Status::OK, &[], b"Authenticated"),
         Opcode::Flush => {
             let request = Plain {
                 opcode: Opcode::Flush,
@@ -108,8 +110,8 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, req: &Request) -> Ou
             });
             match (ok, quiet) {
                 (true, true) => {}
-                (true, false) => local(&mut out, h, Status::OK, &[], &[]),
-                (false, _) => status_reply(shared, &mut out, h, Status::TEMPORARY_FAILURE),
+                (true, false) => local(out, h, Status::OK, &[], &[]),
+                (false, _) => status_reply(shared, out, h, Status::TEMPORARY_FAILURE),
             }
         }
         Opcode::Stat => {
@@ -130,19 +132,19 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, req: &Request) -> Ou
                 merged_stats(fan_out(shared, &request).await)
             };
             for (name, value) in stats {
-                local(&mut out, h, Status::OK, &name, &value);
+                local(out, h, Status::OK, &name, &value);
             }
-            local(&mut out, h, Status::OK, &[], &[]);
+            local(out, h, Status::OK, &[], &[]);
         }
         Opcode::Quit => {
-            local(&mut out, h, Status::OK, &[], &[]);
-            return Outcome::ReplyThenClose(out);
+            local(out, h, Status::OK, &[], &[]);
+            return Outcome::Close;
         }
         Opcode::QuitQ => return Outcome::Close,
-        Opcode::Other(_) => status_reply(shared, &mut out, h, Status::UNKNOWN_COMMAND),
-        _ => status_reply(shared, &mut out, h, Status::NOT_SUPPORTED),
+        Opcode::Other(_) => status_reply(shared, out, h, Status::UNKNOWN_COMMAND),
+        _ => status_reply(shared, out, h, Status::NOT_SUPPORTED),
     }
-    Outcome::Reply(out)
+    Outcome::Continue
 }
 
 /// A reply made by the proxy itself.

@@ -12,16 +12,15 @@
 //! a miss.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use fxhash::FxHashMap;
-use shoal_protocol::binary::{encode_request, Opcode, RequestFields, Status};
+use shoal_protocol::binary::{encode_request, Opcode, RequestFields, Status, HEADER_LEN};
 use shoal_vbmap::{ServerIdx, VbucketId};
 use tokio::time::Instant;
 
-use crate::downstream::{Batch, DownstreamError, NodePool, Reply};
+use crate::downstream::{Batch, DownstreamError, Pending, Reply};
 use crate::Shared;
 
 /// Multi-gets up to this many keys find duplicates by scanning.
@@ -163,7 +162,7 @@ async fn wait_for_map(
 }
 
 /// The outcome of one key of a multi-get.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum KeyResult {
     /// The node's reply (a hit; misses are `Miss`).
     Hit(Reply),
@@ -173,10 +172,46 @@ pub enum KeyResult {
     Failed(CallError),
 }
 
-/// Gets many keys: one batch per node of quiet GETKQs (or GATKQs, with
-/// `extras`) closed by a NOOP, all nodes at once; keys whose node failed or
-/// answered NOT_MY_VBUCKET are retried one by one under [`keyed`]'s rules.
-/// Results are in the order of `keys`; duplicate keys are fetched once.
+/// Marks "no key" in [`Slot::next`] and "no batch" in [`Slot::group`].
+const NONE: usize = usize::MAX;
+
+/// One key of a multi-get: where it goes and how its batch treated it.
+#[derive(Debug)]
+struct Slot {
+    /// The key's first occurrence (itself unless it repeats an earlier key).
+    first: usize,
+    /// The batch (index into the groups) that fetches it, or [`NONE`].
+    group: usize,
+    /// The next key of the same batch, or [`NONE`]: the batches are lists
+    /// threaded through the slots, not a vector per node.
+    next: usize,
+    /// Its vbucket (the key is hashed once).
+    vbucket: VbucketId,
+    /// Its batch asked for a retry (NOT_MY_VBUCKET or another error).
+    retrying: bool,
+}
+
+/// The keys of a multi-get bound for one node.
+#[derive(Debug)]
+struct Group {
+    server: ServerIdx,
+    /// The first and last key of the batch, in the client's order.
+    first: usize,
+    last: usize,
+    /// Opaque of key `first`; key `i` is tagged `base + (i - first)`, so a
+    /// reply finds its key with one subtraction.
+    base: u32,
+    /// The batch on its connection, or `None` if it could not be queued.
+    sent: Option<Pending>,
+}
+
+/// Gets many keys: one batch per node, all nodes at once, of quiet GETKQs
+/// (or GATKQs, with `extras`) whose last request is the non-quiet twin
+/// (GETK/GATK): its reply, hit or miss, ends the batch, so no NOOP fence
+/// is needed (one frame fewer per node; memcached spent about a third less
+/// CPU per 10-key get without it). Keys whose node failed or answered
+/// NOT_MY_VBUCKET are retried one by one under [`keyed`]'s rules. Results
+/// are in the order of `keys`; duplicate keys are fetched once.
 pub async fn multi_get(
     shared: &Shared,
     keys: &[&[u8]],
@@ -186,66 +221,119 @@ pub async fn multi_get(
     let routing = shared.maps.snapshot();
     // Per key, its first occurrence (duplicates are fetched once). A short
     // list is scanned: cheaper than hashing every key.
-    let slot_of: Vec<usize> = if keys.len() <= SCAN_DEDUP_MAX {
-        (0..keys.len())
-            .map(|i| keys[..i].iter().position(|k| *k == keys[i]).unwrap_or(i))
-            .collect()
-    } else {
-        let mut first_of: FxHashMap<&[u8], usize> = FxHashMap::default();
-        keys.iter()
-            .enumerate()
-            .map(|(i, key)| *first_of.entry(key).or_insert(i))
-            .collect()
-    };
+    let mut slots: Vec<Slot> = Vec::with_capacity(keys.len());
+    let mut first_of: FxHashMap<&[u8], usize> = FxHashMap::default();
+    for (i, key) in keys.iter().enumerate() {
+        let first = if keys.len() <= SCAN_DEDUP_MAX {
+            keys[..i].iter().position(|k| k == key).unwrap_or(i)
+        } else {
+            *first_of.entry(key).or_insert(i)
+        };
+        slots.push(Slot {
+            first,
+            group: NONE,
+            next: NONE,
+            vbucket: 0,
+            retrying: false,
+        });
+    }
     let mut results: Vec<Option<KeyResult>> = (0..keys.len()).map(|_| None).collect();
     let mut retry: Vec<usize> = Vec::new();
-    // Whether a key is in `retry`: a lookup per key, not a scan of `retry`
-    // (quadratic in a large multi-get whose node says NOT_MY_VBUCKET).
-    let mut retrying = vec![false; keys.len()];
 
-    // Group distinct keys per server.
-    // Each key is hashed once: its vbucket travels with it.
-    // Few servers per request: a list beats a map.
-    let mut groups: Vec<(ServerIdx, Vec<usize>)> = Vec::new();
-    let mut vbuckets = vec![0u16; keys.len()];
+    // Group distinct keys per server, hashing each key once. Few servers
+    // per request: a list beats a map.
+    let mut groups: Vec<Group> = Vec::new();
+    let mut frames_len = 0usize;
     for (i, key) in keys.iter().enumerate() {
-        if slot_of[i] != i {
+        if slots[i].first != i {
             continue;
         }
         let route = routing.route(key);
-        vbuckets[i] = route.vbucket;
-        match route.server {
-            Some(server) if routing.pool(server).is_some() => {
-                match groups.iter_mut().find(|(s, _)| *s == server) {
-                    Some((_, members)) => members.push(i),
-                    None => groups.push((server, vec![i])),
-                }
+        slots[i].vbucket = route.vbucket;
+        let server = match route.server {
+            Some(server) if routing.pool(server).is_some() => server,
+            _ => {
+                retry.push(i);
+                continue;
             }
-            _ => retry.push(i),
+        };
+        frames_len += HEADER_LEN + extras.len() + key.len();
+        match groups.iter().position(|g| g.server == server) {
+            Some(g) => {
+                let last = groups[g].last;
+                slots[last].next = i;
+                groups[g].last = i;
+                slots[i].group = g;
+            }
+            None => {
+                slots[i].group = groups.len();
+                groups.push(Group {
+                    server,
+                    first: i,
+                    last: i,
+                    base: 0,
+                    sent: None,
+                });
+            }
         }
     }
-    let vbuckets = &vbuckets;
-    let calls = groups.into_iter().map(|(server, members)| {
-        let routing = routing.clone();
-        async move {
-            let pool = routing.pool(server).cloned();
-            let outcome = match pool {
-                Some(pool) => {
-                    send_group(&pool, keys, vbuckets, &members, quiet_opcode, extras).await
-                }
-                None => Err(DownstreamError::NotSent),
-            };
-            (members, outcome)
+
+    // Encode every batch into one buffer and queue each on its node before
+    // waiting for any: the nodes work in parallel.
+    let mut frames = BytesMut::with_capacity(frames_len);
+    let non_quiet = quiet_opcode.non_quiet();
+    for group in &mut groups {
+        let Some(pool) = routing.pool(group.server) else {
+            continue;
+        };
+        let span = u32::try_from(group.last - group.first).unwrap_or(u32::MAX - 1);
+        group.base = pool.opaques(span + 1);
+        let mut i = group.first;
+        while i != NONE {
+            Plain {
+                opcode: if i == group.last {
+                    non_quiet
+                } else {
+                    quiet_opcode
+                },
+                cas: 0,
+                extras,
+                key: keys[i],
+                value: &[],
+            }
+            .encode(
+                &mut frames,
+                slots[i].vbucket,
+                group.base.wrapping_add((i - group.first) as u32),
+            );
+            i = slots[i].next;
         }
-    });
-    for (members, outcome) in futures_util::future::join_all(calls).await {
+        let batch = Batch {
+            frames: frames.split().freeze(),
+            first: group.base,
+            terminator: group.base.wrapping_add(span),
+        };
+        group.sent = pool.send(batch).await.ok();
+    }
+
+    // Collect each node's replies: quiet misses send none, so a key with
+    // no reply in a completed batch is a miss.
+    for (g, group) in groups.iter_mut().enumerate() {
+        let outcome = match group.sent.take() {
+            Some(pending) => pending.replies().await,
+            None => Err(DownstreamError::NotSent),
+        };
         match outcome {
-            Ok((base, replies)) => {
+            Ok(replies) => {
                 for reply in replies {
-                    let opaque = reply.response.header.opaque;
-                    let Some(&i) = members.get(opaque.wrapping_sub(base) as usize) else {
-                        continue; // the NOOP terminator
-                    };
+                    let offset = reply.response.header.opaque.wrapping_sub(group.base);
+                    let i = group.first.saturating_add(offset as usize);
+                    // The connection checked the opaque is within the
+                    // batch; a key of another batch would be a node bug.
+                    match slots.get(i) {
+                        Some(slot) if slot.group == g && slot.first == i => {}
+                        _ => continue,
+                    }
                     let status = reply.response.header.status;
                     if status == Status::OK {
                         results[i] = Some(KeyResult::Hit(reply));
@@ -254,16 +342,24 @@ pub async fn multi_get(
                             shared.stats.not_my_vbucket.fetch_add(1, Ordering::Relaxed);
                         }
                         retry.push(i);
-                        retrying[i] = true;
+                        slots[i].retrying = true;
                     }
                 }
-                for &i in &members {
-                    if results[i].is_none() && !retrying[i] {
+                let mut i = group.first;
+                while i != NONE {
+                    if results[i].is_none() && !slots[i].retrying {
                         results[i] = Some(KeyResult::Miss);
                     }
+                    i = slots[i].next;
                 }
             }
-            Err(_) => retry.extend(members.iter().copied()),
+            Err(_) => {
+                let mut i = group.first;
+                while i != NONE {
+                    retry.push(i);
+                    i = slots[i].next;
+                }
+            }
         }
     }
 
@@ -272,7 +368,6 @@ pub async fn multi_get(
         if retry.len() > 1 {
             shared.refresh.notify_one();
         }
-        let non_quiet = quiet_opcode.non_quiet();
         let retried = futures_util::future::join_all(
             retry
                 .iter()
@@ -285,22 +380,17 @@ pub async fn multi_get(
     }
 
     // Duplicates share their first occurrence's result (which comes
-    // earlier, so it is read before anything is moved out of it).
-    let mut out: Vec<KeyResult> = Vec::with_capacity(keys.len());
+    // earlier, so it is already in place).
     for i in 0..keys.len() {
-        let first = slot_of[i];
-        let result = if first == i {
-            results[i].take().unwrap_or(KeyResult::Miss)
-        } else {
-            match &out[first] {
-                KeyResult::Hit(r) => KeyResult::Hit(r.clone()),
-                KeyResult::Failed(e) => KeyResult::Failed(*e),
-                KeyResult::Miss => KeyResult::Miss,
-            }
-        };
-        out.push(result);
+        let first = slots[i].first;
+        if first != i {
+            results[i] = results[first].clone();
+        }
     }
-    out
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or(KeyResult::Miss))
+        .collect()
 }
 
 /// Gets one key with a plain (non-quiet) GET/GETK/GAT/GATK, idempotent,
@@ -319,46 +409,6 @@ pub async fn get_one(shared: &Shared, key: &[u8], opcode: Opcode, extras: &[u8])
         Ok(_) => KeyResult::Failed(CallError::Unavailable),
         Err(e) => KeyResult::Failed(e),
     }
-}
-
-async fn send_group(
-    pool: &Arc<NodePool>,
-    keys: &[&[u8]],
-    vbuckets: &[VbucketId],
-    members: &[usize],
-    quiet_opcode: Opcode,
-    extras: &[u8],
-) -> Result<(u32, Vec<Reply>), DownstreamError> {
-    let n = u32::try_from(members.len()).unwrap_or(u32::MAX - 1);
-    let base = pool.opaques(n + 1);
-    let mut frames = BytesMut::with_capacity(members.len() * 64);
-    for (j, &i) in members.iter().enumerate() {
-        let request = Plain {
-            opcode: quiet_opcode,
-            cas: 0,
-            extras,
-            key: keys[i],
-            value: &[],
-        };
-        request.encode(&mut frames, vbuckets[i], base.wrapping_add(j as u32));
-    }
-    let terminator = base.wrapping_add(n);
-    Plain {
-        opcode: Opcode::Noop,
-        cas: 0,
-        extras: &[],
-        key: &[],
-        value: &[],
-    }
-    .encode(&mut frames, 0, terminator);
-    let replies = pool
-        .call(Batch {
-            frames: frames.freeze(),
-            first: base,
-            terminator,
-        })
-        .await?;
-    Ok((base, replies))
 }
 
 /// Sends `request` (not keyed) to every node of the current map, once per

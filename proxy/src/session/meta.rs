@@ -39,15 +39,19 @@ const UNSUPPORTED_ARITH: &[Flag] = &[Flag::NewCas, Flag::ReturnTtl];
 /// memcached's longest key; base64 keys decode into a buffer this size.
 const MAX_KEY: usize = 250;
 
-/// Runs one meta command parsed from `frame`.
-pub(super) async fn execute(shared: &Shared, frame: &Bytes, cmd: &MetaCommand) -> Outcome {
-    let mut out = BytesMut::new();
+/// Runs one meta command parsed from `frame`, appending its reply to `out`.
+pub(super) async fn execute(
+    shared: &Shared,
+    frame: &Bytes,
+    cmd: &MetaCommand,
+    out: &mut BytesMut,
+) -> Outcome {
     let mut key_buf = [0u8; MAX_KEY];
     let key: &[u8] = match cmd.key() {
         None => &[],
         Some(span) if cmd.base64() => match base64::decode_into(span.of(frame), &mut key_buf) {
             Some(len) if len > 0 => &key_buf[..len],
-            _ => return text(b"CLIENT_ERROR error decoding key\r\n"),
+            _ => return text(out, b"CLIENT_ERROR error decoding key\r\n"),
         },
         Some(span) => span.of(frame),
     };
@@ -57,11 +61,13 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, cmd: &MetaCommand) -
         base64: cmd.base64(),
     };
     match cmd {
-        MetaCommand::Noop => return text(b"MN\r\n"),
-        MetaCommand::Debug(_) => return text(b"CLIENT_ERROR unsupported through the proxy\r\n"),
+        MetaCommand::Noop => return text(out, b"MN\r\n"),
+        MetaCommand::Debug(_) => {
+            return text(out, b"CLIENT_ERROR unsupported through the proxy\r\n")
+        }
         MetaCommand::Get(get) => {
             if refused(&get.flags, UNSUPPORTED_GET) {
-                return text(b"CLIENT_ERROR unsupported flag\r\n");
+                return text(out, b"CLIENT_ERROR unsupported flag\r\n");
             }
             let ttl = get.flags.ttl().map(touch_extras);
             let request = Plain {
@@ -79,30 +85,26 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, cmd: &MetaCommand) -
                 Ok(reply) if reply.response.header.status == Status::OK => {
                     let flags = echo.collect(&get.flags, Some(&reply), None);
                     if get.flags.has(Flag::ReturnValue) {
-                        write_value(
-                            &mut out,
-                            flags.as_slice(),
-                            reply.response.value.of(&reply.frame),
-                        );
+                        write_value(out, flags.as_slice(), reply.response.value.of(&reply.frame));
                     } else {
-                        write_status(&mut out, MetaStatus::Hd, flags.as_slice());
+                        write_status(out, MetaStatus::Hd, flags.as_slice());
                     }
                 }
                 Ok(reply) if reply.response.header.status == Status::KEY_NOT_FOUND => {
                     if !get.quiet() {
                         write_status(
-                            &mut out,
+                            out,
                             MetaStatus::En,
                             echo.collect(&get.flags, None, None).as_slice(),
                         );
                     }
                 }
-                other => error(shared, &mut out, other),
+                other => error(shared, out, other),
             }
         }
         MetaCommand::Set(set) => {
             if refused(&set.flags, UNSUPPORTED_SET) {
-                return text(b"CLIENT_ERROR unsupported flag\r\n");
+                return text(out, b"CLIENT_ERROR unsupported flag\r\n");
             }
             let flags = &set.flags;
             let mode = set.mode();
@@ -144,20 +146,18 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, cmd: &MetaCommand) -
                         Some(MetaStatus::Hd) if set.quiet() => {}
                         Some(MetaStatus::Hd) => {
                             let ret = echo.collect(flags, None, Some(reply.response.header.cas));
-                            write_status(&mut out, MetaStatus::Hd, ret.as_slice());
+                            write_status(out, MetaStatus::Hd, ret.as_slice());
                         }
-                        Some(s) => {
-                            write_status(&mut out, s, echo.collect(flags, None, None).as_slice())
-                        }
-                        None => error(shared, &mut out, Ok(reply)),
+                        Some(s) => write_status(out, s, echo.collect(flags, None, None).as_slice()),
+                        None => error(shared, out, Ok(reply)),
                     }
                 }
-                Err(e) => error(shared, &mut out, Err(e)),
+                Err(e) => error(shared, out, Err(e)),
             }
         }
         MetaCommand::Delete(delete) => {
             if refused(&delete.flags, UNSUPPORTED_DELETE) {
-                return text(b"CLIENT_ERROR unsupported flag\r\n");
+                return text(out, b"CLIENT_ERROR unsupported flag\r\n");
             }
             let request = Plain {
                 opcode: Opcode::Delete,
@@ -170,28 +170,28 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, cmd: &MetaCommand) -
                 Ok(reply) => match reply.response.header.status {
                     Status::OK if delete.quiet() => {}
                     Status::OK => write_status(
-                        &mut out,
+                        out,
                         MetaStatus::Hd,
                         echo.collect(&delete.flags, None, None).as_slice(),
                     ),
                     Status::KEY_NOT_FOUND => write_status(
-                        &mut out,
+                        out,
                         MetaStatus::Nf,
                         echo.collect(&delete.flags, None, None).as_slice(),
                     ),
                     Status::KEY_EXISTS => write_status(
-                        &mut out,
+                        out,
                         MetaStatus::Ex,
                         echo.collect(&delete.flags, None, None).as_slice(),
                     ),
-                    _ => error(shared, &mut out, Ok(reply)),
+                    _ => error(shared, out, Ok(reply)),
                 },
-                Err(e) => error(shared, &mut out, Err(e)),
+                Err(e) => error(shared, out, Err(e)),
             }
         }
         MetaCommand::Arith(arith) => {
             if refused(&arith.flags, UNSUPPORTED_ARITH) {
-                return text(b"CLIENT_ERROR unsupported flag\r\n");
+                return text(out, b"CLIENT_ERROR unsupported flag\r\n");
             }
             let flags = &arith.flags;
             let create = flags
@@ -213,32 +213,33 @@ pub(super) async fn execute(shared: &Shared, frame: &Bytes, cmd: &MetaCommand) -
                     (Status::OK, Decoded::Counter(n)) => {
                         let ret = echo.collect(flags, None, Some(reply.response.header.cas));
                         if flags.has(Flag::ReturnValue) {
-                            write_value(&mut out, ret.as_slice(), n.to_string().as_bytes());
+                            write_value(out, ret.as_slice(), n.to_string().as_bytes());
                         } else if !arith.quiet() {
-                            write_status(&mut out, MetaStatus::Hd, ret.as_slice());
+                            write_status(out, MetaStatus::Hd, ret.as_slice());
                         }
                     }
                     (Status::KEY_NOT_FOUND, _) => write_status(
-                        &mut out,
+                        out,
                         MetaStatus::Nf,
                         echo.collect(flags, None, None).as_slice(),
                     ),
                     (Status::KEY_EXISTS, _) => write_status(
-                        &mut out,
+                        out,
                         MetaStatus::Ex,
                         echo.collect(flags, None, None).as_slice(),
                     ),
-                    _ => error(shared, &mut out, Ok(reply)),
+                    _ => error(shared, out, Ok(reply)),
                 },
-                Err(e) => error(shared, &mut out, Err(e)),
+                Err(e) => error(shared, out, Err(e)),
             }
         }
     }
-    Outcome::Reply(out)
+    Outcome::Continue
 }
 
-fn text(line: &'static [u8]) -> Outcome {
-    Outcome::Reply(BytesMut::from(line))
+fn text(out: &mut BytesMut, line: &'static [u8]) -> Outcome {
+    out.put_slice(line);
+    Outcome::Continue
 }
 
 fn refused(flags: &MetaFlags, unsupported: &[Flag]) -> bool {

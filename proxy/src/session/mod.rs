@@ -4,7 +4,10 @@
 //! otherwise classic ASCII), parsed zero-copy from the read buffer, and
 //! every complete request of a read is started at once — so a pipeline
 //! spread over several nodes is served in parallel — while replies are
-//! written strictly in request order, all of a batch in one write.
+//! written strictly in request order, all of a batch in one write. A read
+//! holding one request (a client waiting for each reply, the common case)
+//! runs it in the session's own task, its reply encoded straight into the
+//! write buffer.
 
 mod ascii;
 mod binary;
@@ -37,14 +40,13 @@ const READ_BUFFER: usize = 16 * 1024;
 /// pipelining without reading replies can make the proxy hold.
 const MAX_PIPELINE: usize = 1024;
 
-/// What a request's handling produced.
-#[derive(Debug)]
+/// What follows a request whose reply (possibly empty: quiet, noreply or
+/// `quit`) has been appended to the output buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    /// Bytes for the client (possibly empty: quiet or noreply).
-    Reply(BytesMut),
-    /// Bytes, then close.
-    ReplyThenClose(BytesMut),
-    /// Close without a reply (`quit`).
+    /// Serve the next request.
+    Continue,
+    /// Write the reply, then close.
     Close,
 }
 
@@ -86,9 +88,12 @@ async fn run<R, W>(
     let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
     let mut wbuf = BytesMut::new();
     let mut skip = 0usize;
+    // Requests of one read that run together; kept across reads (an empty
+    // `FuturesOrdered` is two allocations to make).
+    let mut pending: FuturesOrdered<Handled> = FuturesOrdered::new();
     loop {
-        let mut pending = FuturesOrdered::new();
         let mut close = false;
+        let mut inline = None;
         while pending.len() < MAX_PIPELINE {
             if skip > 0 {
                 let n = skip.min(rbuf.len());
@@ -101,6 +106,14 @@ async fn run<R, W>(
             match parse(&rbuf, &shared) {
                 Ok(Some((parsed, used))) => {
                     let frame = rbuf.split_to(used).freeze();
+                    if pending.is_empty() && rbuf.is_empty() {
+                        // The read's only request (a client waiting for
+                        // each reply): run it below, in this task, its
+                        // reply written straight into `wbuf` — no boxed
+                        // future and no copy.
+                        inline = Some((frame, parsed));
+                        break;
+                    }
                     pending.push_back(handle(shared.clone(), frame, parsed));
                 }
                 Ok(None) => break,
@@ -133,7 +146,7 @@ async fn run<R, W>(
                             };
                             let _ = call::keyed(&shared, &key, &request, false).await;
                         }
-                        Outcome::Reply(out)
+                        (out, Outcome::Continue)
                     }));
                     match e.recovery {
                         Recovery::Skip(n) => skip = n,
@@ -145,18 +158,14 @@ async fn run<R, W>(
                 }
             }
         }
-        while let Some(outcome) = pending.next().await {
-            match outcome {
-                Outcome::Reply(bytes) => wbuf.put_slice(&bytes),
-                Outcome::ReplyThenClose(bytes) => {
-                    wbuf.put_slice(&bytes);
-                    close = true;
-                    break;
-                }
-                Outcome::Close => {
-                    close = true;
-                    break;
-                }
+        if let Some((frame, parsed)) = inline {
+            close = execute(&shared, &frame, &parsed, &mut wbuf).await == Outcome::Close;
+        }
+        while let Some((bytes, outcome)) = pending.next().await {
+            wbuf.put_slice(&bytes);
+            if outcome == Outcome::Close {
+                close = true;
+                break;
             }
         }
         if !wbuf.is_empty() {
@@ -193,20 +202,29 @@ fn can_parse_more(rbuf: &BytesMut, shared: &Shared) -> bool {
     !matches!(parse(rbuf, shared), Ok(None))
 }
 
-type Handled = std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;
+/// A request running alongside others of its read: its reply bytes and
+/// what follows them.
+type Handled = std::pin::Pin<Box<dyn std::future::Future<Output = (BytesMut, Outcome)> + Send>>;
 
 fn handle(shared: Arc<Shared>, frame: Bytes, parsed: Parsed) -> Handled {
     Box::pin(async move {
-        let started = Instant::now();
-        let outcome = match &parsed {
-            Parsed::Ascii(cmd) => ascii::execute(&shared, &frame, cmd).await,
-            Parsed::Binary(req) => binary::execute(&shared, &frame, req).await,
-            Parsed::Meta(cmd) => meta::execute(&shared, &frame, cmd).await,
-        };
-        shared.stats.requests.fetch_add(1, Ordering::Relaxed);
-        shared.stats.observe(started.elapsed());
-        outcome
+        let mut out = BytesMut::new();
+        let outcome = execute(&shared, &frame, &parsed, &mut out).await;
+        (out, outcome)
     })
+}
+
+/// Runs one request, appending its reply to `out`, and counts it.
+async fn execute(shared: &Shared, frame: &Bytes, parsed: &Parsed, out: &mut BytesMut) -> Outcome {
+    let started = Instant::now();
+    let outcome = match parsed {
+        Parsed::Ascii(cmd) => ascii::execute(shared, frame, cmd, out).await,
+        Parsed::Binary(req) => binary::execute(shared, frame, req, out).await,
+        Parsed::Meta(cmd) => meta::execute(shared, frame, cmd, out).await,
+    };
+    shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+    shared.stats.observe(started.elapsed());
+    outcome
 }
 
 fn parse(buf: &[u8], shared: &Shared) -> Result<Option<(Parsed, usize)>, ParseError> {
