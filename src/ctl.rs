@@ -6,7 +6,8 @@
 //! - `bucket list|create|delete`: `GET`/`POST /pools/default/buckets`,
 //!   `DELETE /pools/default/buckets/<name>`;
 //! - `add-node` / `eject-node`: `POST /controller/addNode` and
-//!   `/controller/ejectNode`.
+//!   `/controller/ejectNode`;
+//! - `failover`: `POST /controller/failOver`.
 //!
 //! Modules: [`client`] (requests, failover over `--cluster` URLs, errors)
 //! and [`render`] (the JSON views, vbucket counts and tables; no I/O).
@@ -76,6 +77,14 @@ enum CtlCommand {
     EjectNode {
         /// The node's otpNode (ns_3@127.0.0.1) or its REST HOST:PORT.
         node: String,
+    },
+    /// Fail a node over: its vbuckets' replicas become active elsewhere.
+    Failover {
+        /// The node's otpNode (ns_3@127.0.0.1) or its REST HOST:PORT.
+        node: String,
+        /// Go ahead even when some vbuckets would lose their last copy.
+        #[arg(long)]
+        allow_unsafe: bool,
     },
 }
 
@@ -307,6 +316,19 @@ async fn run(args: &CtlArgs) -> Result<String, CtlError> {
                 false => format!("ejected {node}\n"),
             })
         }
+        CtlCommand::Failover { node, allow_unsafe } => {
+            let form = [
+                ("otpNode", node.clone()),
+                ("allowUnsafe", allow_unsafe.to_string()),
+            ];
+            let reply = cluster
+                .post_form(&["controller", "failOver"], &form)
+                .await?;
+            Ok(match args.json {
+                true => pretty_body(&reply),
+                false => format!("failed over {node}\n"),
+            })
+        }
     }
 }
 
@@ -518,6 +540,7 @@ mod tests {
             &["add-node", "10.0.0.1"],
             &["add-node", "10.0.0.1:x"],
             &["eject-node"],
+            &["failover"],
             &["frobnicate"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} parsed");
@@ -536,6 +559,11 @@ mod tests {
             let args = parse(&["eject-node", node]).unwrap();
             assert!(matches!(args.command, CtlCommand::EjectNode { node: n } if n == node));
         }
+        let args = parse(&["failover", "ns_3@127.0.0.1", "--allow-unsafe"]).unwrap();
+        assert!(matches!(
+            args.command,
+            CtlCommand::Failover { node, allow_unsafe: true } if node == "ns_3@127.0.0.1"
+        ));
     }
 
     #[test]

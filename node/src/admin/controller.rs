@@ -360,20 +360,9 @@ pub(super) async fn eject_node(
         body,
     };
     on_leader(&admin, incoming, |meta, body| async move {
-        let form = form(&body);
-        let Some(wanted) = form.get("otpNode").filter(|n| !n.is_empty()) else {
-            return error(StatusCode::BAD_REQUEST, "otpNode is required");
-        };
-        let state = meta.state();
-        let found: Option<&NodeRecord> = state
-            .nodes
-            .values()
-            .find(|n| n.otp_node() == *wanted || n.admin_address() == *wanted);
-        let Some(node) = found else {
-            return error(
-                StatusCode::NOT_FOUND,
-                &format!("no node {wanted:?} in the cluster"),
-            );
+        let node = match find_node(&meta, &form(&body)) {
+            Ok(node) => node,
+            Err(response) => return response,
         };
         match meta.eject_node(node.id).await {
             Ok(()) => StatusCode::OK.into_response(),
@@ -381,6 +370,55 @@ pub(super) async fn eject_node(
         }
     })
     .await
+}
+
+/// `POST /controller/failOver` with `otpNode=ns_<id>@host` (or
+/// `host:adminport`) and optionally `allowUnsafe=true`.
+pub(super) async fn fail_over(
+    State(admin): State<Admin>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let incoming = Incoming {
+        method,
+        uri,
+        headers,
+        body,
+    };
+    on_leader(&admin, incoming, |meta, body| async move {
+        let form = form(&body);
+        let node = match find_node(&meta, &form) {
+            Ok(node) => node,
+            Err(response) => return response,
+        };
+        let allow_unsafe = form.get("allowUnsafe").is_some_and(|v| v == "true");
+        match meta.fail_over(node.id, allow_unsafe).await {
+            Ok(()) => StatusCode::OK.into_response(),
+            Err(e) => meta_error(e),
+        }
+    })
+    .await
+}
+
+/// The node a form's `otpNode` names (an otpNode or `host:adminport`).
+#[allow(clippy::result_large_err)]
+fn find_node(meta: &Meta, form: &BTreeMap<String, String>) -> Result<NodeRecord, Response> {
+    let Some(wanted) = form.get("otpNode").filter(|n| !n.is_empty()) else {
+        return Err(error(StatusCode::BAD_REQUEST, "otpNode is required"));
+    };
+    meta.state()
+        .nodes
+        .values()
+        .find(|n| n.otp_node() == *wanted || n.admin_address() == *wanted)
+        .cloned()
+        .ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                &format!("no node {wanted:?} in the cluster"),
+            )
+        })
 }
 
 /// A fresh bucket UUID (32 hex digits), unique enough to tell a bucket

@@ -109,6 +109,7 @@ fn router(admin: Admin) -> Router {
         .route("/pools/default/tasks", get(tasks))
         .route("/controller/addNode", post(controller::add_node))
         .route("/controller/ejectNode", post(controller::eject_node))
+        .route("/controller/failOver", post(controller::fail_over))
         .route("/internal/bucketConfig", post(adopt))
         .route("/internal/nodeInfo", get(node_info))
         .route("/internal/raft/append", post(raft::append))

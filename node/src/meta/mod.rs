@@ -429,6 +429,54 @@ impl Meta {
         Ok(())
     }
 
+    /// Leader side of `/controller/failOver`: takes node `id` out of every
+    /// membase bucket's map (promoting, per vbucket, a surviving replica)
+    /// and marks it failed, in one log entry. Refused when a vbucket would
+    /// lose its last copy, unless `allow_unsafe`.
+    pub async fn fail_over(&self, id: NodeId, allow_unsafe: bool) -> Result<(), MetaError> {
+        let state = self.state();
+        let node = state.nodes.get(&id).ok_or_else(|| {
+            MetaError::Rejected(Rejection::NotFound(format!("no node with id {id}")))
+        })?;
+        if node.membership == Membership::InactiveFailed {
+            return Err(
+                Rejection::Conflict(format!("{} is already failed over", node.otp_node())).into(),
+            );
+        }
+        if !state.active_nodes().iter().any(|n| *n != id) {
+            return Err(Rejection::Conflict(format!(
+                "{} is the last active node; failing it over would leave no one to serve",
+                node.otp_node()
+            ))
+            .into());
+        }
+        let mut maps = BTreeMap::new();
+        for bucket in state.buckets.values() {
+            let (Some(map), Some(idx)) =
+                (bucket.map(), bucket.servers.iter().position(|s| *s == id))
+            else {
+                continue;
+            };
+            let Ok(idx) = u16::try_from(idx) else {
+                continue;
+            };
+            let outcome = shoal_vbmap::planner::fail_over(&map, idx, None);
+            if !outcome.lost_vbuckets.is_empty() && !allow_unsafe {
+                return Err(Rejection::Conflict(format!(
+                    "failing over {} would lose every copy of {} vbuckets of bucket {:?} \
+                     (e.g. vbucket {}); pass allowUnsafe=true to do it anyway",
+                    node.otp_node(),
+                    outcome.lost_vbuckets.len(),
+                    bucket.name,
+                    outcome.lost_vbuckets[0]
+                ))
+                .into());
+            }
+            maps.insert(bucket.name.clone(), outcome.map.to_chains());
+        }
+        self.write(Command::FailOver { id, maps }).await
+    }
+
     fn voters(&self) -> BTreeSet<NodeId> {
         self.raft
             .metrics()

@@ -100,11 +100,11 @@ async fn reconcile(
     for bucket in state.buckets.values() {
         // A bucket hosted here is published only once this node serves it
         // as the config says, so whoever reads the config here can use it.
-        if hosts(record.membership, bucket, me) {
-            if !hosted.record(&bucket.name, &bucket.uuid) || !host(buckets, bucket, me).await {
-                ok = false;
-                continue;
-            }
+        if hosts(record.membership, bucket, me)
+            && (!hosted.record(&bucket.name, &bucket.uuid) || !host(buckets, bucket, me).await)
+        {
+            ok = false;
+            continue;
         }
         match state.bucket_config(bucket) {
             Some(config) => view.publish(&bucket.name, config.rev.unwrap_or(0), config.to_json()),

@@ -179,7 +179,16 @@ pub enum Command {
         /// Bucket name.
         name: String,
     },
-    /// A bucket's map changes (failover, rebalance).
+    /// A node is failed over: marked failed, and every membase bucket gets
+    /// the map the leader computed without it (memcached buckets drop it
+    /// by themselves), all in one step.
+    FailOver {
+        /// The failed node.
+        id: NodeId,
+        /// New chains per membase bucket that named it.
+        maps: BTreeMap<String, Vec<Vec<i64>>>,
+    },
+    /// A bucket's map changes (rebalance).
     SetBucketMap {
         /// Bucket name.
         name: String,
@@ -293,6 +302,42 @@ impl ClusterState {
                 Some(_) => Ok(()),
                 None => Err(no_bucket(&name)),
             },
+            Command::FailOver { id, maps } => {
+                if !self.nodes.contains_key(&id) {
+                    return Err(no_node(id));
+                }
+                let mut next = self.buckets.clone();
+                for (name, chains) in maps {
+                    let bucket = next.get_mut(&name).ok_or_else(|| no_bucket(&name))?;
+                    let candidate = BucketRecord {
+                        chains,
+                        forward: None,
+                        rev: index,
+                        ..bucket.clone()
+                    };
+                    if candidate.map().is_none() {
+                        return Err(Rejection::Invalid(format!(
+                            "bucket {name:?}: the failover map does not fit its servers"
+                        )));
+                    }
+                    *bucket = candidate;
+                }
+                if let Some(b) = next
+                    .values()
+                    .find(|b| b.kind == BucketKind::Membase && holds_vbuckets(b, id))
+                {
+                    return Err(Rejection::Invalid(format!(
+                        "the failover map of bucket {:?} still names the failed node",
+                        b.name
+                    )));
+                }
+                self.buckets = next;
+                if let Some(node) = self.nodes.get_mut(&id) {
+                    node.membership = Membership::InactiveFailed;
+                }
+                self.refresh_memcached_buckets(index);
+                Ok(())
+            }
             Command::SetBucketMap {
                 name,
                 servers,
@@ -511,6 +556,35 @@ mod tests {
         let config = s.bucket_config(&s.buckets["m"]).unwrap();
         assert!(config.validate().is_ok());
         assert!(config.vbucket_server_map.is_none());
+    }
+
+    #[test]
+    fn failover_marks_the_node_and_swaps_maps_in_one_step() {
+        let mut s = ClusterState::default();
+        for id in 1..=3 {
+            s.apply(id, Command::AddNode(node(id, Membership::Active)))
+                .unwrap();
+        }
+        s.apply(4, Command::CreateBucket(membase("b", vec![1, 2, 3], 1)))
+            .unwrap();
+        let map = s.buckets["b"].map().unwrap();
+        let outcome = shoal_vbmap::planner::fail_over(&map, 1, None);
+        assert!(outcome.lost_vbuckets.is_empty());
+        // A map that still names the node is refused, and nothing changes.
+        let before = s.clone();
+        let stale = BTreeMap::from([("b".to_string(), s.buckets["b"].chains.clone())]);
+        assert!(s
+            .apply(5, Command::FailOver { id: 2, maps: stale })
+            .is_err());
+        assert_eq!(s, before);
+        let maps = BTreeMap::from([("b".to_string(), outcome.map.to_chains())]);
+        s.apply(6, Command::FailOver { id: 2, maps }).unwrap();
+        assert_eq!(s.nodes[&2].membership, Membership::InactiveFailed);
+        assert_eq!(s.buckets["b"].rev, 6);
+        let after = s.buckets["b"].map().unwrap();
+        assert!(after
+            .chains()
+            .all(|(_, c)| c[0].is_some() && !c.contains(&Some(1))));
     }
 
     fn command() -> impl Strategy<Value = Command> {
