@@ -27,7 +27,9 @@ Measured figures (election time, keep-alive gap…) are printed; run with
 """
 
 import json
+import os
 import random
+import signal
 import socket
 import time
 from types import SimpleNamespace
@@ -893,3 +895,51 @@ def test_failover_promotes_replicas_and_drops_the_failed_node(cluster_harness):
     values = {f"fo:{i}": f"after failover {i}".encode() for i in range(300)}
     wrong = set_and_get_all(proxy.addr, values)
     assert wrong == [], f"{len(wrong)} keys wrong through the proxy after the failover: {wrong[:10]}"
+
+
+def test_auto_failover_of_a_hung_node_and_no_stale_data_after_it_resumes(cluster_harness):
+    """Auto-failover on (2 s): a node stopped with SIGSTOP is failed over by
+    the leader; after SIGCONT it has dropped the bucket, so clients never
+    read its stale vbuckets. The settings are validated and readable."""
+    cluster = cluster_harness.cluster(3, prefix="autofo")
+    leader = cluster.leader()
+    follower = cluster.followers()[0]
+    for bad in ({"enabled": "maybe"}, {"enabled": "true", "timeout": "0"}, {"enabled": "true", "timeout": "x"}):
+        r = follower.post("/settings/autoFailover", bad)
+        assert r.status == 400 and error_message(r), f"{bad}: {r.describe()}"
+    r = follower.post("/settings/autoFailover", {"enabled": "true", "timeout": "2"})
+    assert r.status == 200, r.describe()
+    poll(lambda: all(json.loads(n.get("/settings/autoFailover").body) == {"enabled": True, "timeout": 2, "maxCount": 1}
+                     for n in cluster.nodes), CONVERGE_DEADLINE_S, "every node to show the auto-failover setting")  # fmt: skip
+
+    cluster.create_bucket(leader, "afo", numVBuckets=VBUCKETS, replicaNumber=1)
+    before = cluster.wait_bucket("afo")
+    wait_data_ready(cluster.nodes, "afo", before)
+    victim = follower
+    victim_idx = before["vBucketServerMap"]["serverList"].index(victim.data_str)
+    survivors = [n for n in cluster.nodes if n is not victim]
+    stopped_at = time.monotonic()
+    os.kill(victim.proc.pid, signal.SIGSTOP)
+    try:
+
+        def failed_over(w):
+            configs = [n.bucket("afo") for n in survivors]
+            w.last = [c and c["rev"] for c in configs]
+            ok = all(c and c["rev"] > before["rev"] for c in configs) and configs[0] == configs[1]
+            return configs[0] if ok else None
+
+        after = poll(Watch(failed_over), 30, "the hung node to be failed over automatically")
+        figure(f"auto-failover of a SIGSTOPped node after {time.monotonic() - stopped_at:.1f} s (timeout 2 s)")
+        chains = after["vBucketServerMap"]["vBucketMap"]
+        assert all(c[0] >= 0 and victim_idx not in c for c in chains), "the hung node is still in the map"
+    finally:
+        os.kill(victim.proc.pid, signal.SIGCONT)
+
+    def dropped():
+        with BinaryConn(victim.addr) as conn:
+            return select_bucket(conn, "afo").status != STATUS_OK
+
+    poll(dropped, CONVERGE_DEADLINE_S, "the resumed node to drop its stale bucket")
+    view = cluster.views(survivors)[survivors[0].name]
+    (node,) = [n for n in view["nodes"] if n["otpNode"] == victim.otp_node]
+    assert node["clusterMembership"] == "inactiveFailed", summarize(view)

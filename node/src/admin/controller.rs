@@ -402,6 +402,49 @@ pub(super) async fn fail_over(
     .await
 }
 
+/// `POST /settings/autoFailover` with `enabled=true|false` and
+/// `timeout=<seconds>` (kept as is when absent).
+pub(super) async fn set_auto_failover(
+    State(admin): State<Admin>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let incoming = Incoming {
+        method,
+        uri,
+        headers,
+        body,
+    };
+    on_leader(&admin, incoming, |meta, body| async move {
+        let form = form(&body);
+        let enabled = match form.get("enabled").map(String::as_str) {
+            Some("true") => true,
+            Some("false") => false,
+            _ => return error(StatusCode::BAD_REQUEST, "enabled must be true or false"),
+        };
+        let mut settings = meta.state().auto_failover;
+        if let Some(t) = form.get("timeout") {
+            match t.parse::<u32>() {
+                Ok(t) => settings.timeout_s = t,
+                Err(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("timeout must be a whole number of seconds (got {t:?})"),
+                    )
+                }
+            }
+        }
+        settings.enabled = enabled;
+        match meta.write(Command::SetAutoFailover(settings)).await {
+            Ok(()) => StatusCode::OK.into_response(),
+            Err(e) => meta_error(e),
+        }
+    })
+    .await
+}
+
 /// The node a form's `otpNode` names (an otpNode or `host:adminport`).
 #[allow(clippy::result_large_err)]
 fn find_node(meta: &Meta, form: &BTreeMap<String, String>) -> Result<NodeRecord, Response> {

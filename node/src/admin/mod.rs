@@ -110,6 +110,10 @@ fn router(admin: Admin) -> Router {
         .route("/controller/addNode", post(controller::add_node))
         .route("/controller/ejectNode", post(controller::eject_node))
         .route("/controller/failOver", post(controller::fail_over))
+        .route(
+            "/settings/autoFailover",
+            get(auto_failover).post(controller::set_auto_failover),
+        )
         .route("/internal/bucketConfig", post(adopt))
         .route("/internal/nodeInfo", get(node_info))
         .route("/internal/raft/append", post(raft::append))
@@ -242,6 +246,23 @@ async fn bucket(State(admin): State<Admin>, Path(bucket): Path<String>) -> Respo
 
 async fn tasks() -> Response {
     json(serde_json::json!([{ "type": "rebalance", "status": "notRunning" }]).to_string())
+}
+
+/// `GET /settings/autoFailover`.
+async fn auto_failover(State(admin): State<Admin>) -> Response {
+    let settings = admin
+        .meta
+        .as_ref()
+        .map(|m| m.state().auto_failover)
+        .unwrap_or_default();
+    json(
+        serde_json::json!({
+            "enabled": settings.enabled,
+            "timeout": settings.timeout_s,
+            "maxCount": 1,
+        })
+        .to_string(),
+    )
 }
 
 async fn node_info(State(admin): State<Admin>) -> Response {

@@ -10,6 +10,7 @@
 //! confirmed a majority, so with no majority nothing changes anywhere: no
 //! split brain, and callers get a clear error instead of a hang.
 
+pub mod autofailover;
 mod network;
 pub mod reconcile;
 pub mod state;
@@ -25,7 +26,8 @@ use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState};
 use tokio::sync::watch;
 
 pub use state::{
-    BucketRecord, ClusterState, Command, Durability, Membership, NodeId, NodeRecord, Rejection,
+    AutoFailover, BucketRecord, ClusterState, Command, Durability, Membership, NodeId, NodeRecord,
+    Rejection,
 };
 use store::{LogStore, StateMachine};
 

@@ -188,6 +188,8 @@ pub enum Command {
         /// New chains per membase bucket that named it.
         maps: BTreeMap<String, Vec<Vec<i64>>>,
     },
+    /// Automatic failover is switched on or off, or its timeout changes.
+    SetAutoFailover(AutoFailover),
     /// A bucket's map changes (rebalance).
     SetBucketMap {
         /// Bucket name.
@@ -215,6 +217,32 @@ pub enum Rejection {
     Invalid(String),
 }
 
+/// Automatic failover settings (Couchbase's `/settings/autoFailover`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoFailover {
+    /// Whether the leader fails over unresponsive nodes by itself.
+    pub enabled: bool,
+    /// Seconds a node must be unresponsive first.
+    pub timeout_s: u32,
+}
+
+impl Default for AutoFailover {
+    fn default() -> Self {
+        // Off until replicas hold data (failing over to empty replicas
+        // would lose what the failed node had); 5 s once enabled.
+        AutoFailover {
+            enabled: false,
+            timeout_s: 5,
+        }
+    }
+}
+
+/// The shortest auto-failover timeout accepted, seconds.
+pub const MIN_AUTO_FAILOVER_S: u32 = 1;
+
+/// The longest auto-failover timeout accepted, seconds.
+pub const MAX_AUTO_FAILOVER_S: u32 = 3600;
+
 /// The replicated metadata.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -222,6 +250,9 @@ pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     /// Every bucket, by name.
     pub buckets: BTreeMap<String, BucketRecord>,
+    /// Automatic failover settings.
+    #[serde(default)]
+    pub auto_failover: AutoFailover,
 }
 
 impl ClusterState {
@@ -336,6 +367,15 @@ impl ClusterState {
                     node.membership = Membership::InactiveFailed;
                 }
                 self.refresh_memcached_buckets(index);
+                Ok(())
+            }
+            Command::SetAutoFailover(settings) => {
+                if !(MIN_AUTO_FAILOVER_S..=MAX_AUTO_FAILOVER_S).contains(&settings.timeout_s) {
+                    return Err(Rejection::Invalid(format!(
+                        "timeout must be {MIN_AUTO_FAILOVER_S} to {MAX_AUTO_FAILOVER_S} seconds"
+                    )));
+                }
+                self.auto_failover = settings;
                 Ok(())
             }
             Command::SetBucketMap {

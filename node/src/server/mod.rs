@@ -281,6 +281,10 @@ async fn start_meta(
         view.clone(),
         shutdown.clone(),
     ));
+    tokio::spawn(crate::meta::autofailover::run(
+        meta.clone(),
+        shutdown.clone(),
+    ));
     if config.init_cluster {
         let meta = meta.clone();
         tokio::spawn(async move {
