@@ -116,6 +116,7 @@ fn router(admin: Admin) -> Router {
         )
         .route("/internal/bucketConfig", post(adopt))
         .route("/internal/nodeInfo", get(node_info))
+        .route("/internal/seqnos/{bucket}", get(seqnos))
         .route("/internal/raft/append", post(raft::append))
         .route("/internal/raft/vote", post(raft::vote))
         .route("/internal/raft/snapshot", post(raft::snapshot))
@@ -263,6 +264,23 @@ async fn auto_failover(State(admin): State<Admin>) -> Response {
         })
         .to_string(),
     )
+}
+
+/// `GET /internal/seqnos/<b>`: this node's high seqno of every vbucket of
+/// bucket `b` it holds, `[[vbucket, seqno], …]` — what a failover asks the
+/// survivors so it can promote the most up-to-date replica.
+async fn seqnos(State(admin): State<Admin>, Path(bucket): Path<String>) -> Response {
+    let Some(ctx) = admin.buckets.get(&bucket) else {
+        return no_bucket(&bucket);
+    };
+    let n = ctx.bucket.config().num_vbuckets;
+    let pairs: Vec<(u16, u64)> = (0..n)
+        .filter_map(|vb| {
+            let vb = u16::try_from(vb).ok()?;
+            Some((vb, ctx.bucket.high_seqno(vb)?))
+        })
+        .collect();
+    json(serde_json::to_string(&pairs).unwrap_or_default())
 }
 
 async fn node_info(State(admin): State<Admin>) -> Response {

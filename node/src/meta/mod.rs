@@ -433,7 +433,8 @@ impl Meta {
 
     /// Leader side of `/controller/failOver`: takes node `id` out of every
     /// membase bucket's map (promoting, per vbucket, a surviving replica)
-    /// and marks it failed, in one log entry. Refused when a vbucket would
+    /// — the one with the highest seqno among those that answer — and marks
+    /// it failed, in one log entry. Refused when a vbucket would
     /// lose its last copy, unless `allow_unsafe`.
     pub async fn fail_over(&self, id: NodeId, allow_unsafe: bool) -> Result<(), MetaError> {
         let state = self.state();
@@ -462,7 +463,8 @@ impl Meta {
             let Ok(idx) = u16::try_from(idx) else {
                 continue;
             };
-            let outcome = shoal_vbmap::planner::fail_over(&map, idx, None);
+            let seqnos = self.replica_seqnos(&state, bucket, id).await;
+            let outcome = shoal_vbmap::planner::fail_over(&map, idx, Some(&seqnos));
             if !outcome.lost_vbuckets.is_empty() && !allow_unsafe {
                 return Err(Rejection::Conflict(format!(
                     "failing over {} would lose every copy of {} vbuckets of bucket {:?} \
@@ -477,6 +479,55 @@ impl Meta {
             maps.insert(bucket.name.clone(), outcome.map.to_chains());
         }
         self.write(Command::FailOver { id, maps }).await
+    }
+
+    /// The high seqnos of `bucket`'s vbuckets on every server of its map
+    /// but `failed` that answers within a second, so failover
+    /// promotes the most up-to-date replica. A server that does not answer
+    /// ranks below every reported seqno.
+    async fn replica_seqnos(
+        &self,
+        state: &ClusterState,
+        bucket: &BucketRecord,
+        failed: NodeId,
+    ) -> shoal_vbmap::planner::ReplicaSeqnos {
+        let survivors = bucket
+            .servers
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| **id != failed);
+        let asks = survivors.map(|(idx, id)| {
+            let url = state.nodes.get(id).map(|n| {
+                format!(
+                    "http://{}/internal/seqnos/{}",
+                    n.admin_address(),
+                    bucket.name
+                )
+            });
+            let http = self.http.clone();
+            async move {
+                let url = url?;
+                let reply = http
+                    .get(url)
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await
+                    .ok()?;
+                let pairs: Vec<(u16, u64)> = reply.error_for_status().ok()?.json().await.ok()?;
+                Some((u16::try_from(idx).ok()?, pairs))
+            }
+        });
+        let mut seqnos = shoal_vbmap::planner::ReplicaSeqnos::new();
+        for (server, pairs) in futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            for (vb, seqno) in pairs {
+                seqnos.insert((vb, server), seqno);
+            }
+        }
+        seqnos
     }
 
     fn voters(&self) -> BTreeSet<NodeId> {
