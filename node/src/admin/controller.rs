@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use shoal_vbmap::planner::fresh_map;
@@ -155,12 +155,36 @@ fn meta_error(e: MetaError) -> Response {
     }
 }
 
-/// The request as received, for forwarding.
-struct Incoming {
+/// The request as received, for forwarding (an extractor: it takes the
+/// body, so it comes last in a handler's arguments).
+pub(super) struct Incoming {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
+}
+
+/// The largest body a change request may carry (forms are tiny).
+const MAX_BODY: usize = 64 * 1024;
+
+impl<S: Send + Sync> FromRequest<S> for Incoming {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, _state: &S) -> Result<Incoming, Response> {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body over {MAX_BODY} bytes, or unreadable"),
+            )
+        })?;
+        Ok(Incoming {
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
+            body,
+        })
+    }
 }
 
 /// Runs `local` if this node leads; otherwise relays the request to the
@@ -228,19 +252,7 @@ where
 }
 
 /// `POST /pools/default/buckets`.
-pub(super) async fn create_bucket(
-    State(admin): State<Admin>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let incoming = Incoming {
-        method,
-        uri,
-        headers,
-        body,
-    };
+pub(super) async fn create_bucket(State(admin): State<Admin>, incoming: Incoming) -> Response {
     on_leader(&admin, incoming, |meta, body| async move {
         let params = match parse_bucket_form(&body) {
             Ok(p) => p,
@@ -292,16 +304,8 @@ pub(super) async fn create_bucket(
 pub(super) async fn delete_bucket(
     State(admin): State<Admin>,
     Path(bucket): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    incoming: Incoming,
 ) -> Response {
-    let incoming = Incoming {
-        method,
-        uri,
-        headers,
-        body: Bytes::new(),
-    };
     on_leader(&admin, incoming, |meta, _| async move {
         match meta.write(Command::DeleteBucket { name: bucket }).await {
             Ok(()) => StatusCode::OK.into_response(),
@@ -312,19 +316,7 @@ pub(super) async fn delete_bucket(
 }
 
 /// `POST /controller/addNode` with `hostname=host[:adminport]`.
-pub(super) async fn add_node(
-    State(admin): State<Admin>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let incoming = Incoming {
-        method,
-        uri,
-        headers,
-        body,
-    };
+pub(super) async fn add_node(State(admin): State<Admin>, incoming: Incoming) -> Response {
     on_leader(&admin, incoming, |meta, body| async move {
         let form = form(&body);
         let Some(hostname) = form.get("hostname").filter(|h| !h.is_empty()) else {
@@ -346,19 +338,7 @@ pub(super) async fn add_node(
 
 /// `POST /controller/ejectNode` with `otpNode=ns_<id>@host` (or the
 /// node's `host:adminport`).
-pub(super) async fn eject_node(
-    State(admin): State<Admin>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let incoming = Incoming {
-        method,
-        uri,
-        headers,
-        body,
-    };
+pub(super) async fn eject_node(State(admin): State<Admin>, incoming: Incoming) -> Response {
     on_leader(&admin, incoming, |meta, body| async move {
         let node = match find_node(&meta, &form(&body)) {
             Ok(node) => node,
@@ -374,19 +354,7 @@ pub(super) async fn eject_node(
 
 /// `POST /controller/failOver` with `otpNode=ns_<id>@host` (or
 /// `host:adminport`) and optionally `allowUnsafe=true`.
-pub(super) async fn fail_over(
-    State(admin): State<Admin>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let incoming = Incoming {
-        method,
-        uri,
-        headers,
-        body,
-    };
+pub(super) async fn fail_over(State(admin): State<Admin>, incoming: Incoming) -> Response {
     on_leader(&admin, incoming, |meta, body| async move {
         let form = form(&body);
         let node = match find_node(&meta, &form) {
@@ -404,19 +372,7 @@ pub(super) async fn fail_over(
 
 /// `POST /settings/autoFailover` with `enabled=true|false` and
 /// `timeout=<seconds>` (kept as is when absent).
-pub(super) async fn set_auto_failover(
-    State(admin): State<Admin>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let incoming = Incoming {
-        method,
-        uri,
-        headers,
-        body,
-    };
+pub(super) async fn set_auto_failover(State(admin): State<Admin>, incoming: Incoming) -> Response {
     on_leader(&admin, incoming, |meta, body| async move {
         let form = form(&body);
         let enabled = match form.get("enabled").map(String::as_str) {
