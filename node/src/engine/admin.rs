@@ -14,10 +14,15 @@ use crate::mutation::VbucketId;
 
 impl Bucket {
     /// SET_VBUCKET. NOT_MY_VBUCKET for an id beyond `num_vbuckets`.
-    /// Allowed during warmup (the server restores states first).
+    /// Allowed during warmup (the server restores states first). A
+    /// vbucket that becomes active starts a new history: a failover log
+    /// entry at its high seqno.
     pub fn set_vbucket_state(&self, vb: VbucketId, state: VbucketState) -> Result<(), EngineError> {
         let vbucket = self.vbucket(vb)?;
         let mut inner = vbucket.lock();
+        if state == VbucketState::Active && vbucket.state() != VbucketState::Active {
+            Bucket::new_failover_entry(&mut inner);
+        }
         vbucket.set_state(&mut inner, state);
         Ok(())
     }

@@ -19,6 +19,8 @@
 //! - `get`, `store`, `arith`, `delete`, `touch`: the verbs.
 //! - `pager`: ejection and the expiry purge.
 //! - `queue`: the flusher's side (drain, persisted seqnos).
+//! - `replicate`: replication cursors (the producer's side), applying a
+//!   replica's incoming mutations, and failover logs.
 //! - `admin`: vbucket states and deletion, flush_all, stats.
 //! - `warmup`: loading from disk at start.
 //! - `stats`: counters.
@@ -41,6 +43,7 @@ mod item;
 mod memory;
 mod pager;
 mod queue;
+mod replicate;
 mod stats;
 mod store;
 mod touch;
@@ -59,8 +62,9 @@ pub use get::{Hit, Lookup};
 pub use item::{resolve_exptime, ItemMeta, EXPIRED, RELATIVE_EXPTIME_MAX};
 pub use memory::{ITEM_OVERHEAD, MUTATION_OVERHEAD};
 pub use pager::{PagerReport, PurgeReport};
+pub use replicate::{CursorId, CursorRead, CursorStart};
 pub use store::{StoreMode, StoreRequest};
-pub use vbucket::VbucketState;
+pub use vbucket::{CursorWake, VbucketState};
 pub use warmup::Loaded;
 
 use self::flush::FlushBarrier;
@@ -211,6 +215,8 @@ pub struct Bucket {
     /// up where the last stopped, so bounded passes still cover every
     /// vbucket in turn.
     cursors: Cursors,
+    /// The last replication cursor id handed out.
+    cursor_ids: AtomicU64,
 }
 
 /// Positions of the bucket-wide passes, as vbucket indexes (taken modulo
@@ -270,6 +276,7 @@ impl Bucket {
             queued: AtomicUsize::new(0),
             items: AtomicUsize::new(0),
             cursors: Cursors::default(),
+            cursor_ids: AtomicU64::new(0),
         })
     }
 

@@ -114,6 +114,13 @@ impl Bucket {
     pub fn run_pager(&self, now: u32) -> PagerReport {
         let want = self.mem.used().saturating_sub(self.mem.low());
         let mut report = self.eject(want, PAGER_MAX_VISITS, Some(now));
+        if self.mem.used() > self.mem.high() {
+            // Ejection could not make room: what pins memory may be
+            // mutations kept for replication cursors of slow or dead
+            // replicas. Dropping those cursors turns their streams into
+            // disk backfills, which cost no memory.
+            self.drop_lagging_cursors(0);
+        }
         report.below_low_watermark = self.mem.used() <= self.mem.low();
         report
     }

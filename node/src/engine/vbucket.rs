@@ -1,14 +1,19 @@
 //! [`VBucket`]: one vbucket — its state (an atomic, read on every request
-//! without a lock) and, behind one mutex, its hash table, its seqnos and its
-//! checkpoint queue of acknowledged mutations waiting for the flusher. The
-//! queue's invariant is `drained_seqno + queue.len() == high_seqno`: seqnos
-//! are contiguous, so the queued mutation with a given seqno is found by
-//! index. This file also holds the queue-side half of memory accounting:
-//! which charge a value moves to when its item lets go of it.
+//! without a lock) and, behind one mutex, its hash table, its seqnos, its
+//! failover log and its checkpoint queue of acknowledged mutations. The
+//! queue has two kinds of readers: the flusher (`drained_seqno`) and any
+//! number of replication cursors; an entry leaves the queue once the
+//! flusher and every live cursor have passed it. Entries are in seqno
+//! order (an active vbucket's seqnos are contiguous; a replica's may skip
+//! the ones its active deduplicated), so the entry with a given seqno is
+//! found by binary search. A cursor that lags too far is dropped (its
+//! stream falls back to a backfill from disk) so a slow replica cannot pin
+//! unbounded memory. This file also holds the queue-side half of memory
+//! accounting: which charge a value moves to when its item lets go of it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use fxhash::FxHashMap;
@@ -96,8 +101,15 @@ pub(super) struct VbInner {
     /// Seqno up to which the flusher reported the mutations on disk; items
     /// at or below it are clean, and only clean values may be ejected.
     pub(super) persisted_seqno: u64,
-    /// Mutations acknowledged but not yet drained, in seqno order.
+    /// Mutations in seqno order: every one not yet drained, preceded by
+    /// drained ones a replication cursor has not read yet.
     queue: VecDeque<Queued>,
+    /// Replication cursors reading `queue`.
+    cursors: Vec<Cursor>,
+    /// The failover log, newest first: (vbucket UUID, seqno the history
+    /// with that UUID starts at). A new entry is added whenever the vbucket
+    /// becomes active; a replica adopts its active's log.
+    pub(super) failover: Vec<(u64, u64)>,
     /// Where the pager's clock hand stopped in this table (an iteration
     /// index: approximate once the table changes, which is fine for a
     /// clock).
@@ -106,6 +118,37 @@ pub(super) struct VbInner {
     /// (see `BucketConfig::ephemeral`).
     ephemeral: bool,
 }
+
+/// Wakes a cursor's reader when a mutation is queued.
+pub type CursorWake = Arc<dyn Fn() + Send + Sync>;
+
+/// A replication cursor: the last seqno its stream has read.
+pub(super) struct Cursor {
+    pub(super) id: u64,
+    pub(super) seqno: u64,
+    wake: CursorWake,
+    /// Lagged too far and let go of its entries; its next read says so.
+    dropped: bool,
+}
+
+impl std::fmt::Debug for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cursor")
+            .field("id", &self.id)
+            .field("seqno", &self.seqno)
+            .field("dropped", &self.dropped)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Queue entries retained for cursors beyond which the slowest cursor is
+/// dropped (per vbucket). At Couchbase's 1024 vbuckets that bounds a dead
+/// replica's pinned mutations well before the quota matters for small
+/// items; the pager drops cursors too when memory runs short.
+pub(super) const MAX_CURSOR_LAG: usize = 50_000;
+
+/// Failover log entries kept (Couchbase keeps 25).
+pub(super) const MAX_FAILOVER_ENTRIES: usize = 25;
 
 /// A queued mutation and the bytes charged for it.
 #[derive(Debug)]
@@ -160,22 +203,50 @@ impl VbInner {
     /// charge) and never builds the mutation; it stays "drained", so the
     /// queue invariant holds with an empty queue.
     pub(super) fn push(&mut self, charge: usize, build: impl FnOnce(u64) -> Mutation) -> u64 {
-        self.high_seqno += 1;
-        let seqno = self.high_seqno;
+        let seqno = self.high_seqno + 1;
+        self.push_at(seqno, charge, build);
+        seqno
+    }
+
+    /// [`VbInner::push`] at a given seqno, above the high seqno (a
+    /// replica applies its active's seqnos, which may skip). Wakes the
+    /// cursors, and drops one that lagged past [`MAX_CURSOR_LAG`] (the
+    /// entries it pinned go at the flusher's next drain).
+    pub(super) fn push_at(
+        &mut self,
+        seqno: u64,
+        charge: usize,
+        build: impl FnOnce(u64) -> Mutation,
+    ) {
+        debug_assert!(seqno > self.high_seqno);
+        self.high_seqno = seqno;
         if self.ephemeral {
             self.drained_seqno = seqno;
-            return seqno;
+            return;
         }
         self.queue.push_back(Queued {
             mutation: build(seqno),
             charge,
         });
-        seqno
+        for cursor in &self.cursors {
+            if !cursor.dropped {
+                (cursor.wake)();
+            }
+        }
+        if self.queue.len() > MAX_CURSOR_LAG && !self.cursors.is_empty() {
+            self.mark_lagging_cursors(MAX_CURSOR_LAG);
+        }
+    }
+
+    /// Index of the first entry the flusher has not taken.
+    fn undrained_start(&self) -> usize {
+        self.queue
+            .partition_point(|q| q.mutation.seqno <= self.drained_seqno)
     }
 
     /// Mutations waiting for the flusher.
     pub(super) fn queued(&self) -> usize {
-        self.queue.len()
+        self.queue.len() - self.undrained_start()
     }
 
     /// The item with this seqno is going away or changing value: who keeps
@@ -211,25 +282,134 @@ impl VbInner {
 
     /// The queue index of the mutation with this seqno, if still queued.
     fn queued_index(&self, seqno: u64) -> Option<usize> {
-        let index = seqno.checked_sub(self.drained_seqno)?.checked_sub(1)?;
-        let index = usize::try_from(index).ok()?;
-        // Contiguity makes the seqno check always true; checked so a broken
-        // invariant costs an accounting error, not a wrong transfer.
-        let entry = self.queue.get(index)?;
-        (entry.mutation.seqno == seqno).then_some(index)
+        self.queue
+            .binary_search_by_key(&seqno, |q| q.mutation.seqno)
+            .ok()
     }
 
-    /// Moves up to `max` queued mutations, oldest first, into `out`; returns
-    /// how many and the bytes their entries were charged.
+    /// Hands up to `max` undrained mutations, oldest first, to `out` (as
+    /// shared clones: an entry stays while a cursor still needs it);
+    /// returns how many and the bytes released by entries nobody needs
+    /// any more.
     pub(super) fn drain(&mut self, max: usize, out: &mut Vec<Mutation>) -> (usize, usize) {
-        let n = max.min(self.queue.len());
-        let mut released = 0usize;
-        for entry in self.queue.drain(..n) {
-            released = released.saturating_add(entry.charge);
+        let start = self.undrained_start();
+        let n = max.min(self.queue.len() - start);
+        for entry in self.queue.range(start..start + n) {
             self.drained_seqno = entry.mutation.seqno;
-            out.push(entry.mutation);
+            out.push(entry.mutation.clone());
         }
-        (n, released)
+        (n, self.trim())
+    }
+
+    /// Drops the entries the flusher and every live cursor have passed;
+    /// returns their charge.
+    fn trim(&mut self) -> usize {
+        let floor = self
+            .cursors
+            .iter()
+            .filter(|c| !c.dropped)
+            .map(|c| c.seqno)
+            .fold(self.drained_seqno, u64::min);
+        let mut released = 0usize;
+        while self
+            .queue
+            .front()
+            .is_some_and(|q| q.mutation.seqno <= floor)
+        {
+            if let Some(entry) = self.queue.pop_front() {
+                released = released.saturating_add(entry.charge);
+            }
+        }
+        released
+    }
+
+    /// Drops every live cursor that pins more than `keep` drained entries
+    /// (all that pin any for `keep == 0`); returns the bytes released.
+    pub(super) fn drop_lagging_cursors(&mut self, keep: usize) -> usize {
+        self.mark_lagging_cursors(keep);
+        self.trim()
+    }
+
+    /// [`VbInner::drop_lagging_cursors`] without releasing anything yet.
+    fn mark_lagging_cursors(&mut self, keep: usize) {
+        let retained = self.undrained_start();
+        if retained <= keep {
+            return;
+        }
+        // Cursors at or below this seqno pin more than `keep` entries.
+        let limit = self
+            .queue
+            .get(retained - keep - 1)
+            .map_or(0, |q| q.mutation.seqno);
+        for cursor in &mut self.cursors {
+            if !cursor.dropped && cursor.seqno < limit {
+                cursor.dropped = true;
+                (cursor.wake)();
+            }
+        }
+    }
+
+    /// Registers a cursor that has read everything up to `start`. If the
+    /// queue no longer holds everything after `start`, the cursor starts
+    /// where the queue does and the caller must first send
+    /// `(start, until]` from disk: returns `Some(until)`.
+    pub(super) fn open_cursor(&mut self, id: u64, start: u64, wake: CursorWake) -> Option<u64> {
+        // Every mutation after `covered` is in the queue.
+        let covered = match self.queue.front() {
+            Some(q) => q.mutation.seqno - 1,
+            None => self.high_seqno,
+        };
+        let (seqno, backfill) = if start >= covered {
+            (start, None)
+        } else {
+            (covered, Some(covered))
+        };
+        self.cursors.push(Cursor {
+            id,
+            seqno,
+            wake,
+            dropped: false,
+        });
+        backfill
+    }
+
+    /// Copies up to `max` mutations after the cursor's position to `out`
+    /// and moves it past them. `Err(true)` if the cursor was dropped (it
+    /// is removed), `Err(false)` if there is no such cursor. `Ok` carries
+    /// how many were read and the bytes released.
+    pub(super) fn read_cursor(
+        &mut self,
+        id: u64,
+        max: usize,
+        out: &mut Vec<Mutation>,
+    ) -> Result<(usize, usize), bool> {
+        let i = self.cursors.iter().position(|c| c.id == id).ok_or(false)?;
+        if self.cursors[i].dropped {
+            self.cursors.swap_remove(i);
+            return Err(true);
+        }
+        let after = self.cursors[i].seqno;
+        let start = self.queue.partition_point(|q| q.mutation.seqno <= after);
+        let n = max.min(self.queue.len() - start);
+        let mut last = after;
+        for entry in self.queue.range(start..start + n) {
+            last = entry.mutation.seqno;
+            out.push(entry.mutation.clone());
+        }
+        self.cursors[i].seqno = last;
+        Ok((n, if n > 0 { self.trim() } else { 0 }))
+    }
+
+    /// Removes a cursor; returns the bytes released.
+    pub(super) fn close_cursor(&mut self, id: u64) -> usize {
+        self.cursors.retain(|c| c.id != id);
+        self.trim()
+    }
+
+    /// Adds a failover log entry: a new history starts at the high seqno.
+    pub(super) fn new_failover_entry(&mut self, uuid: u64) {
+        self.failover.insert(0, (uuid, self.high_seqno));
+        self.failover.truncate(MAX_FAILOVER_ENTRIES);
     }
 
     /// Records that everything up to `seqno` is on disk. Clamped to what
@@ -253,16 +433,20 @@ impl VbInner {
         true
     }
 
-    /// Drops every item and queued mutation (DEL_VBUCKET). Seqnos are kept
+    /// Drops every item, queued mutation and cursor (DEL_VBUCKET; their
+    /// streams find their cursor gone). Seqnos are kept
     /// and everything so far counts as persisted, so a flusher report about
     /// the old contents arriving late cannot mark new items clean. Returns
-    /// (items dropped, mutations dropped, bytes to release).
+    /// (items dropped, undrained mutations dropped, bytes to release).
     pub(super) fn clear(&mut self) -> (usize, usize, usize) {
         let items = self.table.len();
-        let queued = self.queue.len();
+        let queued = self.queued();
         let released = self.charged();
         self.table = FxHashMap::default();
         self.queue = VecDeque::new();
+        for cursor in self.cursors.drain(..) {
+            (cursor.wake)();
+        }
         self.drained_seqno = self.high_seqno;
         self.persisted_seqno = self.high_seqno;
         self.pager_hand = 0;

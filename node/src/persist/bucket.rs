@@ -18,7 +18,7 @@ use fxhash::FxHashMap;
 use super::record::{self, StoredItem, MAX_ITEM_KEY_LEN};
 use super::store::{
     lock, meta_key, meta_prefix, meta_u64, meta_vbucket, remove_bucket_meta, Shared, TAG_DELETING,
-    TAG_FLUSH_DEADLINE, TAG_SEQNO, TAG_STATE,
+    TAG_FAILOVER, TAG_FLUSH_DEADLINE, TAG_SEQNO, TAG_STATE,
 };
 use super::PersistError;
 use crate::mutation::{Mutation, VbucketId};
@@ -26,6 +26,12 @@ use crate::mutation::{Mutation, VbucketId};
 /// Keys removed per batch by [`BucketStore::delete_vbucket`]: bounds the
 /// memory one deletion step holds (keys only) and the journal batch size.
 const DELETE_CHUNK: usize = 10_000;
+
+/// One failover log entry: (vbucket UUID, seqno its history starts at).
+pub type FailoverEntry = (u64, u64);
+
+/// A failover log, newest entry first.
+pub type FailoverLog = [FailoverEntry];
 
 /// One bucket's data in the [`Store`](super::Store). Cheap to clone; all
 /// clones share state. Keep the `Store` alive while buckets are in use: its
@@ -289,6 +295,67 @@ impl BucketStore {
         Ok(states)
     }
 
+    /// Records failover logs ((UUID, seqno), newest first) and, for each
+    /// vbucket given one, its state (the engine's encoding), in one batch.
+    /// Synced before returning: a replica must never resume with a history
+    /// its active no longer knows of, nor a restart claim a vbucket with
+    /// the wrong history.
+    pub fn set_failover_logs(
+        &self,
+        logs: &[(VbucketId, Option<u8>, &FailoverLog)],
+    ) -> Result<(), PersistError> {
+        let mut batch = self.meta_batch();
+        for (vbucket, state, log) in logs {
+            let mut value = Vec::with_capacity(log.len() * 16);
+            for (uuid, seqno) in log.iter() {
+                value.extend_from_slice(&uuid.to_be_bytes());
+                value.extend_from_slice(&seqno.to_be_bytes());
+            }
+            batch.insert(
+                &self.inner.shared.meta,
+                meta_key(&self.inner.name, TAG_FAILOVER, Some(*vbucket)),
+                value,
+            );
+            if let Some(state) = state {
+                batch.insert(
+                    &self.inner.shared.meta,
+                    meta_key(&self.inner.name, TAG_STATE, Some(*vbucket)),
+                    vec![*state],
+                );
+            }
+        }
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// Every recorded failover log, by vbucket.
+    pub fn failover_logs(&self) -> Result<Vec<(VbucketId, Vec<FailoverEntry>)>, PersistError> {
+        let mut logs = Vec::new();
+        for guard in self
+            .inner
+            .shared
+            .meta
+            .prefix(meta_prefix(&self.inner.name, TAG_FAILOVER))
+        {
+            let (k, v) = guard.into_inner()?;
+            if v.len() % 16 != 0 {
+                return Err(PersistError::Corrupt {
+                    reason: "failover log is not a whole number of entries",
+                });
+            }
+            let log = v
+                .chunks_exact(16)
+                .map(|e| {
+                    let (uuid, seqno) = e.split_at(8);
+                    let word = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
+                    (word(uuid), word(seqno))
+                })
+                .collect();
+            logs.push((meta_vbucket(&k)?, log));
+        }
+        Ok(logs)
+    }
+
     /// Records the bucket's `flush_all` deadline (unix seconds; items
     /// changed before it are invalid). Synced before returning.
     pub fn set_flush_deadline(&self, deadline: u32) -> Result<(), PersistError> {
@@ -371,6 +438,10 @@ impl BucketStore {
         batch.remove(
             &inner.shared.meta,
             meta_key(&inner.name, TAG_STATE, Some(vbucket)),
+        );
+        batch.remove(
+            &inner.shared.meta,
+            meta_key(&inner.name, TAG_FAILOVER, Some(vbucket)),
         );
         batch.remove(&inner.shared.meta, marker);
         batch.commit()?;

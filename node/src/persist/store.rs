@@ -33,6 +33,8 @@ pub(super) const TAG_STATE: &str = "state";
 /// on the next open instead of leaving a half-deleted vbucket to resurface.
 pub(super) const TAG_DELETING: &str = "deleting";
 pub(super) const TAG_FLUSH_DEADLINE: &str = "flush_deadline";
+/// A vbucket's failover log: 16-byte (UUID, seqno) entries, newest first.
+pub(super) const TAG_FAILOVER: &str = "failover";
 
 /// When written data is forced to stable storage. See the table in the
 /// [module docs](super): under every policy a batch survives the process
