@@ -22,6 +22,8 @@
 //!   and to replicas.
 //! - [`persist`]: write-behind persistence — the on-disk record codec, the
 //!   fjall-backed store (one keyspace per bucket) and the flusher loop.
+//! - [`replication`]: replica streams between nodes (DCP over the data
+//!   port) and durable writes.
 //! - [`server`]: the data service — one port for ASCII, meta and binary
 //!   clients in front of the node's buckets, created and deleted at runtime
 //!   ([`server::Buckets`]) — with warmup, the pager, the flusher thread per
@@ -35,6 +37,7 @@ pub mod engine;
 pub mod meta;
 pub mod mutation;
 pub mod persist;
+pub mod replication;
 pub mod server;
 
 pub use config::NodeConfig;

@@ -2,7 +2,9 @@
 //! change it publishes each bucket's config, creates the buckets this node
 //! should host, drives their vbucket states to its place in the map, and
 //! deletes buckets the cluster no longer has here. A node the cluster has
-//! ejected drops every bucket.
+//! ejected drops every bucket. It also points replication at the map: the
+//! streams this node's replica vbuckets pull from their actives, and the
+//! replicas each of its active vbuckets waits for (durable writes).
 //!
 //! Reconciling is idempotent and level-triggered — it looks at the whole
 //! state, not the change — so a failed step is simply retried on the next
@@ -18,10 +20,12 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::state::Durability;
 use super::state::{BucketRecord, ClusterState, Membership};
 use super::Meta;
 use crate::cluster::{drive_vbuckets, ClusterView};
-use crate::server::{BucketSpec, Buckets};
+use crate::replication::consumer::Replicator;
+use crate::server::{BucketSpec, Buckets, Context};
 
 /// How soon a failed reconcile is retried without a new change.
 const RETRY: Duration = Duration::from_secs(2);
@@ -35,9 +39,18 @@ pub async fn run(
 ) {
     let mut changes = meta.subscribe();
     let mut hosted = Hosted::load(meta.dir());
+    let replicator = Replicator::new(super::state::join_host_port(
+        &meta.me().host,
+        meta.me().data_port,
+    ));
+    let sides = Sides {
+        buckets: &buckets,
+        view: &view,
+        replicator: &replicator,
+    };
     loop {
         let state = changes.borrow_and_update().clone();
-        let ok = reconcile(&meta, &buckets, &view, &state, &mut hosted).await;
+        let ok = reconcile(&meta, &sides, &state, &mut hosted).await;
         let pause = async {
             if ok {
                 std::future::pending::<()>().await;
@@ -46,30 +59,43 @@ pub async fn run(
             }
         };
         tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return },
+            changed = changes.changed() => if changed.is_err() { break },
             () = pause => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
         }
         if *shutdown.borrow() {
-            return;
+            break;
         }
     }
+    replicator.stop_all();
+}
+
+/// What reconciling drives besides the metadata.
+struct Sides<'a> {
+    buckets: &'a Buckets,
+    view: &'a ClusterView,
+    replicator: &'a Replicator,
 }
 
 /// One pass; returns whether every step succeeded.
 async fn reconcile(
     meta: &Meta,
-    buckets: &Buckets,
-    view: &ClusterView,
+    sides: &Sides<'_>,
     state: &ClusterState,
     hosted: &mut Hosted,
 ) -> bool {
+    let Sides {
+        buckets,
+        view,
+        replicator,
+    } = *sides;
     let me = meta.me().id;
     let Some(record) = state.nodes.get(&me) else {
         if !state.nodes.is_empty() {
             // A cluster exists and this node is not (or no longer) in it:
             // whatever it holds is not the cluster's.
             hosted.forget_all();
+            replicator.stop_all();
             return drop_all(buckets, view).await;
         }
         return true;
@@ -88,6 +114,7 @@ async fn reconcile(
         });
         if !keep {
             tracing::info!(bucket = %name, "deleting bucket no longer hosted here");
+            replicator.stop_bucket(&name);
             match buckets.delete(&name).await {
                 Ok(_) => hosted.forget(&name),
                 Err(error) => {
@@ -101,7 +128,8 @@ async fn reconcile(
         // A bucket hosted here is published only once this node serves it
         // as the config says, so whoever reads the config here can use it.
         if hosts(record.membership, bucket, me)
-            && (!hosted.record(&bucket.name, &bucket.uuid) || !host(buckets, bucket, me).await)
+            && (!hosted.record(&bucket.name, &bucket.uuid)
+                || !host(buckets, replicator, state, bucket, me).await)
         {
             ok = false;
             continue;
@@ -116,9 +144,15 @@ async fn reconcile(
     ok
 }
 
-/// Creates `bucket` here if needed and sets its vbucket states from the
-/// map; returns whether both worked.
-async fn host(buckets: &Buckets, bucket: &BucketRecord, me: u64) -> bool {
+/// Creates `bucket` here if needed, sets its vbucket states from the map
+/// and points its replication at the map; returns whether all worked.
+async fn host(
+    buckets: &Buckets,
+    replicator: &Replicator,
+    state: &ClusterState,
+    bucket: &BucketRecord,
+    me: u64,
+) -> bool {
     let spec = BucketSpec {
         name: bucket.name.clone(),
         kind: bucket.kind,
@@ -141,14 +175,56 @@ async fn host(buckets: &Buckets, bucket: &BucketRecord, me: u64) -> bool {
         .position(|id| *id == me)
         .and_then(|i| u16::try_from(i).ok());
     let name = bucket.name.clone();
-    match tokio::task::spawn_blocking(move || drive_vbuckets(&ctx, &map, index)).await {
-        Ok(Ok(())) => true,
+    let driven = {
+        let (ctx, map) = (ctx.clone(), map.clone());
+        tokio::task::spawn_blocking(move || drive_vbuckets(&ctx, &map, index)).await
+    };
+    match driven {
+        Ok(Ok(())) => {}
         Ok(Err(error)) => {
             tracing::error!(%error, bucket = %name, "could not set vbucket states");
-            false
+            return false;
         }
-        Err(_) => false,
+        Err(_) => return false,
     }
+    replicate(replicator, state, bucket, &ctx, &map, index);
+    true
+}
+
+/// Sets, from the map, the replicas each vbucket active here waits for and
+/// the actives this node's replica vbuckets stream from.
+fn replicate(
+    replicator: &Replicator,
+    state: &ClusterState,
+    bucket: &BucketRecord,
+    ctx: &Arc<Context>,
+    map: &shoal_vbmap::map::VbucketMap,
+    me: Option<u16>,
+) {
+    let address = |idx: Option<u16>| {
+        let id = bucket.servers.get(usize::from(idx?))?;
+        Some(state.nodes.get(id)?.data_address())
+    };
+    ctx.durability.set_level(bucket.durability);
+    ctx.durability.set_expects_replicas(map.num_replicas() > 0);
+    let mut sources: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+    for (vb, chain) in map.chains() {
+        let position = me.and_then(|me| chain.iter().position(|s| *s == Some(me)));
+        let replicas = match position {
+            Some(0) => chain[1..].iter().filter_map(|s| address(*s)).collect(),
+            _ => Vec::new(),
+        };
+        ctx.durability.set_replicas(vb, replicas);
+        if let (Some(p), Some(active)) = (position, chain.first()) {
+            if p > 0 {
+                if let Some(source) = address(*active) {
+                    sources.entry(source).or_default().push(vb);
+                }
+            }
+        }
+    }
+    let ack_persisted = bucket.durability == Durability::PersistToMajority;
+    replicator.set_streams(ctx.clone(), sources, ack_persisted);
 }
 
 /// Whether a node with `membership` and id `me` hosts `bucket`.

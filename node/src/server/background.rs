@@ -145,7 +145,10 @@ fn spawn_flusher(
             ctx.flusher.run(
                 &store,
                 |max| ctx.bucket.drain(max),
-                |seqnos| ctx.bucket.mark_persisted_all(seqnos),
+                |seqnos| {
+                    ctx.bucket.mark_persisted_all(seqnos);
+                    ctx.durability.persisted(seqnos);
+                },
             )
         })
         .map_err(|e| tracing::error!(bucket = %name, error = %e, "cannot start flusher thread"))
@@ -205,6 +208,15 @@ fn warm_up(ctx: &Context, standalone: bool) -> Result<(), NodeError> {
     };
     let bucket = &ctx.bucket;
     let n = bucket.config().num_vbuckets;
+    // Seqnos and failover logs before states: a vbucket that comes back
+    // active starts a new history at the seqno it restarts from, which is
+    // what tells a replica holding more than that to roll back.
+    for (vb, seqno) in store.persisted_seqnos() {
+        let _ = bucket.load_seqno(vb, seqno);
+    }
+    for (vb, log) in store.failover_logs()? {
+        bucket.set_failover_log(vb, log);
+    }
     if standalone {
         for vb in 0..n {
             let _ = bucket.set_vbucket_state(vb as u16, VbucketState::Active);
@@ -215,9 +227,15 @@ fn warm_up(ctx: &Context, standalone: bool) -> Result<(), NodeError> {
             let _ = bucket.set_vbucket_state(vb, state);
         }
     }
-    for (vb, seqno) in store.persisted_seqnos() {
-        let _ = bucket.load_seqno(vb, seqno);
-    }
+    let logs: Vec<_> = (0..n)
+        .filter_map(|vb| {
+            let vb = u16::try_from(vb).ok()?;
+            (bucket.vbucket_state(vb) == Some(VbucketState::Active))
+                .then(|| (vb, bucket.failover_log(vb)))
+        })
+        .collect();
+    let logs: Vec<_> = logs.iter().map(|(vb, log)| (*vb, None, &log[..])).collect();
+    store.set_failover_logs(&logs)?;
     bucket.load_flush_deadline(store.flush_deadline()?);
     let mut failure = None;
     store.warmup(|vb, key, item| {

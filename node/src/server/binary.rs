@@ -12,6 +12,8 @@
 //! user named like the bucket, SELECT_BUCKET names the bucket. Without a
 //! bucket, every command that needs one answers NO_BUCKET (0x08).
 
+use std::sync::atomic::Ordering;
+
 use bytes::{Bytes, BytesMut};
 use shoal_protocol::binary::{
     counter_value, encode_response, flags_extras, vbucket_state_value, Extras, Opcode, Request,
@@ -24,9 +26,10 @@ use super::context::{Context, VERSION};
 use super::stats;
 use super::Flow;
 use crate::engine::{
-    resolve_exptime, ArithCreate, ArithOp, ArithRequest, EngineError, Hit, StoreMode, StoreRequest,
-    VbucketState,
+    resolve_exptime, ArithCreate, ArithOp, ArithRequest, EngineError, Hit, Lookup, StoreMode,
+    StoreRequest, VbucketState,
 };
+use crate::mutation::VbucketId;
 
 /// The one SASL mechanism offered.
 const PLAIN: &[u8] = b"PLAIN";
@@ -134,10 +137,7 @@ fn execute_on(ctx: &Context, frame: &[u8], req: &Request, out: &mut BytesMut) ->
             Flow::Wrote
         }
         Opcode::GetReplica => {
-            let result = ctx
-                .bucket
-                .get_replica(vb, key, now)
-                .and_then(|lookup| lookup.hit().ok_or(EngineError::TempFail));
+            let result = get_replica(ctx, vb, key, now);
             retrieval_reply(out, h, key, result);
             Flow::Read
         }
@@ -330,6 +330,45 @@ fn retrieval_reply(
     }
 }
 
+/// GET_REPLICA: a read from a replica vbucket, fetching an ejected value
+/// from disk (and handing it back to the engine) as [`Context::get`] does
+/// for an active one.
+fn get_replica(ctx: &Context, vb: VbucketId, key: &[u8], now: u32) -> Result<Hit, EngineError> {
+    match ctx.bucket.get_replica(vb, key, now)? {
+        Lookup::Hit(hit) => Ok(hit),
+        Lookup::Ejected {
+            cas,
+            flags,
+            exptime,
+            seqno,
+        } => {
+            ctx.stats.bg_fetches.fetch_add(1, Ordering::Relaxed);
+            let Some(store) = &ctx.store else {
+                return Err(EngineError::TempFail);
+            };
+            match store.get(vb, key) {
+                Ok(Some(item)) if !item.is_tombstone() && item.header.seqno == seqno => {
+                    ctx.bucket.restore_value(vb, key, seqno, item.value.clone());
+                    Ok(Hit {
+                        value: item.value,
+                        flags,
+                        exptime,
+                        cas,
+                        seqno,
+                    })
+                }
+                // A newer version replaced the one on disk meanwhile: the
+                // client retries and reads it.
+                Ok(_) => Err(EngineError::TempFail),
+                Err(error) => {
+                    tracing::error!(%error, vb, "replica background fetch failed");
+                    Err(EngineError::TempFail)
+                }
+            }
+        }
+    }
+}
+
 fn engine_state(state: WireState) -> Option<VbucketState> {
     VbucketState::from_wire(state.to_u32())
 }
@@ -380,6 +419,81 @@ fn reply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// GET_REPLICA reads a replica's value back from disk once the pager
+    /// ejected it, as GET does on an active vbucket.
+    #[test]
+    fn get_replica_fetches_an_ejected_value() {
+        use crate::mutation::{Mutation, MutationKind};
+        let dir = crate::persist::testdir::TestDir::new("binary-get-replica");
+        let (ctx, _store) = super::super::open(&crate::NodeConfig {
+            data_dir: dir.path().to_path_buf(),
+            standalone: true,
+            num_vbuckets: 16,
+            ram_quota_mb: 1,
+            ..crate::NodeConfig::default()
+        })
+        .unwrap();
+        ctx.bucket.set_warming_up(false);
+        ctx.bucket
+            .set_vbucket_state(0, VbucketState::Replica)
+            .unwrap();
+        let now = ctx.clock.now();
+        let value = |i: u64| Bytes::from(vec![b'a' + (i % 26) as u8; 64 * 1024]);
+        let mut applied = 0;
+        for seqno in 1..100u64 {
+            let m = Mutation {
+                vbucket: 0,
+                seqno,
+                key: Bytes::from(format!("k{seqno}")),
+                cas: 1000 + seqno,
+                time: now,
+                kind: MutationKind::Set {
+                    value: value(seqno),
+                    flags: 5,
+                    exptime: 0,
+                },
+            };
+            match ctx.bucket.apply_replicated(0, &m) {
+                Ok(()) => applied = seqno,
+                Err(EngineError::OutOfMemory) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(applied > 2, "the quota holds a few values");
+        // Persist everything, then let the pager eject clean values.
+        let drained = ctx.bucket.drain(1_000);
+        ctx.store.as_ref().unwrap().write_batch(&drained).unwrap();
+        ctx.bucket.mark_persisted(0, applied);
+        ctx.bucket.run_pager(now);
+        let ejected: Vec<u64> = (1..=applied)
+            .filter(|i| {
+                let key = format!("k{i}");
+                matches!(
+                    ctx.bucket.get_replica(0, key.as_bytes(), now),
+                    Ok(Lookup::Ejected { .. })
+                )
+            })
+            .collect();
+        assert!(!ejected.is_empty(), "the pager ejected something");
+        for i in ejected {
+            let key = format!("k{i}");
+            let hit = get_replica(&ctx, 0, key.as_bytes(), now).unwrap();
+            assert_eq!(
+                (hit.value, hit.flags, hit.cas, hit.seqno),
+                (value(i), 5, 1000 + i, i)
+            );
+        }
+        assert_eq!(
+            get_replica(&ctx, 0, b"missing", now),
+            Err(EngineError::NotFound)
+        );
+        assert_eq!(
+            get_replica(&ctx, 1, b"k1", now),
+            Err(EngineError::NotMyVbucket),
+            "vbucket 1 is not a replica"
+        );
+    }
 
     #[test]
     fn plain_messages() {

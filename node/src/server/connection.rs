@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use shoal_protocol::binary::{encode_error_response, parse_request, peek_request_header, Status};
 use shoal_protocol::{ascii, meta, Limits, ParseError, Recovery};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,6 +30,7 @@ use super::buckets::Buckets;
 use super::context::{Context, ServerStats};
 use super::DEFAULT_BUCKET;
 use super::{ascii as ascii_front, binary as binary_front, meta as meta_front, Flow};
+use crate::mutation::VbucketId;
 
 /// Initial read buffer: a few MTUs, enough for most pipelined batches of
 /// small requests without growing.
@@ -70,6 +71,14 @@ pub(super) async fn serve(
     let mut conn = Connection::new();
     loop {
         let (flow, mutated) = conn.process(&mut session);
+        if !conn.durable.is_empty() {
+            if let Some(ctx) = session.bucket() {
+                // The flusher and the replication streams start on the
+                // batch's writes before the connection waits for them.
+                ctx.wrote();
+            }
+            conn.await_durability(&session).await;
+        }
         if !conn.wbuf.is_empty() {
             if stream.write_all(&conn.wbuf).await.is_err() {
                 return;
@@ -91,6 +100,16 @@ pub(super) async fn serve(
             Step::Close => return,
             Step::Flushed => continue,
             Step::NeedBytes => {}
+            Step::Dcp => {
+                // A replica's consumer: from here on the connection speaks
+                // DCP, served by the producer (the DCP_OPEN is still in
+                // the read buffer).
+                if let Some(ctx) = session.bucket().cloned() {
+                    let rbuf = std::mem::take(&mut conn.rbuf);
+                    crate::replication::producer::serve(stream, ctx, rbuf, shutdown).await;
+                }
+                return;
+            }
         }
         conn.rbuf.reserve(MIN_READ_SPACE);
         // Right after a reserve the capacity is the whole allocation (or a
@@ -125,6 +144,32 @@ pub(super) async fn serve(
     }
 }
 
+/// DCP_OPEN's opcode: the first frame of a replica's stream connection.
+const DCP_OPEN: u8 = 0x50;
+
+/// What a text client gets for a write whose durability level was not met
+/// in time (it may still complete: the outcome is unknown).
+const DURABILITY_TEXT: &[u8] = b"SERVER_ERROR durability level not met in time\r\n";
+
+/// The bucket whose durability level a request that ran with `flow` must
+/// wait for, if any.
+fn durable_target(session: &Session, flow: Flow) -> Option<&Arc<Context>> {
+    let ctx = session.bucket()?;
+    (flow == Flow::Wrote && ctx.durability.enabled()).then_some(ctx)
+}
+
+/// The key of an ASCII write whose client reads its reply (a `noreply`
+/// write cannot be told of a failure anyway).
+fn ascii_write_key(cmd: &ascii::Command) -> Option<shoal_protocol::Span> {
+    match cmd {
+        ascii::Command::Store(c) if !c.noreply => Some(c.key),
+        ascii::Command::Delete(c) if !c.noreply => Some(c.key),
+        ascii::Command::Arith(c) if !c.noreply => Some(c.key),
+        ascii::Command::Touch(c) if !c.noreply => Some(c.key),
+        _ => None,
+    }
+}
+
 /// Resolves once the bucket `signal` belongs to is deleted; never without
 /// a bucket.
 async fn deleted(signal: &mut Option<watch::Receiver<bool>>) {
@@ -151,10 +196,12 @@ pub fn drive(ctx: &Arc<Context>, chunks: &[&[u8]]) -> DriveOutcome {
         conn.rbuf.extend_from_slice(chunk);
         loop {
             let (step, _) = conn.process(&mut session);
+            // No replicas here: nothing to wait for.
+            conn.durable.clear();
             output.extend_from_slice(&conn.wbuf);
             conn.wbuf.clear();
             match step {
-                Step::Close => {
+                Step::Close | Step::Dcp => {
                     return DriveOutcome {
                         output,
                         closed: true,
@@ -193,6 +240,9 @@ enum Step {
     Flushed,
     /// Close after writing what is buffered.
     Close,
+    /// A DCP_OPEN is at the front of the read buffer: hand the connection
+    /// to the replication producer.
+    Dcp,
 }
 
 /// A connection's bucket, and where it can select another.
@@ -304,6 +354,21 @@ struct Connection {
     /// `rbuf` has grown past [`RETAINED_BUFFER`] since it was last
     /// replaced.
     rbuf_grown: bool,
+    /// Writes of this batch whose replies wait for the bucket's
+    /// durability level.
+    durable: Vec<DurableWrite>,
+}
+
+/// A write whose success reply (`wbuf[start..end]`, empty for a quiet
+/// binary write) may only leave once the bucket's durability level is met
+/// for `seqno` in `vb`; if it is not met in time, `error` replaces it.
+#[derive(Debug)]
+struct DurableWrite {
+    vb: VbucketId,
+    seqno: u64,
+    start: usize,
+    end: usize,
+    error: Bytes,
 }
 
 impl Connection {
@@ -313,6 +378,7 @@ impl Connection {
             wbuf: BytesMut::with_capacity(READ_BUFFER),
             skip: 0,
             rbuf_grown: false,
+            durable: Vec::new(),
         }
     }
 
@@ -332,6 +398,39 @@ impl Connection {
             self.rbuf = BytesMut::with_capacity(READ_BUFFER);
             self.rbuf_grown = false;
         }
+    }
+
+    /// Waits until every write of the batch meets the bucket's durability
+    /// level; the reply of one that does not in time is replaced by its
+    /// error. Waits one after another: acknowledgements are cumulative, so
+    /// the whole batch waits about as long as its slowest write.
+    async fn await_durability(&mut self, session: &Session) {
+        let Some(ctx) = session.bucket() else {
+            self.durable.clear();
+            return;
+        };
+        let mut failed = Vec::new();
+        for (i, w) in self.durable.iter().enumerate() {
+            if ctx.durability.wait(w.vb, w.seqno).await.is_err() {
+                failed.push(i);
+            }
+        }
+        if !failed.is_empty() {
+            session
+                .stats
+                .durability_timeouts
+                .fetch_add(failed.len() as u64, Ordering::Relaxed);
+            let old = std::mem::take(&mut self.wbuf);
+            let mut at = 0;
+            for i in failed {
+                let w = &self.durable[i];
+                self.wbuf.extend_from_slice(&old[at..w.start]);
+                self.wbuf.extend_from_slice(&w.error);
+                at = w.end;
+            }
+            self.wbuf.extend_from_slice(&old[at..]);
+        }
+        self.durable.clear();
     }
 
     /// Handles every complete request in `rbuf`; returns the next step and
@@ -354,6 +453,7 @@ impl Connection {
                 Some(Flow::Read) => {}
                 Some(Flow::Wrote) => mutated = true,
                 Some(Flow::Close) => return (Step::Close, mutated),
+                Some(Flow::Dcp) => return (Step::Dcp, mutated),
                 None => return (Step::NeedBytes, mutated),
             }
             if self.wbuf.len() >= WRITE_HIGH_WATER {
@@ -367,12 +467,22 @@ impl Connection {
     fn one(&mut self, session: &mut Session) -> Option<Flow> {
         let buf = &self.rbuf[..];
         let limits = &session.limits;
-        let (flow, used) = match buf[0] {
+        let before = self.wbuf.len();
+        let (flow, used, durable) = match buf[0] {
+            0x80 if buf.get(1) == Some(&DCP_OPEN) && session.bucket().is_some() => {
+                return Some(Flow::Dcp)
+            }
             0x80 => match parse_request(buf, limits) {
-                Ok(Some((req, used))) => (
-                    binary_front::execute(session, &buf[..used], &req, &mut self.wbuf),
-                    used,
-                ),
+                Ok(Some((req, used))) => {
+                    let flow = binary_front::execute(session, &buf[..used], &req, &mut self.wbuf);
+                    let durable = durable_target(session, flow).map(|ctx| {
+                        let key = buf.get(req.key.start..req.key.end).unwrap_or_default();
+                        let mut error = BytesMut::new();
+                        encode_error_response(&mut error, &req.header, Status::TEMPORARY_FAILURE);
+                        (ctx.route(req.header.vbucket, key), error.freeze())
+                    });
+                    (flow, used, durable)
+                }
                 Ok(None) => return None,
                 Err(e) => return Some(self.binary_error(session, e)),
             },
@@ -382,7 +492,14 @@ impl Connection {
                         Some(ctx) => meta_front::execute(ctx, &buf[..used], &cmd, &mut self.wbuf),
                         None => meta_front::without_bucket(&cmd, &mut self.wbuf),
                     };
-                    (flow, used)
+                    let key = cmd
+                        .key()
+                        .filter(|_| !cmd.base64())
+                        .and_then(|k| buf.get(k.start..k.end));
+                    let durable = durable_target(session, flow).zip(key).map(|(ctx, key)| {
+                        (ctx.vbucket_of(key), Bytes::from_static(DURABILITY_TEXT))
+                    });
+                    (flow, used, durable)
                 }
                 Ok(None) => return None,
                 Err(e) => return Some(self.text_error(session, e)),
@@ -393,12 +510,29 @@ impl Connection {
                         Some(ctx) => ascii_front::execute(ctx, &buf[..used], &cmd, &mut self.wbuf),
                         None => ascii_front::without_bucket(&cmd, &mut self.wbuf),
                     };
-                    (flow, used)
+                    let key = ascii_write_key(&cmd).and_then(|k| buf.get(k.start..k.end));
+                    let durable = durable_target(session, flow).zip(key).map(|(ctx, key)| {
+                        (ctx.vbucket_of(key), Bytes::from_static(DURABILITY_TEXT))
+                    });
+                    (flow, used, durable)
                 }
                 Ok(None) => return None,
                 Err(e) => return Some(self.text_error(session, e)),
             },
         };
+        if let (Some((vb, error)), Some(ctx)) = (durable, session.bucket()) {
+            if let Some(seqno) = ctx.bucket.high_seqno(vb) {
+                // The vbucket's high seqno right after the write: this
+                // write's or a later one's (acks are cumulative).
+                self.durable.push(DurableWrite {
+                    vb,
+                    seqno,
+                    start: before,
+                    end: self.wbuf.len(),
+                    error,
+                });
+            }
+        }
         self.rbuf.advance(used);
         Some(flow)
     }

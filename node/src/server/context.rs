@@ -16,6 +16,7 @@ use super::buckets::BucketKind;
 use crate::engine::{Bucket, EngineError, Hit, Lookup};
 use crate::mutation::VbucketId;
 use crate::persist::{BucketStore, Flusher};
+use crate::replication::durability::DurabilityMonitor;
 
 /// Attempts at an operation that keeps finding its value ejected (the pager
 /// can eject between our fetch and the retry; twice in a row is already
@@ -84,6 +85,9 @@ pub struct ServerStats {
     pub bg_fetches: AtomicU64,
     /// Requests rejected by a parser.
     pub protocol_errors: AtomicU64,
+    /// Writes answered with an error because their bucket's durability
+    /// level was not met in time.
+    pub durability_timeouts: AtomicU64,
 }
 
 /// One bucket of a node and everything a connection working on it needs,
@@ -123,6 +127,8 @@ pub struct Context {
     deleted: AtomicBool,
     /// Flips to `true` with `deleted`, to wake connections idle in a read.
     deleted_signal: watch::Sender<bool>,
+    /// The bucket's durability level and its replicas' acknowledgements.
+    pub durability: Arc<DurabilityMonitor>,
 }
 
 /// The parts of a [`Context`] that are not derived: what
@@ -152,6 +158,7 @@ pub(super) struct ContextParts {
 impl Context {
     /// A context for `parts`, warmup not done, not deleted.
     pub(super) fn new(parts: ContextParts) -> Context {
+        let num_vbuckets = parts.bucket.config().num_vbuckets;
         Context {
             name: parts.name,
             kind: parts.kind,
@@ -167,6 +174,57 @@ impl Context {
             hash_keys: parts.hash_keys,
             deleted: AtomicBool::new(false),
             deleted_signal: watch::channel(false).0,
+            durability: Arc::new(DurabilityMonitor::new(num_vbuckets)),
+        }
+    }
+
+    /// Adopts the failover log `vb`'s active sent (a replica's stream was
+    /// accepted), in memory and on disk.
+    pub fn adopt_failover_log(&self, vb: VbucketId, log: Vec<(u64, u64)>) {
+        if self.bucket.failover_log(vb) == log {
+            return;
+        }
+        self.bucket.set_failover_log(vb, log);
+        if let Some(store) = &self.store {
+            let log = self.bucket.failover_log(vb);
+            if let Err(error) = store.set_failover_logs(&[(vb, None, &log[..])]) {
+                tracing::error!(bucket = %self.name, %error, vb, "could not persist failover log");
+            }
+        }
+    }
+
+    /// Rolls replica vbucket `vb` back to nothing (its history diverged
+    /// from its active's): empties it in memory, waits for the flusher to
+    /// finish any batch that still holds its old mutations, then drops it
+    /// on disk, keeping its state. The stream then starts again from 0.
+    pub async fn rollback_vbucket(self: &Arc<Self>, vb: VbucketId) -> Result<(), EngineError> {
+        self.bucket.reset_vbucket(vb)?;
+        let Some(_) = &self.store else {
+            return Ok(());
+        };
+        let ctx = self.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let store = ctx.store.as_ref()?;
+            if let Err(error) = ctx.flusher.flush_now() {
+                tracing::warn!(bucket = %ctx.name, %error, vb, "flush before rollback failed");
+            }
+            let state = ctx.bucket.vbucket_state(vb)?;
+            let wire = u8::try_from(state.to_wire()).ok()?;
+            let result = store
+                .delete_vbucket(vb)
+                .and_then(|_| store.set_vbucket_state(vb, wire));
+            match result {
+                Ok(()) => Some(()),
+                Err(error) => {
+                    tracing::error!(bucket = %ctx.name, %error, vb, "could not roll back vbucket on disk");
+                    None
+                }
+            }
+        })
+        .await;
+        match done {
+            Ok(Some(())) => Ok(()),
+            _ => Err(EngineError::TempFail),
         }
     }
 

@@ -61,6 +61,8 @@ enum Flow {
     Wrote,
     /// Close the connection (quit, or an unrecoverable stream).
     Close,
+    /// The connection turns into a replication stream (DCP_OPEN).
+    Dcp,
 }
 
 impl Flow {
@@ -434,7 +436,15 @@ pub(crate) fn set_vbucket_state(
         return Ok(());
     };
     let wire = u8::try_from(state.to_wire()).unwrap_or(u8::MAX);
-    if let Err(error) = store.set_vbucket_state(vb, wire) {
+    // An active vbucket may have started a new history: its failover log
+    // goes to disk with the state, in one synced batch.
+    let result = if state == VbucketState::Active {
+        let log = ctx.bucket.failover_log(vb);
+        store.set_failover_logs(&[(vb, Some(wire), &log[..])])
+    } else {
+        store.set_vbucket_state(vb, wire)
+    };
+    if let Err(error) = result {
         tracing::error!(bucket = %ctx.name, %error, vb, "could not persist vbucket state");
         return Err(EngineError::TempFail);
     }

@@ -1,7 +1,7 @@
 //! `stats` groups, shared by the ASCII and binary front ends: the general
 //! group (memcached's server counters, the engine's counters and the
 //! persistence counters under Couchbase's `ep_*` names), `settings`,
-//! `vbucket`, `warmup`, and the empty `items` and `slabs`.
+//! `vbucket`, `warmup`, `replication`, and the empty `items` and `slabs`.
 
 use std::sync::atomic::Ordering;
 
@@ -19,6 +19,7 @@ pub(super) fn write(ctx: &Context, group: &[u8], mut emit: impl FnMut(&str, &str
             }
         }
         b"warmup" => warmup(ctx, &mut emit),
+        b"replication" => replication(ctx, &mut emit),
         // Shoal has no slab allocator, so no slab classes to list: these
         // groups are empty, not unknown, so tools that read them (such as
         // memcached-tool) get memcached's shape (`END`) instead of `ERROR`.
@@ -26,6 +27,53 @@ pub(super) fn write(ctx: &Context, group: &[u8], mut emit: impl FnMut(&str, &str
         _ => return false,
     }
     true
+}
+
+/// Per vbucket active here and per replica the map names for it: the seqno
+/// the replica acknowledged and how far behind the active's high seqno it
+/// is (`lag`, in mutations), then the totals. A replica that has not
+/// connected yet lags by the whole high seqno.
+fn replication(ctx: &Context, emit: &mut impl FnMut(&str, &str)) {
+    let (mut total, mut max, mut missing) = (0u64, 0u64, 0u64);
+    let n = ctx.bucket.config().num_vbuckets;
+    for vb in (0..n).filter_map(|vb| u16::try_from(vb).ok()) {
+        if ctx.bucket.vbucket_state(vb) != Some(crate::engine::VbucketState::Active) {
+            continue;
+        }
+        let (Some(high), Some(acks)) = (ctx.bucket.high_seqno(vb), ctx.durability.snapshot(vb))
+        else {
+            continue;
+        };
+        if acks.replicas.is_empty() {
+            missing += u64::from(ctx.durability.expects_replicas());
+        }
+        for replica in &acks.replicas {
+            let acked = acks.acked_by(replica);
+            let lag = high.saturating_sub(acked);
+            total += lag;
+            max = max.max(lag);
+            emit(&format!("vb_{vb}:{replica}:acked"), &acked.to_string());
+            emit(&format!("vb_{vb}:{replica}:lag"), &lag.to_string());
+        }
+    }
+    emit(
+        "replication_streams",
+        &ctx.durability.producer_streams().to_string(),
+    );
+    emit("replication_lag_total", &total.to_string());
+    emit("replication_lag_max", &max.to_string());
+    emit("replication_vbuckets_without_replica", &missing.to_string());
+    emit(
+        "durability_level",
+        crate::meta::state::Durability::as_str(ctx.durability.level()),
+    );
+    emit(
+        "durability_timeouts",
+        &ctx.stats
+            .durability_timeouts
+            .load(Ordering::Relaxed)
+            .to_string(),
+    );
 }
 
 fn general(ctx: &Context, emit: &mut impl FnMut(&str, &str)) {

@@ -1,0 +1,599 @@
+//! One connection of a replica stream task to its source: connect,
+//! authenticate as the bucket, DCP_OPEN, then request every vbucket and
+//! apply what arrives until the connection fails. Frames are applied in
+//! order from the read buffer; one the engine has no memory for stays there
+//! while reading pauses (back-pressure), and is retried.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use shoal_protocol::binary::dcp::{
+    encode_buffer_ack, encode_close_stream, encode_control, encode_dcp_reply, encode_open,
+    encode_seqno_acknowledged, encode_stream_req, OpenFlags, StreamReq, StreamReqFlags,
+};
+use shoal_protocol::binary::{
+    encode_request, parse_dcp, DcpMessage, EncodeError, Opcode, RequestFields, Status,
+};
+use shoal_protocol::Limits;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::acks::AckTracker;
+use super::Link;
+use crate::engine::{EngineError, VbucketState};
+use crate::mutation::{Mutation, MutationKind, VbucketId};
+
+/// Connecting, and the SASL exchange, must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A producer sends a NOOP after 5 s without data; nothing at all for this
+/// long means the connection (or the producer) is dead: reconnect.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A stream the producer refused (NOT_MY_VBUCKET during a map change, a
+/// temporary failure) or that we closed is asked for again after this.
+const STREAM_RETRY: Duration = Duration::from_secs(1);
+
+/// A stream the producer ended (its vbucket changed state, perhaps being
+/// handed over) is asked for again after this.
+const STREAM_END_RETRY: Duration = Duration::from_millis(100);
+
+/// How long to wait before retrying a mutation the engine had no memory
+/// (or was warming up) for.
+const BACKPRESSURE_RETRY: Duration = Duration::from_millis(10);
+
+/// While acknowledging persisted seqnos, how often to look at the flusher's
+/// progress (it has no per-seqno notification).
+const PERSIST_POLL: Duration = Duration::from_millis(2);
+
+/// The flow-control window asked of the producer (Couchbase's replication
+/// default).
+const BUFFER_SIZE: usize = 10 * 1024 * 1024;
+
+/// Initial read buffer: a few dozen typical mutations per read.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Free space reserved before each read.
+const MIN_READ_SPACE: usize = 16 * 1024;
+
+/// Opaques of the connection's own requests. Streams use
+/// `generation << 16 | vbucket` with a generation of at least 1, so the
+/// two never collide.
+const OPAQUE_SASL: u32 = 0;
+const OPAQUE_OPEN: u32 = 1;
+const OPAQUE_CONTROL: u32 = 2;
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SessionError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    #[error("SASL auth as the bucket refused: {0}")]
+    Auth(Status),
+    #[error("DCP_OPEN refused: {0}")]
+    Open(Status),
+    #[error("protocol: {0}")]
+    Protocol(&'static str),
+    #[error("the producer closed the connection")]
+    Closed,
+    #[error("encode: {0}")]
+    Encode(#[from] EncodeError),
+}
+
+/// Where one vbucket's stream is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VbStream {
+    /// To be requested at `at`, if the vbucket is a replica here then.
+    Waiting { at: Instant },
+    /// STREAM_REQ sent with this opaque.
+    Requested { opaque: u32 },
+    /// Accepted: messages with this opaque are applied.
+    Open { opaque: u32 },
+}
+
+/// Whether a frame was dealt with or must be retried later.
+#[derive(Debug, PartialEq, Eq)]
+enum Handled {
+    Done,
+    /// The engine has no room yet: keep the frame, stop reading, retry.
+    Blocked,
+}
+
+/// One connection to the source.
+pub(super) struct Session<'a> {
+    link: &'a Link,
+    limits: Limits,
+    /// DCP_OPEN was accepted.
+    opened: bool,
+    /// The next stream opaque's generation (1..=u16::MAX).
+    generation: u16,
+    streams: BTreeMap<VbucketId, VbStream>,
+    acks: AckTracker,
+    /// Bytes processed and not yet returned with a BUFFER_ACK.
+    unacked_bytes: usize,
+    /// Something was applied since the flusher was last woken.
+    applied: bool,
+    /// A mutation is waiting for memory: reading is paused.
+    blocked: bool,
+    last_recv: Instant,
+}
+
+impl<'a> Session<'a> {
+    pub(super) fn new(link: &'a Link) -> Session<'a> {
+        Session {
+            link,
+            limits: link.ctx.limits,
+            opened: false,
+            generation: 1,
+            streams: BTreeMap::new(),
+            acks: AckTracker::default(),
+            unacked_bytes: 0,
+            applied: false,
+            blocked: false,
+            last_recv: Instant::now(),
+        }
+    }
+
+    /// Whether DCP_OPEN was accepted (the source was reached).
+    pub(super) fn opened(&self) -> bool {
+        self.opened
+    }
+
+    /// Connects, authenticates, opens, and streams until an error (or the
+    /// bucket's deletion: `Ok`).
+    pub(super) async fn run(&mut self) -> Result<(), SessionError> {
+        let link = self.link;
+        let connect = TcpStream::connect(link.source.as_str());
+        let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
+            .await
+            .map_err(|_| SessionError::Timeout("connecting"))??;
+        let _ = stream.set_nodelay(true);
+        let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
+        let auth = authenticate(&mut stream, &link.ctx.name, &mut rbuf, &self.limits);
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, auth)
+            .await
+            .map_err(|_| SessionError::Timeout("authenticating"))??;
+        let mut wbuf = BytesMut::with_capacity(READ_BUFFER);
+        encode_open(
+            &mut wbuf,
+            OPAQUE_OPEN,
+            0,
+            OpenFlags::PRODUCER,
+            link.name.as_bytes(),
+        )?;
+        encode_control(
+            &mut wbuf,
+            OPAQUE_CONTROL,
+            b"connection_buffer_size",
+            BUFFER_SIZE.to_string().as_bytes(),
+        )?;
+        self.last_recv = Instant::now();
+        let (mut rd, mut wr) = stream.split();
+        loop {
+            if link.ctx.is_deleted() {
+                return Ok(());
+            }
+            self.process(&mut rbuf, &mut wbuf).await?;
+            let now = Instant::now();
+            self.request_due(&mut wbuf, now);
+            self.acknowledge(&mut wbuf);
+            let deadline = self.deadline(now);
+            if !self.blocked {
+                rbuf.reserve(MIN_READ_SPACE);
+            }
+            tokio::select! {
+                read = rd.read_buf(&mut rbuf), if !self.blocked => match read {
+                    Ok(0) => return Err(SessionError::Closed),
+                    Ok(n) => {
+                        self.last_recv = Instant::now();
+                        link.counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                written = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => match written {
+                    Ok(0) => return Err(SessionError::Closed),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.into()),
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    if self.blocked {
+                        // Not reading is our doing, not the producer's.
+                        self.last_recv = Instant::now();
+                    } else if self.last_recv.elapsed() >= IDLE_TIMEOUT {
+                        return Err(SessionError::Timeout("waiting for the producer"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles every complete frame in `rbuf`, stopping at one the engine
+    /// has no room for yet.
+    async fn process(
+        &mut self,
+        rbuf: &mut BytesMut,
+        wbuf: &mut BytesMut,
+    ) -> Result<(), SessionError> {
+        self.blocked = false;
+        loop {
+            let (msg, used) = match parse_dcp(rbuf, &self.limits) {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(SessionError::Protocol(e.reason)),
+            };
+            match self.handle(msg, &rbuf[..used], wbuf).await? {
+                Handled::Done => {
+                    rbuf.advance(used);
+                    self.unacked_bytes = self.unacked_bytes.saturating_add(used);
+                }
+                Handled::Blocked => {
+                    self.blocked = true;
+                    self.link
+                        .counters
+                        .backpressure
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        msg: DcpMessage,
+        frame: &[u8],
+        wbuf: &mut BytesMut,
+    ) -> Result<Handled, SessionError> {
+        let link = self.link;
+        let ctx = &link.ctx;
+        match msg {
+            DcpMessage::Reply(reply) => {
+                let h = reply.header;
+                self.on_reply(h.opcode, h.status, h.opaque)?;
+            }
+            DcpMessage::StreamAccepted { opaque, log } => {
+                if let Some(vb) = self.requested(opaque) {
+                    let entries = log
+                        .entries(frame)
+                        .map(|e| (e.vbucket_uuid, e.seqno))
+                        .collect();
+                    ctx.adopt_failover_log(vb, entries);
+                    self.streams.insert(vb, VbStream::Open { opaque });
+                    self.acks.open(vb, opaque);
+                }
+            }
+            DcpMessage::StreamRollback { opaque, seqno } => {
+                if let Some(vb) = self.requested(opaque) {
+                    link.counters.rollbacks.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(bucket = %ctx.name, source = %link.source, vb, seqno, "replica diverged from its active; rolling back to 0");
+                    match ctx.rollback_vbucket(vb).await {
+                        Ok(()) => {
+                            self.acks.reset(vb);
+                            self.request(wbuf, vb, 0, 0);
+                        }
+                        Err(error) => {
+                            tracing::warn!(bucket = %ctx.name, vb, %error, "rollback failed; retrying");
+                            self.retry(vb, STREAM_RETRY);
+                        }
+                    }
+                }
+            }
+            DcpMessage::SnapshotMarker(marker) => {
+                if self.is_open(marker.vbucket, marker.opaque) {
+                    link.counters.snapshots.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            DcpMessage::Mutation(m) => {
+                let f = m.fields;
+                if !self.is_open(f.vbucket, f.opaque) {
+                    return Ok(Handled::Done);
+                }
+                // The engine keeps key and value: each gets its own
+                // allocation rather than pinning the read buffer (which
+                // would also make the memory accounting lie).
+                let mutation = Mutation {
+                    vbucket: f.vbucket,
+                    seqno: f.by_seqno,
+                    key: Bytes::copy_from_slice(m.key.of(frame)),
+                    cas: f.cas,
+                    time: ctx.clock.now(),
+                    kind: MutationKind::Set {
+                        value: Bytes::copy_from_slice(m.value.of(frame)),
+                        flags: f.flags,
+                        exptime: f.expiration,
+                    },
+                };
+                return Ok(self.apply(wbuf, f.opaque, &mutation));
+            }
+            DcpMessage::Deletion(d) | DcpMessage::Expiration(d) => {
+                let f = d.fields;
+                if !self.is_open(f.vbucket, f.opaque) {
+                    return Ok(Handled::Done);
+                }
+                let mutation = Mutation {
+                    vbucket: f.vbucket,
+                    seqno: f.by_seqno,
+                    key: Bytes::copy_from_slice(d.key.of(frame)),
+                    cas: f.cas,
+                    time: ctx.clock.now(),
+                    kind: MutationKind::Delete,
+                };
+                return Ok(self.apply(wbuf, f.opaque, &mutation));
+            }
+            DcpMessage::StreamEnd {
+                vbucket,
+                opaque,
+                status,
+            } => {
+                if self.is_open(vbucket, opaque) {
+                    tracing::debug!(bucket = %ctx.name, source = %link.source, vb = vbucket, status = status.0, "replica stream ended; asking again");
+                    self.retry(vbucket, STREAM_END_RETRY);
+                }
+            }
+            DcpMessage::Noop { opaque } => {
+                encode_dcp_reply(wbuf, Opcode::DcpNoop, Status::OK, opaque);
+            }
+            DcpMessage::SetVbucketState { vbucket, state, .. } => {
+                // Takeover is the cluster manager's job here (SET_VBUCKET).
+                tracing::debug!(bucket = %ctx.name, vb = vbucket, ?state, "ignoring DCP_SET_VBUCKET_STATE");
+            }
+            DcpMessage::Other(req) => {
+                encode_dcp_reply(
+                    wbuf,
+                    req.header.opcode,
+                    Status::UNKNOWN_COMMAND,
+                    req.header.opaque,
+                );
+            }
+            DcpMessage::Open(_)
+            | DcpMessage::StreamReq(_)
+            | DcpMessage::CloseStream { .. }
+            | DcpMessage::GetFailoverLog { .. }
+            | DcpMessage::BufferAck { .. }
+            | DcpMessage::Control(_)
+            | DcpMessage::SeqnoAcknowledged { .. }
+            | DcpMessage::FailoverLogReply { .. } => {
+                return Err(SessionError::Protocol(
+                    "consumer message sent to a consumer",
+                ));
+            }
+        }
+        Ok(Handled::Done)
+    }
+
+    /// An untyped reply: OPEN's, CONTROL's, or a refused STREAM_REQ.
+    fn on_reply(
+        &mut self,
+        opcode: Opcode,
+        status: Status,
+        opaque: u32,
+    ) -> Result<(), SessionError> {
+        let link = self.link;
+        match opcode {
+            Opcode::DcpOpen if opaque == OPAQUE_OPEN => {
+                if status != Status::OK {
+                    return Err(SessionError::Open(status));
+                }
+                self.opened = true;
+                link.connected.store(true, Ordering::Relaxed);
+                let now = Instant::now();
+                for &vb in &link.vbuckets {
+                    self.streams.insert(vb, VbStream::Waiting { at: now });
+                }
+            }
+            Opcode::DcpControl if status != Status::OK => {
+                tracing::warn!(bucket = %link.ctx.name, source = %link.source, %status, "DCP_CONTROL refused");
+            }
+            Opcode::DcpStreamReq => {
+                if let Some(vb) = self.requested(opaque) {
+                    if status == Status::NOT_MY_VBUCKET {
+                        tracing::debug!(bucket = %link.ctx.name, source = %link.source, vb, "source does not have the vbucket (yet)");
+                    } else {
+                        tracing::warn!(bucket = %link.ctx.name, source = %link.source, vb, %status, "stream request refused");
+                    }
+                    self.retry(vb, STREAM_RETRY);
+                }
+            }
+            // Replies to CLOSE_STREAM, NOOP and the like need nothing.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Installs one change; see [`Handled`].
+    fn apply(&mut self, wbuf: &mut BytesMut, opaque: u32, m: &Mutation) -> Handled {
+        let link = self.link;
+        let vb = m.vbucket;
+        match link.ctx.bucket.apply_replicated(vb, m) {
+            Ok(()) => {
+                link.counters.messages.fetch_add(1, Ordering::Relaxed);
+                self.acks.applied(vb);
+                self.applied = true;
+            }
+            Err(EngineError::OutOfMemory | EngineError::TempFail) => return Handled::Blocked,
+            Err(EngineError::NotMyVbucket) => {
+                // No longer a replica here: stop streaming it. It is asked
+                // for again once it is a replica again.
+                tracing::info!(bucket = %link.ctx.name, source = %link.source, vb, "vbucket is no longer a replica here; closing its stream");
+                encode_close_stream(wbuf, vb, opaque);
+                self.retry(vb, STREAM_RETRY);
+            }
+            Err(error) => {
+                // Skipping the change would silently diverge: close the
+                // stream and resume from what we hold, loudly.
+                tracing::error!(bucket = %link.ctx.name, source = %link.source, vb, seqno = m.seqno, %error, "could not apply a replicated change");
+                encode_close_stream(wbuf, vb, opaque);
+                self.retry(vb, STREAM_RETRY);
+            }
+        }
+        Handled::Done
+    }
+
+    /// Requests every stream whose time has come, if its vbucket is a
+    /// replica (or pending) here; the others wait another round.
+    fn request_due(&mut self, wbuf: &mut BytesMut, now: Instant) {
+        if !self.opened {
+            return;
+        }
+        let due: Vec<VbucketId> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| matches!(s, VbStream::Waiting { at } if *at <= now))
+            .map(|(&vb, _)| vb)
+            .collect();
+        let bucket = &self.link.ctx.bucket;
+        for vb in due {
+            let state = bucket.vbucket_state(vb);
+            let (true, Some(start)) = (
+                matches!(state, Some(VbucketState::Replica | VbucketState::Pending)),
+                bucket.high_seqno(vb),
+            ) else {
+                self.retry(vb, STREAM_RETRY);
+                continue;
+            };
+            let uuid = bucket.failover_log(vb).first().map_or(0, |&(uuid, _)| uuid);
+            self.request(wbuf, vb, start, uuid);
+        }
+    }
+
+    /// Sends a STREAM_REQ for `vb` from `start` on branch `uuid`.
+    fn request(&mut self, wbuf: &mut BytesMut, vb: VbucketId, start: u64, uuid: u64) {
+        let opaque = (u32::from(self.generation) << 16) | u32::from(vb);
+        self.generation = self.generation.checked_add(1).unwrap_or(1);
+        encode_stream_req(
+            wbuf,
+            &StreamReq {
+                vbucket: vb,
+                opaque,
+                flags: StreamReqFlags(0),
+                start_seqno: start,
+                end_seqno: u64::MAX,
+                vbucket_uuid: uuid,
+                snap_start_seqno: start,
+                snap_end_seqno: start,
+            },
+        );
+        self.streams.insert(vb, VbStream::Requested { opaque });
+    }
+
+    /// Schedules `vb` to be requested again after `delay`.
+    fn retry(&mut self, vb: VbucketId, delay: Duration) {
+        self.streams.insert(
+            vb,
+            VbStream::Waiting {
+                at: Instant::now() + delay,
+            },
+        );
+    }
+
+    /// The vbucket whose outstanding STREAM_REQ has this opaque.
+    fn requested(&self, opaque: u32) -> Option<VbucketId> {
+        let vb = VbucketId::try_from(opaque & 0xffff).ok()?;
+        (self.streams.get(&vb) == Some(&VbStream::Requested { opaque })).then_some(vb)
+    }
+
+    /// Whether `vb`'s stream is open with this opaque (anything else is
+    /// left over from a stream since closed or re-requested).
+    fn is_open(&self, vb: VbucketId, opaque: u32) -> bool {
+        self.streams.get(&vb) == Some(&VbStream::Open { opaque })
+    }
+
+    /// After a batch: wakes the flusher, acknowledges seqnos and bytes.
+    fn acknowledge(&mut self, wbuf: &mut BytesMut) {
+        let link = self.link;
+        let bucket = &link.ctx.bucket;
+        if self.applied {
+            link.ctx.wrote();
+            self.applied = false;
+        }
+        let persisted = link.ack_persisted;
+        let mut acks = Vec::new();
+        self.acks.collect(
+            |vb| {
+                if persisted {
+                    bucket.persisted_seqno(vb)
+                } else {
+                    bucket.high_seqno(vb)
+                }
+            },
+            |vb| bucket.high_seqno(vb),
+            &mut acks,
+        );
+        for (vb, opaque, seqno) in acks {
+            encode_seqno_acknowledged(wbuf, vb, opaque, seqno);
+        }
+        while self.unacked_bytes > 0 {
+            let n = u32::try_from(self.unacked_bytes).unwrap_or(u32::MAX);
+            encode_buffer_ack(wbuf, 0, n);
+            self.unacked_bytes -= n as usize;
+        }
+    }
+
+    /// The next time something is due: a back-pressure retry, a persisted
+    /// seqno poll, a stream request, or the idle timeout.
+    fn deadline(&self, now: Instant) -> Instant {
+        let mut deadline = self.last_recv + IDLE_TIMEOUT;
+        if self.blocked {
+            deadline = deadline.min(now + BACKPRESSURE_RETRY);
+        }
+        if self.link.ack_persisted && self.acks.waiting() {
+            deadline = deadline.min(now + PERSIST_POLL);
+        }
+        if self.opened {
+            for s in self.streams.values() {
+                if let VbStream::Waiting { at } = s {
+                    deadline = deadline.min(*at);
+                }
+            }
+        }
+        deadline
+    }
+}
+
+/// SASL PLAIN as the bucket (Couchbase's per-bucket auth, which selects it);
+/// leaves any bytes after the reply in `rbuf`.
+async fn authenticate(
+    stream: &mut TcpStream,
+    bucket: &str,
+    rbuf: &mut BytesMut,
+    limits: &Limits,
+) -> Result<(), SessionError> {
+    let mut frame = BytesMut::new();
+    let message = format!("\0{bucket}\0");
+    encode_request(
+        &mut frame,
+        &RequestFields {
+            opaque: OPAQUE_SASL,
+            ..RequestFields::new(Opcode::SaslAuth)
+        },
+        &[],
+        b"PLAIN",
+        message.as_bytes(),
+    )?;
+    stream.write_all(&frame).await?;
+    loop {
+        match parse_dcp(rbuf, limits) {
+            Ok(Some((DcpMessage::Reply(reply), used)))
+                if reply.header.opcode == Opcode::SaslAuth =>
+            {
+                rbuf.advance(used);
+                return match reply.header.status {
+                    Status::OK => Ok(()),
+                    status => Err(SessionError::Auth(status)),
+                };
+            }
+            Ok(Some(_)) => return Err(SessionError::Protocol("unexpected reply to SASL_AUTH")),
+            Ok(None) => {}
+            Err(e) => return Err(SessionError::Protocol(e.reason)),
+        }
+        rbuf.reserve(MIN_READ_SPACE);
+        if stream.read_buf(rbuf).await? == 0 {
+            return Err(SessionError::Closed);
+        }
+    }
+}
