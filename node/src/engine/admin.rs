@@ -23,7 +23,13 @@ impl Bucket {
         if state == VbucketState::Active && vbucket.state() != VbucketState::Active {
             Bucket::new_failover_entry(&mut inner);
         }
+        let changed = vbucket.state() != state;
         vbucket.set_state(&mut inner, state);
+        if changed {
+            // Streams of this vbucket learn of the change at once (a
+            // dead vbucket ends its streams).
+            inner.wake_cursors();
+        }
         Ok(())
     }
 

@@ -228,13 +228,18 @@ impl VbInner {
             mutation: build(seqno),
             charge,
         });
+        self.wake_cursors();
+        if self.queue.len() > MAX_CURSOR_LAG && !self.cursors.is_empty() {
+            self.mark_lagging_cursors(MAX_CURSOR_LAG);
+        }
+    }
+
+    /// Calls every live cursor's wake.
+    pub(super) fn wake_cursors(&self) {
         for cursor in &self.cursors {
             if !cursor.dropped {
                 (cursor.wake)();
             }
-        }
-        if self.queue.len() > MAX_CURSOR_LAG && !self.cursors.is_empty() {
-            self.mark_lagging_cursors(MAX_CURSOR_LAG);
         }
     }
 

@@ -256,6 +256,11 @@ impl Producer {
         while !self.closing {
             match parse_dcp(rbuf, &self.limits) {
                 Ok(None) => break,
+                // The parser never reports more than it was given.
+                Ok(Some((_, used))) if used > rbuf.len() => {
+                    result = Err(Close::Protocol("frame longer than the buffer"));
+                    break;
+                }
                 Ok(Some((msg, used))) => {
                     let frame = rbuf.split_to(used);
                     result = self.handle(msg, &frame, wbuf);

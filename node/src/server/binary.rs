@@ -12,8 +12,6 @@
 //! user named like the bucket, SELECT_BUCKET names the bucket. Without a
 //! bucket, every command that needs one answers NO_BUCKET (0x08).
 
-use std::sync::atomic::Ordering;
-
 use bytes::{Bytes, BytesMut};
 use shoal_protocol::binary::{
     counter_value, encode_response, flags_extras, vbucket_state_value, Extras, Opcode, Request,
@@ -341,31 +339,13 @@ fn get_replica(ctx: &Context, vb: VbucketId, key: &[u8], now: u32) -> Result<Hit
             flags,
             exptime,
             seqno,
-        } => {
-            ctx.stats.bg_fetches.fetch_add(1, Ordering::Relaxed);
-            let Some(store) = &ctx.store else {
-                return Err(EngineError::TempFail);
-            };
-            match store.get(vb, key) {
-                Ok(Some(item)) if !item.is_tombstone() && item.header.seqno == seqno => {
-                    ctx.bucket.restore_value(vb, key, seqno, item.value.clone());
-                    Ok(Hit {
-                        value: item.value,
-                        flags,
-                        exptime,
-                        cas,
-                        seqno,
-                    })
-                }
-                // A newer version replaced the one on disk meanwhile: the
-                // client retries and reads it.
-                Ok(_) => Err(EngineError::TempFail),
-                Err(error) => {
-                    tracing::error!(%error, vb, "replica background fetch failed");
-                    Err(EngineError::TempFail)
-                }
-            }
-        }
+        } => Ok(Hit {
+            value: ctx.fetch(vb, key, seqno)?,
+            flags,
+            exptime,
+            cas,
+            seqno,
+        }),
     }
 }
 

@@ -318,7 +318,12 @@ impl Context {
     /// the engine. A synchronous read on the connection's task: ejected
     /// reads are off the hot path by design (the pager keeps the working set
     /// resident), and the store's block cache serves most of them.
-    fn fetch(&self, vb: VbucketId, key: &[u8], seqno: u64) -> Result<Bytes, EngineError> {
+    pub(crate) fn fetch(
+        &self,
+        vb: VbucketId,
+        key: &[u8],
+        seqno: u64,
+    ) -> Result<Bytes, EngineError> {
         self.stats.bg_fetches.fetch_add(1, Ordering::Relaxed);
         // Only persistent buckets eject values, so only they fetch.
         let Some(store) = &self.store else {

@@ -226,7 +226,11 @@ impl<'a> Session<'a> {
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(SessionError::Protocol(e.reason)),
             };
-            match self.handle(msg, &rbuf[..used], wbuf).await? {
+            let Some(frame) = rbuf.get(..used) else {
+                // The parser never reports more than it was given.
+                return Err(SessionError::Protocol("frame longer than the buffer"));
+            };
+            match self.handle(msg, frame, wbuf).await? {
                 Handled::Done => {
                     rbuf.advance(used);
                     self.unacked_bytes = self.unacked_bytes.saturating_add(used);
