@@ -27,6 +27,8 @@ slept for (STYLE.md rule 25). A missing binary or flag fails the test: a
 suite that skips itself proves nothing.
 """
 
+import array
+import bisect
 import http.client
 import json
 import os
@@ -43,6 +45,7 @@ import urllib.parse
 from typing import NamedTuple
 
 import pytest
+from pymemcache.client.base import Client as PymemcacheClient
 
 from proxyfixtures import (
     OP_GET,
@@ -56,6 +59,8 @@ from proxyfixtures import (
     Child,
     ShoalProxy,
     addr_of,
+    encode_request,
+    read_response,
     shoal_binary,
     store_extras,
     vbucket_of,
@@ -75,6 +80,7 @@ POLL_INTERVAL_S = 0.05
 HTTP_TIMEOUT_S = 30.0
 
 OP_SASL_AUTH = 0x21
+OP_STAT = 0x10
 OP_SELECT_BUCKET = 0x89
 
 # Ports for nodes: below the ephemeral range (net.ipv4.ip_local_port_range
@@ -738,3 +744,257 @@ def pytest_runtest_makereport(item, call):
             if isinstance(harness, ClusterHarness):
                 for title, text in harness.report_sections():
                     report.sections.append((title, text))
+
+
+# === rebalance and load helpers (test_rebalance.py) ===
+
+# A client request through the proxy: the proxy retries NOT_MY_VBUCKET and
+# holds requests for a node that is down ~2 s; well past both only a hang.
+CLIENT_TIMEOUT_S = 15.0
+
+
+def otp_nodes(node):
+    """{hostname: otpNode} of every node `node` lists in /pools/nodes."""
+    r = node.get("/pools/nodes")
+    assert r.status == 200, r.describe()
+    return {n["hostname"]: n["otpNode"] for n in r.json()["nodes"]}
+
+
+def memberships(node):
+    """{hostname: clusterMembership} of every node `node` lists in
+    /pools/nodes."""
+    r = node.get("/pools/nodes")
+    assert r.status == 200, r.describe()
+    return {n["hostname"]: n["clusterMembership"] for n in r.json()["nodes"]}
+
+
+def start_rebalance(via, known, ejected=()):
+    """`POST /controller/rebalance` through `via` with `knownNodes` and
+    `ejectedNodes` (otpNode names, comma-separated); the `Reply`."""
+    return via.post("/controller/rebalance", {"knownNodes": ",".join(known), "ejectedNodes": ",".join(ejected)})
+
+
+def rebalance_progress(node):
+    """GET /pools/default/rebalanceProgress as JSON (a failure unless 200
+    with a `status`)."""
+    r = node.get("/pools/default/rebalanceProgress")
+    assert r.status == 200, r.describe()
+    doc = r.json()
+    assert isinstance(doc, dict) and isinstance(doc.get("status"), str), f"no status: {r.describe()}"
+    return doc
+
+
+def rebalance_task(node):
+    """The `rebalance` task of GET /pools/default/tasks (a failure unless
+    there is exactly one)."""
+    r = node.get("/pools/default/tasks")
+    assert r.status == 200, r.describe()
+    tasks = [t for t in r.json() if isinstance(t, dict) and t.get("type") == "rebalance"]
+    assert len(tasks) == 1, f"want one task of type rebalance: {r.describe()}"
+    return tasks[0]
+
+
+def proxy_rev(proxy):
+    """The rev of the map the proxy routes with (its admin `/config`)."""
+    status, body = proxy.http_get("/config")
+    assert status == 200, f"proxy /config: HTTP {status} {body[:200]!r}"
+    return json.loads(body)["rev"]
+
+
+def wait_proxy_rev(proxy, rev, deadline_s=CONVERGE_DEADLINE_S):
+    poll(lambda: proxy_rev(proxy) >= rev, deadline_s, f"{proxy.name} to use rev {rev} or later")
+
+
+def node_stats(addr, group, bucket):
+    """`stats <group>` of `bucket` on a node's data port (binary STAT after
+    SELECT_BUCKET): {name: value} as strings."""
+    with BinaryConn(addr) as conn:
+        r = select_bucket(conn, bucket)
+        assert r.status == STATUS_OK, f"SELECT_BUCKET {bucket} on {addr}: status {r.status:#x} {r.value!r}"
+        conn.sock.sendall(encode_request(OP_STAT, key=group.encode()))
+        stats = {}
+        while True:
+            r = read_response(conn.sock)
+            assert r.status == STATUS_OK, f"STAT {group!r} on {addr} ({bucket}): status {r.status:#x} {r.value[:200]!r}"
+            if not r.key:
+                return stats
+            stats[r.key.decode()] = r.value.decode()
+
+
+def pipelined(addr, opcode, items, bucket, batch=500):
+    """One binary request per (key, vbucket) of `items` to `addr` on
+    `bucket`, `batch` at a time in one write, replies matched by opaque;
+    the responses in `items` order."""
+    out = []
+    with BinaryConn(addr, timeout=CLIENT_TIMEOUT_S) as conn:
+        r = select_bucket(conn, bucket)
+        assert r.status == STATUS_OK, f"SELECT_BUCKET {bucket} on {addr}: status {r.status:#x} {r.value!r}"
+        for start in range(0, len(items), batch):
+            part = items[start : start + batch]
+            conn.sock.sendall(b"".join(
+                encode_request(opcode, key=key, vbucket=vb, opaque=start + i) for i, (key, vb) in enumerate(part)
+            ))  # fmt: skip
+            replies = {}
+            for _ in part:
+                r = read_response(conn.sock)
+                replies[r.opaque] = r
+            assert len(replies) == len(part), f"{len(part)} requests to {addr}, {len(replies)} distinct replies"
+            out.extend(replies[start + i] for i in range(len(part)))
+    return out
+
+
+def wait_replicas_caught_up(nodes, config, bucket, deadline_s):
+    """Waits until the `replication_streams` of `nodes` add up to one per
+    vbucket per replica of `config` and `replication_lag_total` is 0 on
+    every node; returns the seconds it took."""
+    vbmap = config["vBucketServerMap"]
+    want_streams = len(vbmap["vBucketMap"]) * vbmap["numReplicas"]
+    started = time.monotonic()
+
+    def caught_up(w):
+        seen = {}
+        for node in nodes:
+            try:
+                s = node_stats(node.addr, "replication", bucket)
+            except OSError as e:
+                seen[node.name] = repr(e)[:100]
+                continue
+            seen[node.name] = (s.get("replication_streams"), s.get("replication_lag_total"))
+        w.last = seen
+        if any(not isinstance(v, tuple) or None in v for v in seen.values()):
+            return False
+        streams = sum(int(v[0]) for v in seen.values())
+        return streams == want_streams and all(int(v[1]) == 0 for v in seen.values())
+
+    poll(Watch(caught_up), deadline_s, f"{want_streams} replica streams open and replication_lag_total 0 on every node")
+    return time.monotonic() - started
+
+
+class MixedLoad:
+    """One client thread looping through the memcached endpoint at `addr`
+    at full speed, replies awaited: set a random key to a new value, get
+    that key back, get another random key. `values` is every key's value
+    now; the load keeps each key's last acknowledged value and checks every
+    get against it. A set that failed may or may not have been applied, so
+    its value is also accepted for the key until the next acknowledged set.
+
+    Records when each operation completed (`done_at`, in order), every
+    error (`errors`: (time, op, key, text)) and every get that answered
+    anything but an acceptable value (`wrong`: (time, key, got, want))."""
+
+    def __init__(self, addr, values, seed=1):
+        self.addr = addr
+        self.expected = dict(values)
+        self.maybe = {}  # key -> values of failed sets since its last acknowledged one
+        self.keys = sorted(values)
+        self.done_at = array.array("d")
+        self.errors = []
+        self.wrong = []
+        self.crashed = None
+        self.seed = seed
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="mixed-load")
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        """Stops the thread and waits for it (its last request may take up
+        to the client timeout); `stopped()` says whether it did."""
+        self.stopping.set()
+        self.thread.join(CLIENT_TIMEOUT_S + 5)
+
+    def stopped(self):
+        """None if the thread ended cleanly, else what went wrong."""
+        if self.thread.is_alive():
+            return "the load thread did not stop"
+        return None if self.crashed is None else f"the load thread crashed: {self.crashed}"
+
+    def ops(self):
+        return len(self.done_at)
+
+    def ops_between(self, start, end):
+        return bisect.bisect_right(self.done_at, end) - bisect.bisect_left(self.done_at, start)
+
+    def acceptable(self, key):
+        return {self.expected[key], *self.maybe.get(key, ())}
+
+    def _run(self):
+        try:
+            self._loop()
+        except BaseException as e:  # noqa: BLE001 — reported by stop()
+            self.crashed = repr(e)
+
+    def _loop(self):
+        rng = random.Random(self.seed)
+        c = PymemcacheClient(self.addr, default_noreply=False, connect_timeout=10, timeout=CLIENT_TIMEOUT_S)
+        version = 0
+        try:
+            while not self.stopping.is_set():
+                written = rng.choice(self.keys)
+                version += 1
+                value = versioned_value(written, version)
+                try:
+                    ok = c.set(written, value, noreply=False)
+                    failure = None if ok is True else f"set answered {ok!r}"
+                except Exception as e:  # noqa: BLE001 — every failure is a recorded outcome
+                    failure = f"{type(e).__name__}: {e}"[:200]
+                    c.close()  # a fresh connection for the next request
+                now = time.monotonic()
+                if failure is None:
+                    self.expected[written] = value
+                    self.maybe.pop(written, None)
+                else:
+                    self.errors.append((now, "set", written, failure))
+                    self.maybe.setdefault(written, set()).add(value)
+                self.done_at.append(now)
+                for key in (written, rng.choice(self.keys)):
+                    try:
+                        got = c.get(key)
+                    except Exception as e:  # noqa: BLE001
+                        now = time.monotonic()
+                        self.errors.append((now, "get", key, f"{type(e).__name__}: {e}"[:200]))
+                        self.done_at.append(now)
+                        c.close()
+                        continue
+                    now = time.monotonic()
+                    if got not in self.acceptable(key):
+                        self.wrong.append((now, key, got, self.expected[key]))
+                    self.done_at.append(now)
+        finally:
+            c.close()
+
+
+def versioned_value(key, version):
+    """The value `MixedLoad` writes: names the key and the version, so a
+    stale value can be told from a foreign one."""
+    return f"{key}@{version}|".encode().ljust(64, b".")
+
+
+def read_back(addr, expected, maybe=None, batch=500):
+    """Reads every key of `expected` through the memcached endpoint at
+    `addr` (get_many); returns (missing, stale, foreign): keys that are
+    gone, that hold an older value of their own, or that hold anything
+    else. `maybe` (key -> values) lists other acceptable values."""
+    maybe = maybe or {}
+    missing, stale, foreign = [], [], []
+    c = PymemcacheClient(addr, default_noreply=False, connect_timeout=10, timeout=CLIENT_TIMEOUT_S)
+    try:
+        keys = sorted(expected)
+        for start in range(0, len(keys), batch):
+            part = keys[start : start + batch]
+            got = c.get_many(part)
+            for key in part:
+                value = got.get(key)
+                if value == expected[key] or value in maybe.get(key, ()):
+                    continue
+                if value is None:
+                    missing.append(key)
+                elif value.startswith(f"{key}@".encode()):
+                    stale.append(key)
+                else:
+                    foreign.append(key)
+    finally:
+        c.close()
+    return missing, stale, foreign

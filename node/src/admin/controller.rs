@@ -370,6 +370,56 @@ pub(super) async fn fail_over(State(admin): State<Admin>, incoming: Incoming) ->
     .await
 }
 
+/// `POST /controller/rebalance` with `knownNodes` (every node taking
+/// part, comma-separated otpNodes) and `ejectedNodes` (those to remove):
+/// starts the rebalance on the leader and answers at once; progress is in
+/// `/pools/default/rebalanceProgress`.
+pub(super) async fn rebalance(State(admin): State<Admin>, incoming: Incoming) -> Response {
+    on_leader(&admin, incoming, |meta, body| async move {
+        let form = form(&body);
+        let state = meta.state();
+        // Errors as text: a `Response` is too big to pass around in a Result.
+        let ids = |key: &str| -> Result<Vec<u64>, String> {
+            let list = form.get(key).map(String::as_str).unwrap_or("");
+            list.split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(|wanted| {
+                    state
+                        .nodes
+                        .values()
+                        .find(|n| n.otp_node() == wanted || n.admin_address() == wanted)
+                        .map(|n| n.id)
+                        .ok_or_else(|| format!("{key}: no node {wanted:?} in the cluster"))
+                })
+                .collect()
+        };
+        let known = match ids("knownNodes") {
+            Ok(k) if !k.is_empty() => k,
+            Ok(_) => return error(StatusCode::BAD_REQUEST, "knownNodes is required"),
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        };
+        let ejected = match ids("ejectedNodes") {
+            Ok(e) => e,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        };
+        match meta.start_rebalance(known, ejected) {
+            Ok(()) => StatusCode::OK.into_response(),
+            Err(e) => meta_error(e),
+        }
+    })
+    .await
+}
+
+/// `POST /controller/stopRebalance`.
+pub(super) async fn stop_rebalance(State(admin): State<Admin>, incoming: Incoming) -> Response {
+    on_leader(&admin, incoming, |meta, _body| async move {
+        meta.rebalancer.stop();
+        StatusCode::OK.into_response()
+    })
+    .await
+}
+
 /// `POST /settings/autoFailover` with `enabled=true|false` and
 /// `timeout=<seconds>` (kept as is when absent).
 pub(super) async fn set_auto_failover(State(admin): State<Admin>, incoming: Incoming) -> Response {

@@ -110,6 +110,12 @@ fn router(admin: Admin) -> Router {
         .route("/controller/addNode", post(controller::add_node))
         .route("/controller/ejectNode", post(controller::eject_node))
         .route("/controller/failOver", post(controller::fail_over))
+        .route("/controller/rebalance", post(controller::rebalance))
+        .route(
+            "/controller/stopRebalance",
+            post(controller::stop_rebalance),
+        )
+        .route("/pools/default/rebalanceProgress", get(rebalance_progress))
         .route(
             "/settings/autoFailover",
             get(auto_failover).post(controller::set_auto_failover),
@@ -117,6 +123,7 @@ fn router(admin: Admin) -> Router {
         .route("/internal/bucketConfig", post(adopt))
         .route("/internal/nodeInfo", get(node_info))
         .route("/internal/seqnos/{bucket}", get(seqnos))
+        .route("/internal/vbuckets/{bucket}", get(vbuckets))
         .route("/internal/raft/append", post(raft::append))
         .route("/internal/raft/vote", post(raft::vote))
         .route("/internal/raft/snapshot", post(raft::snapshot))
@@ -245,8 +252,68 @@ async fn bucket(State(admin): State<Admin>, Path(bucket): Path<String>) -> Respo
     }
 }
 
-async fn tasks() -> Response {
-    json(serde_json::json!([{ "type": "rebalance", "status": "notRunning" }]).to_string())
+async fn tasks(State(admin): State<Admin>) -> Response {
+    let status = admin
+        .meta
+        .as_ref()
+        .map(|m| m.rebalancer.status())
+        .unwrap_or_default();
+    let task = if status.running {
+        serde_json::json!({
+            "type": "rebalance",
+            "status": "running",
+            "bucket": status.bucket,
+            "phase": status.phase,
+            "progress": progress_percent(&status),
+        })
+    } else {
+        let mut task = serde_json::json!({ "type": "rebalance", "status": "notRunning" });
+        if let Some(e) = &status.error {
+            task["errorMessage"] = serde_json::Value::from(e.as_str());
+        }
+        task
+    };
+    json(serde_json::json!([task]).to_string())
+}
+
+/// `GET /pools/default/rebalanceProgress`: `{"status": "running", ...}`
+/// while the rebalance this node leads runs, else `{"status": "none"}`
+/// (with `errorMessage` when the last one failed or was stopped).
+async fn rebalance_progress(State(admin): State<Admin>) -> Response {
+    let status = admin
+        .meta
+        .as_ref()
+        .map(|m| m.rebalancer.status())
+        .unwrap_or_default();
+    let body = if status.running {
+        serde_json::json!({
+            "status": "running",
+            "bucket": status.bucket,
+            "phase": status.phase,
+            "bucketsDone": status.done,
+            "bucketsTotal": status.total,
+            "progress": progress_percent(&status),
+        })
+    } else {
+        let mut body = serde_json::json!({ "status": "none" });
+        if let Some(e) = &status.error {
+            body["errorMessage"] = serde_json::Value::from(e.as_str());
+        }
+        if let Some(d) = status.last_duration {
+            body["lastDurationSeconds"] = serde_json::Value::from(d.as_secs_f64());
+        }
+        body
+    };
+    json(body.to_string())
+}
+
+/// Buckets done, as a percentage.
+fn progress_percent(status: &crate::meta::rebalance::RebalanceStatus) -> f64 {
+    if status.total == 0 {
+        0.0
+    } else {
+        100.0 * status.done as f64 / status.total as f64
+    }
 }
 
 /// `GET /settings/autoFailover`.
@@ -281,6 +348,25 @@ async fn seqnos(State(admin): State<Admin>, Path(bucket): Path<String>) -> Respo
         })
         .collect();
     json(serde_json::to_string(&pairs).unwrap_or_default())
+}
+
+/// `GET /internal/vbuckets/<b>`: `[vbucket, state, high seqno]` of every
+/// vbucket of bucket `b` here (state as SET_VBUCKET numbers it: 1 active,
+/// 2 replica, 3 pending, 4 dead). A rebalance watches it to see copies
+/// catch up, a takeover to see the old active let go.
+async fn vbuckets(State(admin): State<Admin>, Path(bucket): Path<String>) -> Response {
+    let Some(ctx) = admin.buckets.get(&bucket) else {
+        return no_bucket(&bucket);
+    };
+    let n = ctx.bucket.config().num_vbuckets;
+    let rows: Vec<(u16, u32, u64)> = (0..n)
+        .filter_map(|vb| {
+            let vb = u16::try_from(vb).ok()?;
+            let state = ctx.bucket.vbucket_state(vb)?;
+            Some((vb, state.to_wire(), ctx.bucket.high_seqno(vb)?))
+        })
+        .collect();
+    json(serde_json::to_string(&rows).unwrap_or_default())
 }
 
 async fn node_info(State(admin): State<Admin>) -> Response {

@@ -12,6 +12,7 @@
 
 pub mod autofailover;
 mod network;
+pub mod rebalance;
 pub mod reconcile;
 pub mod state;
 mod store;
@@ -90,6 +91,8 @@ pub struct Meta {
     sm: StateMachine,
     me: NodeInfo,
     http: reqwest::Client,
+    /// The rebalance this node runs as leader, if any.
+    pub rebalancer: rebalance::Rebalancer,
 }
 
 impl std::fmt::Debug for Meta {
@@ -174,7 +177,13 @@ impl Meta {
             sm,
             me,
             http,
+            rebalancer: rebalance::Rebalancer::default(),
         }))
+    }
+
+    /// The HTTP client nodes talk to each other's admin ports with.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// This node as it introduces itself.

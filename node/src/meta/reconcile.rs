@@ -6,6 +6,15 @@
 //! streams this node's replica vbuckets pull from their actives, and the
 //! replicas each of its active vbuckets waits for (durable writes).
 //!
+//! During a rebalance the bucket also has forward chains: a node named in
+//! a vbucket's forward chain but not in its current one builds a replica
+//! (it streams from the current active). When the map then makes a node
+//! active for a vbucket it was streaming from another live node, it takes
+//! over: the vbucket stays pending (clients are told NOT_MY_VBUCKET and
+//! retry) until the old active has stopped being active and this node has
+//! everything it had, then becomes active — so no acknowledged write of
+//! the old active is left behind.
+//!
 //! Reconciling is idempotent and level-triggered — it looks at the whole
 //! state, not the change — so a failed step is simply retried on the next
 //! change or after a short pause. The UUID of every bucket hosted here is
@@ -13,17 +22,19 @@
 //! same name (even while this node was down) has a new UUID, and its old
 //! data is deleted before the new bucket is created.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use shoal_vbmap::map::VbucketMap;
+use tokio::sync::{watch, Notify};
 
 use super::state::Durability;
 use super::state::{BucketRecord, ClusterState, Membership};
 use super::Meta;
-use crate::cluster::{drive_vbuckets, ClusterView};
+use crate::cluster::ClusterView;
+use crate::engine::VbucketState;
 use crate::replication::consumer::Replicator;
 use crate::server::{BucketSpec, Buckets, Context};
 
@@ -43,10 +54,15 @@ pub async fn run(
         &meta.me().host,
         meta.me().data_port,
     ));
+    let kick = Arc::new(Notify::new());
+    let takeovers = Takeovers::default();
     let sides = Sides {
         buckets: &buckets,
         view: &view,
         replicator: &replicator,
+        takeovers: &takeovers,
+        kick: &kick,
+        http: meta.http(),
     };
     loop {
         let state = changes.borrow_and_update().clone();
@@ -61,6 +77,7 @@ pub async fn run(
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { break },
             () = pause => {}
+            () = kick.notified() => {}
             _ = shutdown.changed() => break,
         }
         if *shutdown.borrow() {
@@ -75,6 +92,29 @@ struct Sides<'a> {
     buckets: &'a Buckets,
     view: &'a ClusterView,
     replicator: &'a Replicator,
+    takeovers: &'a Takeovers,
+    /// Runs the loop again (a takeover finished).
+    kick: &'a Arc<Notify>,
+    http: &'a reqwest::Client,
+}
+
+/// Takeovers in progress, by (bucket, vbucket).
+#[derive(Debug, Default, Clone)]
+struct Takeovers(Arc<Mutex<BTreeSet<(String, u16)>>>);
+
+impl Takeovers {
+    /// Marks `vbs` as being taken over; returns those that were not yet.
+    fn start(&self, bucket: &str, vbs: Vec<u16>) -> Vec<u16> {
+        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        vbs.into_iter()
+            .filter(|vb| set.insert((bucket.to_string(), *vb)))
+            .collect()
+    }
+
+    fn finish(&self, bucket: &str, vb: u16) {
+        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        set.remove(&(bucket.to_string(), vb));
+    }
 }
 
 /// One pass; returns whether every step succeeded.
@@ -88,6 +128,7 @@ async fn reconcile(
         buckets,
         view,
         replicator,
+        ..
     } = *sides;
     let me = meta.me().id;
     let Some(record) = state.nodes.get(&me) else {
@@ -128,8 +169,7 @@ async fn reconcile(
         // A bucket hosted here is published only once this node serves it
         // as the config says, so whoever reads the config here can use it.
         if hosts(record.membership, bucket, me)
-            && (!hosted.record(&bucket.name, &bucket.uuid)
-                || !host(buckets, replicator, state, bucket, me).await)
+            && (!hosted.record(&bucket.name, &bucket.uuid) || !host(sides, state, bucket, me).await)
         {
             ok = false;
             continue;
@@ -146,20 +186,14 @@ async fn reconcile(
 
 /// Creates `bucket` here if needed, sets its vbucket states from the map
 /// and points its replication at the map; returns whether all worked.
-async fn host(
-    buckets: &Buckets,
-    replicator: &Replicator,
-    state: &ClusterState,
-    bucket: &BucketRecord,
-    me: u64,
-) -> bool {
+async fn host(sides: &Sides<'_>, state: &ClusterState, bucket: &BucketRecord, me: u64) -> bool {
     let spec = BucketSpec {
         name: bucket.name.clone(),
         kind: bucket.kind,
         ram_quota_mb: bucket.ram_quota_mb as usize,
         num_vbuckets: bucket.num_vbuckets as usize,
     };
-    let ctx = match buckets.create(spec).await {
+    let ctx = match sides.buckets.create(spec).await {
         Ok(ctx) => ctx,
         Err(error) => {
             tracing::error!(%error, bucket = %bucket.name, "could not create bucket");
@@ -169,15 +203,41 @@ async fn host(
     let Some(map) = bucket.map() else {
         return true;
     };
+    if map.num_vbuckets() != ctx.bucket.config().num_vbuckets {
+        tracing::error!(bucket = %bucket.name, "the map's vbucket count is not the bucket's");
+        return false;
+    }
+    let forward = bucket
+        .forward
+        .as_ref()
+        .and_then(|f| VbucketMap::from_chains(f, map.num_replicas(), bucket.servers.len()).ok());
     let index = bucket
         .servers
         .iter()
         .position(|id| *id == me)
         .and_then(|i| u16::try_from(i).ok());
+    let plan = plan(
+        sides.replicator,
+        state,
+        bucket,
+        &ctx,
+        &map,
+        forward.as_ref(),
+        index,
+    );
     let name = bucket.name.clone();
     let driven = {
-        let (ctx, map) = (ctx.clone(), map.clone());
-        tokio::task::spawn_blocking(move || drive_vbuckets(&ctx, &map, index)).await
+        let (ctx, states) = (ctx.clone(), plan.states.clone());
+        tokio::task::spawn_blocking(move || {
+            for (vb, want) in states {
+                if ctx.bucket.vbucket_state(vb) != Some(want) {
+                    crate::server::set_vbucket_state(&ctx, vb, want)
+                        .map_err(|e| format!("vbucket {vb}: {e}"))?;
+                }
+            }
+            Ok::<(), String>(())
+        })
+        .await
     };
     match driven {
         Ok(Ok(())) => {}
@@ -187,44 +247,209 @@ async fn host(
         }
         Err(_) => return false,
     }
-    replicate(replicator, state, bucket, &ctx, &map, index);
+    ctx.durability.set_level(bucket.durability);
+    ctx.durability.set_expects_replicas(map.num_replicas() > 0);
+    for (vb, replicas) in plan.replicas {
+        ctx.durability.set_replicas(vb, replicas);
+    }
+    let ack_persisted = bucket.durability == Durability::PersistToMajority;
+    sides
+        .replicator
+        .set_streams(ctx.clone(), plan.sources, ack_persisted);
+    for (source_admin, vbs) in plan.takeovers {
+        let vbs = sides.takeovers.start(&bucket.name, vbs);
+        if vbs.is_empty() {
+            continue;
+        }
+        tracing::info!(bucket = %bucket.name, from = %source_admin, vbuckets = vbs.len(), "taking over vbuckets");
+        tokio::spawn(take_over(TakeOver {
+            ctx: ctx.clone(),
+            http: sides.http.clone(),
+            source_admin,
+            vbs,
+            takeovers: sides.takeovers.clone(),
+            kick: sides.kick.clone(),
+        }));
+    }
     true
 }
 
-/// Sets, from the map, the replicas each vbucket active here waits for and
-/// the actives this node's replica vbuckets stream from.
-fn replicate(
+/// What one bucket's vbuckets should be on this node.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Every vbucket's state.
+    states: Vec<(u16, VbucketState)>,
+    /// The replicas each vbucket waits for (empty unless active here).
+    replicas: Vec<(u16, Vec<String>)>,
+    /// Source data address → the vbuckets streamed from it.
+    sources: BTreeMap<String, Vec<u16>>,
+    /// Source admin address → vbuckets to take over from it.
+    takeovers: BTreeMap<String, Vec<u16>>,
+}
+
+/// Works out [`Plan`] from the map (and the forward map during a
+/// rebalance).
+fn plan(
     replicator: &Replicator,
     state: &ClusterState,
     bucket: &BucketRecord,
-    ctx: &Arc<Context>,
-    map: &shoal_vbmap::map::VbucketMap,
+    ctx: &Context,
+    map: &VbucketMap,
+    forward: Option<&VbucketMap>,
     me: Option<u16>,
-) {
-    let address = |idx: Option<u16>| {
+) -> Plan {
+    let node = |idx: Option<u16>| {
         let id = bucket.servers.get(usize::from(idx?))?;
-        Some(state.nodes.get(id)?.data_address())
+        state.nodes.get(id)
     };
-    ctx.durability.set_level(bucket.durability);
-    ctx.durability.set_expects_replicas(map.num_replicas() > 0);
-    let mut sources: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+    let mut plan = Plan::default();
+    let forward_chains: Vec<Vec<Option<u16>>> = forward
+        .map(|f| f.chains().map(|(_, c)| c.to_vec()).collect())
+        .unwrap_or_default();
     for (vb, chain) in map.chains() {
         let position = me.and_then(|me| chain.iter().position(|s| *s == Some(me)));
-        let replicas = match position {
-            Some(0) => chain[1..].iter().filter_map(|s| address(*s)).collect(),
-            _ => Vec::new(),
+        let building = me.is_some()
+            && forward_chains
+                .get(usize::from(vb))
+                .is_some_and(|f| f.contains(&me));
+        let mut want = match position {
+            Some(0) => VbucketState::Active,
+            Some(_) => VbucketState::Replica,
+            None if building => VbucketState::Replica,
+            None => VbucketState::Dead,
         };
-        ctx.durability.set_replicas(vb, replicas);
-        if let (Some(p), Some(active)) = (position, chain.first()) {
-            if p > 0 {
-                if let Some(source) = address(*active) {
-                    sources.entry(source).or_default().push(vb);
-                }
+        let current = ctx.bucket.vbucket_state(vb);
+        if want == VbucketState::Active
+            && matches!(current, Some(VbucketState::Replica | VbucketState::Pending))
+        {
+            // Streaming from a live node that was active: take over.
+            let old = replicator.source_of(&bucket.name, vb).and_then(|source| {
+                state
+                    .nodes
+                    .values()
+                    .find(|n| n.data_address() == source && n.membership == Membership::Active)
+            });
+            if let Some(old) = old {
+                want = VbucketState::Pending;
+                plan.takeovers
+                    .entry(old.admin_address())
+                    .or_default()
+                    .push(vb);
+                plan.sources.entry(old.data_address()).or_default().push(vb);
             }
         }
+        let replicas = match position {
+            Some(0) => chain[1..]
+                .iter()
+                .filter_map(|s| node(*s).map(|n| n.data_address()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        plan.replicas.push((vb, replicas));
+        if want == VbucketState::Replica {
+            if let Some(active) = chain.first().and_then(|a| node(*a)) {
+                plan.sources
+                    .entry(active.data_address())
+                    .or_default()
+                    .push(vb);
+            }
+        }
+        plan.states.push((vb, want));
     }
-    let ack_persisted = bucket.durability == Durability::PersistToMajority;
-    replicator.set_streams(ctx.clone(), sources, ack_persisted);
+    plan
+}
+
+/// A takeover of `vbs` from the node at `source_admin`.
+struct TakeOver {
+    ctx: Arc<Context>,
+    http: reqwest::Client,
+    source_admin: String,
+    vbs: Vec<u16>,
+    takeovers: Takeovers,
+    kick: Arc<Notify>,
+}
+
+/// How often a takeover asks the old active where it is.
+const TAKEOVER_POLL: Duration = Duration::from_millis(20);
+
+/// How long the old active may be unreachable before its vbuckets are
+/// taken over without its last word (it is down: whatever it did not
+/// stream is lost with it, as in a failover).
+const TAKEOVER_UNREACHABLE: Duration = Duration::from_secs(5);
+
+/// How long a takeover waits for the old active to give its vbuckets up.
+const TAKEOVER_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Activates each vbucket once the old active no longer is and this node
+/// has reached the old active's high seqno, then runs the loop again.
+async fn take_over(job: TakeOver) {
+    let TakeOver {
+        ctx,
+        http,
+        source_admin,
+        mut vbs,
+        takeovers,
+        kick,
+    } = job;
+    let url = format!("http://{source_admin}/internal/vbuckets/{}", ctx.name);
+    let started = Instant::now();
+    let mut reached = Instant::now();
+    while !vbs.is_empty() && !ctx.is_deleted() {
+        let reply = http.get(&url).timeout(Duration::from_secs(1)).send().await;
+        let states: Option<Vec<(u16, u32, u64)>> = match reply {
+            Ok(r) if r.status().is_success() => r.json().await.ok(),
+            _ => None,
+        };
+        let give_up = started.elapsed() > TAKEOVER_DEADLINE;
+        let mut ready = Vec::new();
+        match states {
+            Some(states) => {
+                reached = Instant::now();
+                for &vb in &vbs {
+                    let Some(&(_, st, high)) = states.iter().find(|s| s.0 == vb) else {
+                        ready.push(vb);
+                        continue;
+                    };
+                    let released = st != VbucketState::Active.to_wire();
+                    let caught_up = ctx.bucket.high_seqno(vb).unwrap_or(0) >= high;
+                    if (released && caught_up) || give_up {
+                        ready.push(vb);
+                    }
+                }
+            }
+            None if reached.elapsed() > TAKEOVER_UNREACHABLE || give_up => {
+                tracing::warn!(bucket = %ctx.name, from = %source_admin, "old active unreachable: taking over without it");
+                ready = vbs.clone();
+            }
+            None => {}
+        }
+        if !ready.is_empty() {
+            let activate = {
+                let (ctx, ready) = (ctx.clone(), ready.clone());
+                tokio::task::spawn_blocking(move || {
+                    for vb in ready {
+                        if ctx.bucket.vbucket_state(vb) == Some(VbucketState::Pending) {
+                            let _ =
+                                crate::server::set_vbucket_state(&ctx, vb, VbucketState::Active);
+                        }
+                    }
+                })
+            };
+            let _ = activate.await;
+            vbs.retain(|vb| !ready.contains(vb));
+            for vb in ready {
+                takeovers.finish(&ctx.name, vb);
+            }
+            kick.notify_one();
+        }
+        if !vbs.is_empty() {
+            tokio::time::sleep(TAKEOVER_POLL).await;
+        }
+    }
+    for vb in vbs {
+        takeovers.finish(&ctx.name, vb);
+    }
+    kick.notify_one();
 }
 
 /// Whether a node with `membership` and id `me` hosts `bucket`.

@@ -209,6 +209,15 @@ impl Replicator {
         state.counters.clear();
     }
 
+    /// The source `bucket`'s vbucket `vb` streams from now, if any.
+    pub fn source_of(&self, bucket: &str, vb: VbucketId) -> Option<String> {
+        self.lock()
+            .tasks
+            .iter()
+            .find(|((b, _), task)| b == bucket && task.spec.vbuckets.binary_search(&vb).is_ok())
+            .map(|((_, source), _)| source.clone())
+    }
+
     /// Every stream task: (bucket, source, vbuckets, connected).
     pub fn streams(&self) -> Vec<(String, String, usize, bool)> {
         self.lock()

@@ -269,6 +269,11 @@ impl<'a> Session<'a> {
                     ctx.adopt_failover_log(vb, entries);
                     self.streams.insert(vb, VbStream::Open { opaque });
                     self.acks.open(vb, opaque);
+                    // Acknowledge what this copy holds at once: a replica
+                    // that is already caught up (an old active handing
+                    // over, a restart) receives no mutation to trigger it,
+                    // and its active's writes must not wait for one.
+                    self.acks.applied(vb);
                 }
             }
             DcpMessage::StreamRollback { opaque, seqno } => {

@@ -1,0 +1,530 @@
+//! Online rebalance, driven by the Raft leader: every membase bucket's map
+//! is moved to the planner's balanced target for the nodes that stay, in
+//! three steps per bucket, each one Raft log entry that every node and
+//! proxy sees:
+//!
+//! 1. **Build**: the map gets forward chains (the target) over the union
+//!    of old and new servers. A node named in a vbucket's forward chain but
+//!    not its current one creates the vbucket as a replica and streams it
+//!    from the current active — backfill from disk, then live (see
+//!    `reconcile`). Proxies get `vBucketMapForward` and can route ahead.
+//! 2. **Catch up**: the leader polls every node's `/internal/vbuckets/<b>`
+//!    until every new copy has reached where its active was one poll
+//!    earlier.
+//! 3. **Switch**: the target becomes the map; servers that hold nothing
+//!    any more are dropped from the bucket once the takeovers are done
+//!    (a node no longer listed drops its copy). A node that becomes active
+//!    for a vbucket it was streaming takes it over: pending until the old
+//!    active has let go and it has everything, then active; proxies retry
+//!    the NOT_MY_VBUCKETs of that short window. The leader waits for every
+//!    new active before the next bucket.
+//!
+//! Then added nodes are active members and ejected ones are removed. A
+//! stop, an unreachable node or a failed write ends the rebalance with the
+//! forward chains cleared (the map still names every copy it did); the
+//! next rebalance starts over from whatever map that left, so a leader
+//! change or a failure midway never leaves a map that loses data.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shoal_vbmap::map::VbucketMap;
+use shoal_vbmap::planner::plan_rebalance;
+use tokio::sync::watch;
+
+use super::state::{Command, Membership, NodeId};
+use super::{Meta, MetaError};
+use crate::server::BucketKind;
+
+/// How often the leader polls the nodes while copies catch up.
+const POLL: Duration = Duration::from_millis(100);
+
+/// How long a node may fail to answer before the rebalance stops.
+const UNREACHABLE: Duration = Duration::from_secs(10);
+
+/// How long new copies may take to catch up, per bucket.
+const CATCH_UP_DEADLINE: Duration = Duration::from_secs(600);
+
+/// How long the switch may take (every takeover), per bucket.
+const SWITCH_DEADLINE: Duration = Duration::from_secs(60);
+
+/// What `/pools/default/rebalanceProgress` reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RebalanceStatus {
+    /// A rebalance is running on this node.
+    pub running: bool,
+    /// The bucket being moved and the step it is in.
+    pub bucket: Option<String>,
+    /// "build", "catch up", "switch", "eject".
+    pub phase: &'static str,
+    /// Buckets done of the total.
+    pub done: usize,
+    /// Buckets in all.
+    pub total: usize,
+    /// Why the last rebalance failed or stopped, if it did.
+    pub error: Option<String>,
+    /// How long the last finished rebalance took.
+    pub last_duration: Option<Duration>,
+}
+
+/// The leader's rebalance: its status and its stop switch.
+#[derive(Debug, Default)]
+pub struct Rebalancer {
+    status: Mutex<RebalanceStatus>,
+    stop: Mutex<Option<watch::Sender<bool>>>,
+}
+
+impl Rebalancer {
+    /// The current status.
+    pub fn status(&self) -> RebalanceStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut RebalanceStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Asks a running rebalance to stop (a no-op when none runs).
+    pub fn stop(&self) {
+        if let Some(tx) = self.stop.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = tx.send(true);
+        }
+    }
+}
+
+/// Why a rebalance ended early.
+type Failure = String;
+
+/// One node's `/internal/vbuckets/<b>`: (vbucket, state, high seqno).
+type VbucketRows = Vec<(u16, u32, u64)>;
+
+/// Every server's rows, `None` where it did not answer.
+type Views = [Option<VbucketRows>];
+
+impl Meta {
+    /// Leader side of `POST /controller/rebalance`: checks the request and
+    /// starts the rebalance in the background. `known` must name every node
+    /// that takes part (ejected ones included); `ejected` are removed.
+    pub fn start_rebalance(
+        self: &Arc<Self>,
+        known: Vec<NodeId>,
+        ejected: Vec<NodeId>,
+    ) -> Result<(), MetaError> {
+        let state = self.state();
+        let conflict = |m: String| MetaError::Rejected(super::state::Rejection::Conflict(m));
+        let invalid = |m: String| MetaError::Rejected(super::state::Rejection::Invalid(m));
+        if let Some(id) = ejected.iter().find(|id| !known.contains(id)) {
+            return Err(invalid(format!(
+                "ejected node {id} is not among knownNodes"
+            )));
+        }
+        let stays: Vec<NodeId> = known
+            .iter()
+            .copied()
+            .filter(|id| !ejected.contains(id))
+            .collect();
+        if stays.is_empty() {
+            return Err(invalid("a rebalance must keep at least one node".into()));
+        }
+        for id in &stays {
+            match state.nodes.get(id).map(|n| n.membership) {
+                Some(Membership::Active | Membership::InactiveAdded) => {}
+                Some(Membership::InactiveFailed) => {
+                    return Err(conflict(format!(
+                        "node {id} is failed over; eject it instead"
+                    )))
+                }
+                None => return Err(invalid(format!("no node {id} in the cluster"))),
+            }
+        }
+        if let Some(missing) = state
+            .nodes
+            .iter()
+            .find(|(id, n)| n.membership == Membership::Active && !known.contains(id))
+        {
+            return Err(invalid(format!(
+                "knownNodes must list every active node; {} is missing",
+                missing.1.otp_node()
+            )));
+        }
+        let (tx, rx) = watch::channel(false);
+        {
+            let mut stop = self
+                .rebalancer
+                .stop
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if self.rebalancer.status().running {
+                return Err(conflict("a rebalance is already running".into()));
+            }
+            *stop = Some(tx);
+            self.rebalancer.update(|s| {
+                *s = RebalanceStatus {
+                    running: true,
+                    phase: "start",
+                    ..RebalanceStatus::default()
+                }
+            });
+        }
+        let meta = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = meta.rebalance(&stays, &ejected, rx).await;
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, "rebalance ended early");
+            } else {
+                tracing::info!(secs = started.elapsed().as_secs_f64(), "rebalance done");
+            }
+            meta.rebalancer.update(|s| {
+                s.running = false;
+                s.bucket = None;
+                s.phase = "";
+                s.error = result.err();
+                s.last_duration = Some(started.elapsed());
+            });
+        });
+        Ok(())
+    }
+
+    async fn rebalance(
+        &self,
+        stays: &[NodeId],
+        ejected: &[NodeId],
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), Failure> {
+        let state = self.state();
+        for id in stays {
+            if state.nodes.get(id).map(|n| n.membership) == Some(Membership::InactiveAdded) {
+                self.write(Command::SetMembership {
+                    id: *id,
+                    membership: Membership::Active,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            }
+        }
+        let names: Vec<String> = state
+            .buckets
+            .values()
+            .filter(|b| b.kind == BucketKind::Membase)
+            .map(|b| b.name.clone())
+            .collect();
+        self.rebalancer.update(|s| s.total = names.len());
+        for (i, name) in names.iter().enumerate() {
+            self.rebalancer.update(|s| {
+                s.bucket = Some(name.clone());
+                s.done = i;
+            });
+            let result = self.rebalance_bucket(name, stays, &mut stop).await;
+            if let Err(e) = result {
+                self.clear_forward(name).await;
+                return Err(format!("bucket {name:?}: {e}"));
+            }
+        }
+        self.rebalancer.update(|s| {
+            s.done = names.len();
+            s.phase = "eject";
+        });
+        for id in ejected {
+            self.eject_node(*id).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Moves one bucket to its balanced map over `stays`.
+    async fn rebalance_bucket(
+        &self,
+        name: &str,
+        stays: &[NodeId],
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), Failure> {
+        let state = self.state();
+        let Some(bucket) = state.buckets.get(name) else {
+            return Ok(()); // deleted meanwhile
+        };
+        let Some(map) = bucket.map() else {
+            return Err("the bucket has no valid map".into());
+        };
+        let replicas = map.num_replicas();
+        let mut servers = bucket.servers.clone();
+        for id in stays {
+            if !servers.contains(id) {
+                servers.push(*id);
+            }
+        }
+        let current = VbucketMap::from_chains(&map.to_chains(), replicas, servers.len())
+            .map_err(|e| e.to_string())?;
+        let indexes: Vec<u16> = stays
+            .iter()
+            .filter_map(|id| servers.iter().position(|s| s == id))
+            .filter_map(|i| u16::try_from(i).ok())
+            .collect();
+        let plan = plan_rebalance(&current, &indexes, replicas).map_err(|e| e.to_string())?;
+        let (final_servers, final_chains) = compact(&servers, &plan.target.to_chains());
+        if plan.moves.is_empty() && final_servers == bucket.servers {
+            return Ok(());
+        }
+        self.rebalancer.update(|s| s.phase = "build");
+        self.write(Command::SetBucketMap {
+            name: name.to_string(),
+            servers: servers.clone(),
+            chains: current.to_chains(),
+            forward: Some(plan.target.to_chains()),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        self.rebalancer.update(|s| s.phase = "catch up");
+        self.wait_built(name, &servers, &current, &plan.target, stop)
+            .await?;
+        self.rebalancer.update(|s| s.phase = "switch");
+        // The servers that end up with nothing stay listed until every
+        // takeover is done: a node no longer listed drops the bucket, and
+        // it must first hand its vbuckets' last mutations over.
+        let target = plan.target.to_chains();
+        self.write(Command::SetBucketMap {
+            name: name.to_string(),
+            servers: servers.clone(),
+            chains: target.clone(),
+            forward: None,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        self.wait_switched(name, &servers, &target, stop).await?;
+        if final_servers != servers {
+            self.write(Command::SetBucketMap {
+                name: name.to_string(),
+                servers: final_servers,
+                chains: final_chains,
+                forward: None,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Clears a bucket's forward chains after a rebalance ended early.
+    async fn clear_forward(&self, name: &str) {
+        let state = self.state();
+        let Some(bucket) = state.buckets.get(name) else {
+            return;
+        };
+        if bucket.forward.is_none() {
+            return;
+        }
+        let (servers, chains) = compact(&bucket.servers, &bucket.chains);
+        if let Err(e) = self
+            .write(Command::SetBucketMap {
+                name: name.to_string(),
+                servers,
+                chains,
+                forward: None,
+            })
+            .await
+        {
+            tracing::warn!(bucket = name, error = %e, "could not clear the forward map");
+        }
+    }
+
+    /// Polls `servers` until every copy the target adds has caught up with
+    /// its active.
+    async fn wait_built(
+        &self,
+        name: &str,
+        servers: &[NodeId],
+        current: &VbucketMap,
+        target: &VbucketMap,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), Failure> {
+        let started = Instant::now();
+        let mut prev_active: Vec<u64> = vec![u64::MAX; current.num_vbuckets()];
+        let mut seen = Poll::new(servers.len());
+        loop {
+            let views = self.poll(name, servers, &mut seen).await?;
+            let mut behind = 0usize;
+            let current_chains: Vec<_> = current.chains().collect();
+            for (vb, chain) in target.chains() {
+                let old = current_chains[usize::from(vb)].1;
+                let active = old.first().copied().flatten();
+                let active_high = active.and_then(|a| high_of(&views, a, vb));
+                for s in chain.iter().flatten() {
+                    if old.contains(&Some(*s)) {
+                        continue;
+                    }
+                    let ok = match (high_of(&views, *s, vb), prev_active[usize::from(vb)]) {
+                        (Some(h), prev) => prev != u64::MAX && h >= prev,
+                        (None, _) => false,
+                    };
+                    if !ok {
+                        behind += 1;
+                    }
+                }
+                // An active that did not answer this time says nothing:
+                // its copies are not known to have caught up with it.
+                prev_active[usize::from(vb)] = active_high.unwrap_or(u64::MAX);
+            }
+            if behind == 0 {
+                return Ok(());
+            }
+            if started.elapsed() > CATCH_UP_DEADLINE {
+                return Err(format!("{behind} new copies did not catch up in time"));
+            }
+            pause(stop).await?;
+        }
+    }
+
+    /// Polls until every vbucket's new active reports itself active.
+    async fn wait_switched(
+        &self,
+        name: &str,
+        servers: &[NodeId],
+        chains: &[Vec<i64>],
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), Failure> {
+        let started = Instant::now();
+        let mut seen = Poll::new(servers.len());
+        loop {
+            let views = self.poll(name, servers, &mut seen).await?;
+            let waiting = chains
+                .iter()
+                .enumerate()
+                .filter(|(vb, chain)| {
+                    let Some(active) = chain.first().and_then(|a| u16::try_from(*a).ok()) else {
+                        return false;
+                    };
+                    let vb = *vb as u16;
+                    views
+                        .get(usize::from(active))
+                        .and_then(|v| v.as_ref())
+                        .and_then(|v| v.iter().find(|r| r.0 == vb))
+                        .is_none_or(|r| r.1 != 1)
+                })
+                .count();
+            if waiting == 0 {
+                return Ok(());
+            }
+            if started.elapsed() > SWITCH_DEADLINE {
+                return Err(format!("{waiting} vbuckets were not taken over in time"));
+            }
+            pause(stop).await?;
+        }
+    }
+
+    /// Every server's `/internal/vbuckets/<b>`, `None` for one that did not
+    /// answer this time; fails once one has not answered for
+    /// [`UNREACHABLE`].
+    async fn poll(
+        &self,
+        name: &str,
+        servers: &[NodeId],
+        seen: &mut Poll,
+    ) -> Result<Vec<Option<VbucketRows>>, Failure> {
+        let state = self.state();
+        let requests = servers.iter().map(|id| {
+            let addr = state.nodes.get(id).map(|n| n.admin_address());
+            let http = self.http.clone();
+            let name = name.to_string();
+            async move {
+                let addr = addr?;
+                let reply = http
+                    .get(format!("http://{addr}/internal/vbuckets/{name}"))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .ok()?;
+                if !reply.status().is_success() {
+                    return None;
+                }
+                reply.json::<VbucketRows>().await.ok()
+            }
+        });
+        let views = futures_util::future::join_all(requests).await;
+        for (i, view) in views.iter().enumerate() {
+            if view.is_some() {
+                seen.last[i] = Instant::now();
+            } else if seen.last[i].elapsed() > UNREACHABLE {
+                let who = servers
+                    .get(i)
+                    .and_then(|id| state.nodes.get(id))
+                    .map_or_else(|| "a node".to_string(), |n| n.otp_node());
+                return Err(format!("{who} stopped answering"));
+            }
+        }
+        Ok(views)
+    }
+}
+
+/// When each server last answered a poll.
+struct Poll {
+    last: Vec<Instant>,
+}
+
+impl Poll {
+    fn new(n: usize) -> Poll {
+        Poll {
+            last: vec![Instant::now(); n],
+        }
+    }
+}
+
+/// Waits one poll interval; fails if the rebalance was stopped.
+async fn pause(stop: &mut watch::Receiver<bool>) -> Result<(), Failure> {
+    if *stop.borrow() {
+        return Err("stopped".into());
+    }
+    tokio::select! {
+        () = tokio::time::sleep(POLL) => Ok(()),
+        _ = stop.changed() => Err("stopped".into()),
+    }
+}
+
+/// The high seqno server `s` reports for `vb`.
+fn high_of(views: &Views, s: u16, vb: u16) -> Option<u64> {
+    views
+        .get(usize::from(s))?
+        .as_ref()?
+        .iter()
+        .find(|r| r.0 == vb)
+        .map(|r| r.2)
+}
+
+/// Drops the servers no chain names and renumbers the chains.
+fn compact(servers: &[NodeId], chains: &[Vec<i64>]) -> (Vec<NodeId>, Vec<Vec<i64>>) {
+    let mut used = vec![false; servers.len()];
+    for idx in chains.iter().flatten() {
+        if let Some(u) = usize::try_from(*idx).ok().and_then(|i| used.get_mut(i)) {
+            *u = true;
+        }
+    }
+    let mut renumber = BTreeMap::new();
+    let mut kept = Vec::new();
+    for (i, id) in servers.iter().enumerate() {
+        if used[i] {
+            renumber.insert(i as i64, kept.len() as i64);
+            kept.push(*id);
+        }
+    }
+    let chains = chains
+        .iter()
+        .map(|c| c.iter().map(|s| *renumber.get(s).unwrap_or(&-1)).collect())
+        .collect();
+    (kept, chains)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_drops_unused_servers_and_renumbers() {
+        let (servers, chains) = compact(&[10, 20, 30], &[vec![2, 0], vec![0, -1]]);
+        assert_eq!(servers, vec![10, 30]);
+        assert_eq!(chains, vec![vec![1, 0], vec![0, -1]]);
+        let (servers, chains) = compact(&[10, 20], &[vec![1, 0]]);
+        assert_eq!((servers, chains), (vec![10, 20], vec![vec![1, 0]]));
+    }
+}
