@@ -7,7 +7,10 @@
 //!   `DELETE /pools/default/buckets/<name>`;
 //! - `add-node` / `eject-node`: `POST /controller/addNode` and
 //!   `/controller/ejectNode`;
-//! - `failover`: `POST /controller/failOver`.
+//! - `failover`: `POST /controller/failOver`;
+//! - `rebalance`: `POST /controller/rebalance` with every node as
+//!   `knownNodes` (and `--eject` ones as `ejectedNodes`), then
+//!   `GET /pools/default/rebalanceProgress` until it is done.
 //!
 //! Modules: [`client`] (requests, failover over `--cluster` URLs, errors)
 //! and [`render`] (the JSON views, vbucket counts and tables; no I/O).
@@ -85,6 +88,16 @@ enum CtlCommand {
         /// Go ahead even when some vbuckets would lose their last copy.
         #[arg(long)]
         allow_unsafe: bool,
+    },
+    /// Rebalance: spread every bucket evenly over the nodes (taking in
+    /// added ones), removing the `--eject`ed ones; waits until it is done.
+    Rebalance {
+        /// A node to remove (otpNode or REST HOST:PORT); repeatable.
+        #[arg(long = "eject")]
+        eject: Vec<String>,
+        /// Start it and return at once.
+        #[arg(long)]
+        no_wait: bool,
     },
 }
 
@@ -329,6 +342,89 @@ async fn run(args: &CtlArgs) -> Result<String, CtlError> {
                 false => format!("failed over {node}\n"),
             })
         }
+        CtlCommand::Rebalance { eject, no_wait } => {
+            rebalance(&cluster, eject, *no_wait, args.json).await
+        }
+    }
+}
+
+/// How often `rebalance` asks for progress.
+const REBALANCE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Starts a rebalance over every node the cluster lists and, unless
+/// `no_wait`, waits for it to end; an error message at the end is an error.
+async fn rebalance(
+    cluster: &Cluster,
+    eject: &[String],
+    no_wait: bool,
+    json: bool,
+) -> Result<String, CtlError> {
+    let pool = cluster.get(&["pools", "nodes"]).await?;
+    let body = pool.json()?;
+    let nodes = body
+        .get("nodes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut known = Vec::new();
+    let mut ejected = Vec::new();
+    for node in &nodes {
+        let otp = node
+            .get("otpNode")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let host = node
+            .get("hostname")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        known.push(otp.to_string());
+        if eject.iter().any(|e| e == otp || e == host) {
+            ejected.push(otp.to_string());
+        }
+    }
+    if let Some(unknown) = eject.iter().find(|e| {
+        !nodes.iter().any(|n| {
+            n.get("otpNode").and_then(Value::as_str) == Some(e.as_str())
+                || n.get("hostname").and_then(Value::as_str) == Some(e.as_str())
+        })
+    }) {
+        return Err(CtlError::Local(format!(
+            "--eject {unknown}: no such node in the cluster"
+        )));
+    }
+    let form = [
+        ("knownNodes", known.join(",")),
+        ("ejectedNodes", ejected.join(",")),
+    ];
+    let reply = cluster
+        .post_form(&["controller", "rebalance"], &form)
+        .await?;
+    if no_wait {
+        return Ok(match json {
+            true => pretty_body(&reply),
+            false => "rebalance started\n".to_string(),
+        });
+    }
+    loop {
+        tokio::time::sleep(REBALANCE_POLL).await;
+        let progress = cluster
+            .get(&["pools", "default", "rebalanceProgress"])
+            .await?
+            .json()?;
+        if progress.get("status").and_then(Value::as_str) == Some("running") {
+            continue;
+        }
+        if let Some(message) = progress.get("errorMessage").and_then(Value::as_str) {
+            return Err(CtlError::Failed(format!("rebalance failed: {message}")));
+        }
+        let secs = progress
+            .get("lastDurationSeconds")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        return Ok(match json {
+            true => pretty(&progress),
+            false => format!("rebalance done in {secs:.1} s\n"),
+        });
     }
 }
 
@@ -563,6 +659,28 @@ mod tests {
         assert!(matches!(
             args.command,
             CtlCommand::Failover { node, allow_unsafe: true } if node == "ns_3@127.0.0.1"
+        ));
+    }
+
+    #[test]
+    fn rebalance_takes_repeated_ejects() {
+        let args = parse(&[
+            "rebalance",
+            "--eject",
+            "a:1",
+            "--eject",
+            "ns_2@h",
+            "--no-wait",
+        ])
+        .unwrap();
+        assert!(matches!(
+            args.command,
+            CtlCommand::Rebalance { eject, no_wait: true } if eject == ["a:1", "ns_2@h"]
+        ));
+        let args = parse(&["rebalance"]).unwrap();
+        assert!(matches!(
+            args.command,
+            CtlCommand::Rebalance { eject, no_wait: false } if eject.is_empty()
         ));
     }
 

@@ -521,3 +521,27 @@ fn usage_errors_exit_2_without_asking_the_cluster() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
     }
 }
+
+#[test]
+fn rebalance_waits_for_the_end_and_refuses_unknown_nodes() {
+    let cluster = UpCluster::start("ctl-rebalance");
+    let before = cluster.status_json();
+
+    // `shoal up`'s map is balanced already: the rebalance has nothing to
+    // move, and ctl still waits for the leader to report it done.
+    let out = cluster.ctl_ok(&["rebalance"]);
+    assert!(out.starts_with("rebalance done in "), "{out:?}");
+    let after = cluster.status_json();
+    assert_eq!(
+        before["nodes"].as_array().map(Vec::len),
+        after["nodes"].as_array().map(Vec::len),
+        "no node came or went: {after:#}"
+    );
+
+    let ran = cluster.ctl(&["rebalance", "--eject", "ns_1@nowhere"]);
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(
+        ran.stderr.contains("--eject ns_1@nowhere: no such node"),
+        "{ran:?}"
+    );
+}

@@ -69,8 +69,11 @@ pub enum CtlError {
     Unknown { url: String, reason: String },
     /// A 2xx reply whose body is not what the API promises.
     BadReply { url: String, reason: String },
-    /// Something on this side (building the HTTP client or runtime).
+    /// Something on this side (building the HTTP client or runtime), or a
+    /// request that cannot be sent as asked.
     Local(String),
+    /// A long-running operation the cluster accepted ended in failure.
+    Failed(String),
 }
 
 impl CtlError {
@@ -79,7 +82,10 @@ impl CtlError {
     /// clap's, for usage errors.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CtlError::Refused { .. } | CtlError::BadReply { .. } | CtlError::Local(_) => 1,
+            CtlError::Refused { .. }
+            | CtlError::BadReply { .. }
+            | CtlError::Local(_)
+            | CtlError::Failed(_) => 1,
             CtlError::Unreachable { .. } | CtlError::Unknown { .. } => 3,
         }
     }
@@ -99,7 +105,7 @@ impl std::fmt::Display for CtlError {
                 "{url}: {reason}; the request may have been applied (check with `shoal ctl status`)"
             ),
             CtlError::BadReply { url, reason } => write!(f, "{url}: unexpected reply: {reason}"),
-            CtlError::Local(reason) => f.write_str(reason),
+            CtlError::Local(reason) | CtlError::Failed(reason) => f.write_str(reason),
         }
     }
 }

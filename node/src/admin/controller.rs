@@ -411,6 +411,15 @@ pub(super) async fn rebalance(State(admin): State<Admin>, incoming: Incoming) ->
     .await
 }
 
+/// `GET /pools/default/rebalanceProgress`, answered by the leader (which
+/// runs any rebalance), so every node gives the same answer.
+pub(super) async fn rebalance_progress(State(admin): State<Admin>, incoming: Incoming) -> Response {
+    on_leader(&admin, incoming, |meta, _body| async move {
+        super::json(super::rebalance_progress_body(&meta))
+    })
+    .await
+}
+
 /// `POST /controller/stopRebalance`.
 pub(super) async fn stop_rebalance(State(admin): State<Admin>, incoming: Incoming) -> Response {
     on_leader(&admin, incoming, |meta, _body| async move {

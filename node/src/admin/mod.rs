@@ -115,7 +115,10 @@ fn router(admin: Admin) -> Router {
             "/controller/stopRebalance",
             post(controller::stop_rebalance),
         )
-        .route("/pools/default/rebalanceProgress", get(rebalance_progress))
+        .route(
+            "/pools/default/rebalanceProgress",
+            get(controller::rebalance_progress),
+        )
         .route(
             "/settings/autoFailover",
             get(auto_failover).post(controller::set_auto_failover),
@@ -276,15 +279,12 @@ async fn tasks(State(admin): State<Admin>) -> Response {
     json(serde_json::json!([task]).to_string())
 }
 
-/// `GET /pools/default/rebalanceProgress`: `{"status": "running", ...}`
-/// while the rebalance this node leads runs, else `{"status": "none"}`
-/// (with `errorMessage` when the last one failed or was stopped).
-async fn rebalance_progress(State(admin): State<Admin>) -> Response {
-    let status = admin
-        .meta
-        .as_ref()
-        .map(|m| m.rebalancer.status())
-        .unwrap_or_default();
+/// The body of `GET /pools/default/rebalanceProgress` on the leader (the
+/// route forwards there): `{"status": "running", ...}` while its rebalance
+/// runs, else `{"status": "none"}` (with `errorMessage` when the last one
+/// failed or was stopped, and the last one's duration).
+pub(crate) fn rebalance_progress_body(meta: &crate::meta::Meta) -> String {
+    let status = meta.rebalancer.status();
     let body = if status.running {
         serde_json::json!({
             "status": "running",
@@ -304,7 +304,7 @@ async fn rebalance_progress(State(admin): State<Admin>) -> Response {
         }
         body
     };
-    json(body.to_string())
+    body.to_string()
 }
 
 /// Buckets done, as a percentage.
