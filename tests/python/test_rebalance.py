@@ -47,6 +47,7 @@ from clusterfixtures import (  # noqa: E402
     error_message,
     memberships,
     node_id_of,
+    node_stats,
     otp_nodes,
     pipelined,
     poll,
@@ -316,6 +317,21 @@ def check_data(proxy, members, after, load):
            f"through the proxy, on their active and on their replica")  # fmt: skip
 
 
+def wait_moved_copies_dropped(members, copies):
+    """Nodes drop the vbuckets that moved away from them (after a grace
+    period): in the end the members hold exactly `copies` items between
+    them, one per key and copy."""
+
+    def dropped(w):
+        items = {n.name: int(node_stats(n.addr, "", BUCKET)["curr_items"]) for n in members}
+        w.last = items
+        return sum(items.values()) == copies
+
+    started = time.monotonic()
+    poll(Watch(dropped), 45.0, f"the members to hold {copies} items in all (moved-away vbuckets dropped)")
+    figure(f"moved-away copies dropped {time.monotonic() - started:.1f}s after the checks began")
+
+
 def check_load(load):
     problem = load.stopped()
     assert problem is None, problem
@@ -374,6 +390,7 @@ def test_scale_out_under_load(cluster_harness):
            f"{len(load.wrong)} wrong gets")  # fmt: skip
     check_load(load)
     check_data(proxy, everyone, after, load)
+    wait_moved_copies_dropped(everyone, 2 * KEYS)
 
 
 def test_scale_in_under_load(cluster_harness):
@@ -416,6 +433,39 @@ def test_scale_in_under_load(cluster_harness):
            f"{len(load.wrong)} wrong gets")  # fmt: skip
     check_load(load)
     check_data(proxy, remaining, after, load)
+
+
+def test_swap_rebalance_under_load(cluster_harness):
+    """Add one node and eject another in one rebalance, under load."""
+    cluster = cluster_harness.cluster(3, prefix="swap")
+    leader = cluster.leader()
+    victim = cluster.followers()[0]
+    before, proxy = create_bucket_and_proxy(cluster_harness, cluster, "swap", list(cluster.nodes))
+    values = load_keys(proxy, "swap")
+    load = MixedLoad(proxy.addr, values, seed=19).start()
+    try:
+        added = cluster_harness.node("swap-3").start()
+        r = leader.post("/controller/addNode", {"hostname": added.hostname})
+        assert r.status == 200, r.describe()
+        cluster.nodes.append(added)
+
+        def listed(w):
+            w.last = otp_nodes(leader)
+            return added.hostname in w.last
+
+        poll(Watch(listed), CONVERGE_DEADLINE_S, "the leader to list the added node")
+        otps = otp_nodes(leader)
+        members = [n for n in cluster.nodes if n is not victim]
+        run = run_rebalance(leader, leader, list(otps.values()), [otps[victim.hostname]], load)
+        cluster.nodes.remove(victim)
+        after = check_after_rebalance(cluster, members, before, proxy, load, run)
+    finally:
+        load.stop()
+
+    figure(f"swap rebalance (add one, eject one): {load.ops()} operations in all, {len(load.errors)} errors, "
+           f"{len(load.wrong)} wrong gets")  # fmt: skip
+    check_load(load)
+    check_data(proxy, members, after, load)
 
 
 def test_rebalance_rest_errors(cluster_harness):

@@ -122,6 +122,18 @@ impl Bucket {
         released
     }
 
+    /// Whether a replication stream still reads `vb` (a dead vbucket is
+    /// not dropped while one does: it may still be handing its last
+    /// mutations over).
+    pub fn has_cursors(&self, vb: VbucketId) -> bool {
+        self.vbucket(vb).is_ok_and(|v| v.lock().has_cursors())
+    }
+
+    /// Whether `vb` holds any item or queued mutation.
+    pub fn holds_data(&self, vb: VbucketId) -> bool {
+        self.vbucket(vb).is_ok_and(|v| v.lock().holds_data())
+    }
+
     /// `vb`'s failover log, newest first: (vbucket UUID, start seqno).
     pub fn failover_log(&self, vb: VbucketId) -> Vec<(u64, u64)> {
         self.vbucket(vb)

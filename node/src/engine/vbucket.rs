@@ -234,6 +234,16 @@ impl VbInner {
         }
     }
 
+    /// Whether any replication cursor is registered.
+    pub(super) fn has_cursors(&self) -> bool {
+        !self.cursors.is_empty()
+    }
+
+    /// Whether any item or queued mutation is held.
+    pub(super) fn holds_data(&self) -> bool {
+        !self.table.is_empty() || !self.queue.is_empty()
+    }
+
     /// Calls every live cursor's wake.
     pub(super) fn wake_cursors(&self) {
         for cursor in &self.cursors {

@@ -13,7 +13,9 @@
 //! over: the vbucket stays pending (clients are told NOT_MY_VBUCKET and
 //! retry) until the old active has stopped being active and this node has
 //! everything it had, then becomes active — so no acknowledged write of
-//! the old active is left behind.
+//! the old active is left behind. A vbucket that moved away is dropped
+//! (memory and disk) once it has been dead for [`DROP_GRACE`] with no
+//! stream reading it.
 //!
 //! Reconciling is idempotent and level-triggered — it looks at the whole
 //! state, not the change — so a failed step is simply retried on the next
@@ -56,17 +58,24 @@ pub async fn run(
     ));
     let kick = Arc::new(Notify::new());
     let takeovers = Takeovers::default();
+    let dead_since = DeadSince::default();
     let sides = Sides {
         buckets: &buckets,
         view: &view,
         replicator: &replicator,
         takeovers: &takeovers,
+        dead_since: &dead_since,
+        again: std::sync::atomic::AtomicBool::new(false),
         kick: &kick,
         http: meta.http(),
     };
     loop {
         let state = changes.borrow_and_update().clone();
-        let ok = reconcile(&meta, &sides, &state, &mut hosted).await;
+        sides
+            .again
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let ok = reconcile(&meta, &sides, &state, &mut hosted).await
+            && !sides.again.load(std::sync::atomic::Ordering::Relaxed);
         let pause = async {
             if ok {
                 std::future::pending::<()>().await;
@@ -93,10 +102,23 @@ struct Sides<'a> {
     view: &'a ClusterView,
     replicator: &'a Replicator,
     takeovers: &'a Takeovers,
+    dead_since: &'a DeadSince,
+    /// Set by a pass that left work for later (vbuckets to drop).
+    again: std::sync::atomic::AtomicBool,
     /// Runs the loop again (a takeover finished).
     kick: &'a Arc<Notify>,
     http: &'a reqwest::Client,
 }
+
+/// How long a vbucket that moved away stays dead before its data is
+/// dropped: its last mutations must reach the node that took it over
+/// first (the takeover waits for them; this is far longer).
+const DROP_GRACE: Duration = Duration::from_secs(10);
+
+/// Since when each vbucket with data has been dead here, by (bucket,
+/// vbucket).
+#[derive(Debug, Default)]
+struct DeadSince(Mutex<BTreeMap<(String, u16), Instant>>);
 
 /// Takeovers in progress, by (bucket, vbucket).
 #[derive(Debug, Default, Clone)]
@@ -247,6 +269,7 @@ async fn host(sides: &Sides<'_>, state: &ClusterState, bucket: &BucketRecord, me
         }
         Err(_) => return false,
     }
+    let dropped_all = drop_moved_away(sides.dead_since, &ctx, &plan.states).await;
     ctx.durability.set_level(bucket.durability);
     ctx.durability.set_expects_replicas(map.num_replicas() > 0);
     for (vb, replicas) in plan.replicas {
@@ -271,7 +294,62 @@ async fn host(sides: &Sides<'_>, state: &ClusterState, bucket: &BucketRecord, me
             kick: sides.kick.clone(),
         }));
     }
+    if !dropped_all {
+        // Vbuckets still waiting to be dropped: come back later (the loop
+        // retries a pass that is not ok).
+        sides
+            .again
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     true
+}
+
+/// Drops the data of vbuckets that are dead here (they moved away) once
+/// they have been for [`DROP_GRACE`] and no stream reads them; returns
+/// false while some are waiting.
+async fn drop_moved_away(
+    dead_since: &DeadSince,
+    ctx: &Arc<Context>,
+    states: &[(u16, VbucketState)],
+) -> bool {
+    let now = Instant::now();
+    let mut due = Vec::new();
+    let mut waiting = false;
+    {
+        let mut since = dead_since.0.lock().unwrap_or_else(|e| e.into_inner());
+        for &(vb, want) in states {
+            let key = (ctx.name.clone(), vb);
+            if want != VbucketState::Dead || !ctx.bucket.holds_data(vb) {
+                since.remove(&key);
+                continue;
+            }
+            let first = *since.entry(key).or_insert(now);
+            if now.duration_since(first) >= DROP_GRACE && !ctx.bucket.has_cursors(vb) {
+                due.push(vb);
+            } else {
+                waiting = true;
+            }
+        }
+    }
+    if due.is_empty() {
+        return !waiting;
+    }
+    tracing::info!(bucket = %ctx.name, vbuckets = due.len(), "dropping vbuckets that moved away");
+    let job = {
+        let (ctx, due) = (ctx.clone(), due.clone());
+        tokio::task::spawn_blocking(move || {
+            due.into_iter()
+                .filter(|vb| {
+                    // Checked again: the map may have changed meanwhile.
+                    ctx.bucket.vbucket_state(*vb) == Some(VbucketState::Dead)
+                        && !ctx.bucket.has_cursors(*vb)
+                        && crate::server::delete_vbucket(&ctx, *vb).is_err()
+                })
+                .count()
+        })
+    };
+    let failed = job.await.unwrap_or(1);
+    !waiting && failed == 0
 }
 
 /// What one bucket's vbuckets should be on this node.

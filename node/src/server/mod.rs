@@ -452,7 +452,7 @@ pub(crate) fn set_vbucket_state(
 }
 
 /// DEL_VBUCKET: drops a vbucket's items from memory and disk.
-fn delete_vbucket(ctx: &Context, vb: VbucketId) -> Result<(), EngineError> {
+pub(crate) fn delete_vbucket(ctx: &Context, vb: VbucketId) -> Result<(), EngineError> {
     ctx.bucket.delete_vbucket(vb)?;
     let Some(store) = &ctx.store else {
         return Ok(());
