@@ -14,8 +14,11 @@
 //!
 //! Every wait polls with a deadline; nothing sleeps a fixed time.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
+
+use common::TestDir;
+
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shoal_node::server::{BucketKind, BucketSpec};
@@ -40,32 +43,6 @@ const NO_BUCKET: u16 = 0x08;
 const AUTH_ERROR: u16 = 0x20;
 
 // === helpers ===
-
-/// A fresh directory, removed on drop.
-struct TestDir(PathBuf);
-
-impl TestDir {
-    fn new(name: &str) -> TestDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "shoal-node-buckets-{name}-{}-{n}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        TestDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A standalone node in `dir`; `default_bucket` as given.
 async fn start(dir: &TestDir, default_bucket: bool) -> Node {
@@ -227,7 +204,7 @@ impl Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_key_three_buckets_three_values() {
-    let dir = TestDir::new("select");
+    let dir = TestDir::new("buckets", "select");
     let node = start(&dir, true).await;
     create(&node, "b1", BucketKind::Membase).await;
     create(&node, "m1", BucketKind::Memcached).await;
@@ -274,7 +251,7 @@ async fn one_key_three_buckets_three_values() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_buckets_answers_no_bucket() {
-    let dir = TestDir::new("none");
+    let dir = TestDir::new("buckets", "none");
     let node = start(&dir, false).await;
     assert!(node.context().is_none() && node.buckets().names().is_empty());
     let mut c = Client::connect(&node).await;
@@ -302,7 +279,7 @@ async fn a_node_without_buckets_answers_no_bucket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_bucket_closes_its_connections_and_removes_its_data() {
-    let dir = TestDir::new("delete");
+    let dir = TestDir::new("buckets", "delete");
     let node = start(&dir, true).await;
     create(&node, "b1", BucketKind::Membase).await;
     let mut writer = Client::connect(&node).await;
@@ -346,7 +323,7 @@ async fn deleting_a_bucket_closes_its_connections_and_removes_its_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membase_buckets_warm_up_again_and_memcached_buckets_start_empty() {
-    let dir = TestDir::new("restart");
+    let dir = TestDir::new("buckets", "restart");
     let node = start(&dir, false).await;
     create(&node, "b1", BucketKind::Membase).await;
     create(&node, "m1", BucketKind::Memcached).await;

@@ -17,9 +17,12 @@
 //!
 //! Every wait polls with a deadline; nothing sleeps a fixed time.
 
+mod common;
+
+use common::TestDir;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,32 +54,6 @@ const KEY_NOT_FOUND: u16 = 0x01;
 const NOT_MY_VBUCKET: u16 = 0x07;
 
 // === helpers ===
-
-/// A fresh directory, removed on drop.
-struct TestDir(PathBuf);
-
-impl TestDir {
-    fn new(name: &str) -> TestDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "shoal-node-replication-{name}-{}-{n}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        TestDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A standalone node (every vbucket active, bucket `default`) in `dir`.
 async fn start(dir: &Path) -> (Node, Arc<Context>) {
@@ -110,8 +87,8 @@ struct Pair {
 impl Pair {
     async fn start(name: &str) -> Pair {
         let (da, db) = (
-            TestDir::new(&format!("{name}-a")),
-            TestDir::new(&format!("{name}-b")),
+            TestDir::new("replication", &format!("{name}-a")),
+            TestDir::new("replication", &format!("{name}-b")),
         );
         let (a, a_ctx) = start(da.path()).await;
         let (b, b_ctx) = start(db.path()).await;
@@ -555,7 +532,7 @@ impl RawDcp {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_producer_holds_the_stream_at_the_window_and_answers_stream_requests() {
-    let dir = TestDir::new("raw");
+    let dir = TestDir::new("replication", "raw");
     let (node, ctx) = start(dir.path()).await;
     let mut client = Client::connect(&node).await;
     let value = "v".repeat(1000);

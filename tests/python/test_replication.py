@@ -42,14 +42,14 @@ from clusterfixtures import (  # noqa: E402
     poll,
     wait_data_ready,
 )
+from clusterfixtures import node_stats as bucket_stats  # noqa: E402
+from clusterfixtures import pipelined as bucket_pipelined  # noqa: E402
 from proxyfixtures import (  # noqa: E402
     OP_GET,
     OP_GET_REPLICA,
     STATUS_NOT_MY_VBUCKET,
     STATUS_OK,
     addr_of,
-    encode_request,
-    read_response,
     vbucket_of,
 )
 
@@ -61,8 +61,6 @@ pytest_plugins = ["clusterfixtures"]
 VBUCKETS = 64
 BUCKET = "default"  # a fresh data-port connection starts on it: `stats replication` needs no selection
 
-OP_STAT = 0x10
-OP_SELECT_BUCKET = 0x89
 
 # Durable writes give up after ~2.5 s; the proxy holds a request for a dead
 # node ~2 s. A client timeout well past both only catches a hang.
@@ -99,22 +97,9 @@ def value_of(key):
 
 
 def node_stats(addr, group, bucket=BUCKET):
-    """A `stats <group>` of `bucket` on a node's data port, over binary
-    STAT (0x10) after SELECT_BUCKET: {name: value} as strings. Fails the
-    test, naming the reply, if the node does not know the group."""
-    with BinaryConn(addr) as conn:
-        r = conn.call(OP_SELECT_BUCKET, key=bucket.encode())
-        assert r.status == STATUS_OK, f"SELECT_BUCKET {bucket} on {addr}: status {r.status:#x} {r.value!r}"
-        conn.sock.sendall(encode_request(OP_STAT, key=group.encode()))
-        stats = {}
-        while True:
-            r = read_response(conn.sock)
-            assert r.status == STATUS_OK, (
-                f"STAT {group!r} on {addr} (bucket {bucket}): status {r.status:#x} {r.value[:200]!r}"
-            )
-            if not r.key:
-                return stats
-            stats[r.key.decode()] = r.value.decode()
+    """A `stats <group>` of `bucket` (default `default`) on a node's data
+    port: {name: value} as strings."""
+    return bucket_stats(addr, group, bucket)
 
 
 def replication_stats(addr):
@@ -125,23 +110,8 @@ def replication_stats(addr):
 
 
 def pipelined(addr, opcode, items, batch=500):
-    """One binary request per (key, vbucket) of `items` to `addr`, sent
-    `batch` at a time in one write, the replies matched by opaque; returns
-    the responses in `items` order."""
-    out = []
-    with BinaryConn(addr, timeout=CLIENT_TIMEOUT_S) as conn:
-        for start in range(0, len(items), batch):
-            part = items[start : start + batch]
-            conn.sock.sendall(b"".join(
-                encode_request(opcode, key=key, vbucket=vb, opaque=start + i) for i, (key, vb) in enumerate(part)
-            ))  # fmt: skip
-            replies = {}
-            for _ in part:
-                r = read_response(conn.sock)
-                replies[r.opaque] = r
-            assert len(replies) == len(part), f"{len(part)} requests to {addr}, {len(replies)} distinct replies"
-            out.extend(replies[start + i] for i in range(len(part)))
-    return out
+    """`bucket_pipelined` on bucket `default`."""
+    return bucket_pipelined(addr, opcode, items, BUCKET, batch)
 
 
 def replica_addr(config, vb):

@@ -292,6 +292,8 @@ pub(crate) fn rebalance_progress_body(meta: &crate::meta::Meta) -> String {
             "phase": status.phase,
             "bucketsDone": status.done,
             "bucketsTotal": status.total,
+            "vbucketsDone": status.vbuckets_done,
+            "vbucketsTotal": status.vbuckets_total,
             "progress": progress_percent(&status),
         })
     } else {
@@ -307,13 +309,18 @@ pub(crate) fn rebalance_progress_body(meta: &crate::meta::Meta) -> String {
     body.to_string()
 }
 
-/// Buckets done, as a percentage.
+/// Buckets done (the current one by its vbuckets moved), as a
+/// percentage.
 fn progress_percent(status: &crate::meta::rebalance::RebalanceStatus) -> f64 {
     if status.total == 0 {
+        return 0.0;
+    }
+    let current = if status.vbuckets_total == 0 {
         0.0
     } else {
-        100.0 * status.done as f64 / status.total as f64
-    }
+        status.vbuckets_done as f64 / status.vbuckets_total as f64
+    };
+    100.0 * (status.done as f64 + current) / status.total as f64
 }
 
 /// `GET /settings/autoFailover`.

@@ -134,6 +134,24 @@ impl Bucket {
         self.vbucket(vb).is_ok_and(|v| v.lock().holds_data())
     }
 
+    /// A replica starts applying a disk snapshot ending at `end` (see
+    /// `VbInner::disk_snapshot_end`); ignored if it has reached `end`.
+    pub fn begin_disk_snapshot(&self, vb: VbucketId, end: u64) {
+        if let Ok(v) = self.vbucket(vb) {
+            let mut inner = v.lock();
+            if end > inner.high_seqno {
+                inner.disk_snapshot_end = end;
+            }
+        }
+    }
+
+    /// The end of the disk snapshot `vb` is in the middle of, if any.
+    pub fn open_disk_snapshot(&self, vb: VbucketId) -> Option<u64> {
+        let v = self.vbucket(vb).ok()?;
+        let inner = v.lock();
+        (inner.disk_snapshot_end > inner.high_seqno).then_some(inner.disk_snapshot_end)
+    }
+
     /// `vb`'s failover log, newest first: (vbucket UUID, start seqno).
     pub fn failover_log(&self, vb: VbucketId) -> Vec<(u64, u64)> {
         self.vbucket(vb)
@@ -177,6 +195,9 @@ impl Bucket {
                 return Ok(());
             }
             self.apply_locked(vb, &mut inner, m)?;
+            if m.seqno >= inner.disk_snapshot_end {
+                inner.disk_snapshot_end = 0;
+            }
             Ok(())
         })?;
         self.cas.fetch_max(m.cas, Ordering::Relaxed);
@@ -270,6 +291,7 @@ impl Bucket {
         inner.drained_seqno = 0;
         inner.persisted_seqno = 0;
         inner.failover.clear();
+        inner.disk_snapshot_end = 0;
         drop(inner);
         self.mem.release(released);
         self.items.fetch_sub(items, Ordering::Relaxed);

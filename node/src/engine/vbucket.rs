@@ -110,6 +110,13 @@ pub(super) struct VbInner {
     /// with that UUID starts at). A new entry is added whenever the vbucket
     /// becomes active; a replica adopts its active's log.
     pub(super) failover: Vec<(u64, u64)>,
+    /// The end of the disk snapshot a replica is applying, until it has
+    /// applied a mutation at or past it (0 = none open). A disk snapshot
+    /// holds each key's latest version only, so this copy is consistent
+    /// with its active's history only at the snapshot's end; a stream that
+    /// resumes mid-snapshot says so, and a new active whose history
+    /// branched off inside the snapshot makes it roll back.
+    pub(super) disk_snapshot_end: u64,
     /// Where the pager's clock hand stopped in this table (an iteration
     /// index: approximate once the table changes, which is fine for a
     /// clock).

@@ -1,7 +1,8 @@
 //! Online rebalance, driven by the Raft leader: every membase bucket's map
 //! is moved to the planner's balanced target for the nodes that stay, in
-//! three steps per bucket, each one Raft log entry that every node and
-//! proxy sees:
+//! batches (each node receives at most [`MOVES_PER_NODE`] new copies per
+//! batch, which bounds the backfills running at once), each batch in three
+//! steps, each one Raft log entry that every node and proxy sees:
 //!
 //! 1. **Build**: the map gets forward chains (the target) over the union
 //!    of old and new servers. A node named in a vbucket's forward chain but
@@ -40,6 +41,9 @@ use crate::server::BucketKind;
 /// How often the leader polls the nodes while copies catch up.
 const POLL: Duration = Duration::from_millis(100);
 
+/// New copies a node receives per batch of moves.
+const MOVES_PER_NODE: usize = 1024;
+
 /// How long a node may fail to answer before the rebalance stops.
 const UNREACHABLE: Duration = Duration::from_secs(10);
 
@@ -62,6 +66,10 @@ pub struct RebalanceStatus {
     pub done: usize,
     /// Buckets in all.
     pub total: usize,
+    /// vbuckets of the current bucket moved so far.
+    pub vbuckets_done: usize,
+    /// vbuckets of the current bucket to move.
+    pub vbuckets_total: usize,
     /// Why the last rebalance failed or stopped, if it did.
     pub error: Option<String>,
     /// How long the last finished rebalance took.
@@ -268,32 +276,56 @@ impl Meta {
         if plan.moves.is_empty() && final_servers == bucket.servers {
             return Ok(());
         }
-        self.rebalancer.update(|s| s.phase = "build");
-        self.write(Command::SetBucketMap {
-            name: name.to_string(),
-            servers: servers.clone(),
-            chains: current.to_chains(),
-            forward: Some(plan.target.to_chains()),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        self.rebalancer.update(|s| s.phase = "catch up");
-        self.wait_built(name, &servers, &current, &plan.target, stop)
-            .await?;
-        self.rebalancer.update(|s| s.phase = "switch");
-        // The servers that end up with nothing stay listed until every
-        // takeover is done: a node no longer listed drops the bucket, and
-        // it must first hand its vbuckets' last mutations over.
+        // Moves go in batches: each node receives at most
+        // `MOVES_PER_NODE` new copies per batch, which bounds the backfills
+        // (disk reads, stream buffers, replica memory) running at once.
         let target = plan.target.to_chains();
-        self.write(Command::SetBucketMap {
-            name: name.to_string(),
-            servers: servers.clone(),
-            chains: target.clone(),
-            forward: None,
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        self.wait_switched(name, &servers, &target, stop).await?;
+        let mut now = current.to_chains();
+        let mut pending: Vec<usize> = (0..now.len()).filter(|&vb| now[vb] != target[vb]).collect();
+        let total = pending.len();
+        self.rebalancer.update(|s| {
+            s.vbuckets_done = 0;
+            s.vbuckets_total = total;
+        });
+        while !pending.is_empty() {
+            let (batch, rest) = next_batch(&now, &target, pending);
+            pending = rest;
+            let mut next = now.clone();
+            for &vb in &batch {
+                next[vb] = target[vb].clone();
+            }
+            let as_map = |chains: &[Vec<i64>]| {
+                VbucketMap::from_chains(chains, replicas, servers.len()).map_err(|e| e.to_string())
+            };
+            let (from, to) = (as_map(&now)?, as_map(&next)?);
+            self.rebalancer.update(|s| s.phase = "build");
+            self.write(Command::SetBucketMap {
+                name: name.to_string(),
+                servers: servers.clone(),
+                chains: now.clone(),
+                forward: Some(next.clone()),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            self.rebalancer.update(|s| s.phase = "catch up");
+            self.wait_built(name, &servers, &from, &to, stop).await?;
+            self.rebalancer.update(|s| s.phase = "switch");
+            // The servers that end up with nothing stay listed until every
+            // takeover is done: a node no longer listed drops the bucket,
+            // and it must first hand its vbuckets' last mutations over.
+            self.write(Command::SetBucketMap {
+                name: name.to_string(),
+                servers: servers.clone(),
+                chains: next.clone(),
+                forward: None,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            self.wait_switched(name, &servers, &next, stop).await?;
+            now = next;
+            self.rebalancer
+                .update(|s| s.vbuckets_done = total - pending.len());
+        }
         if final_servers != servers {
             self.write(Command::SetBucketMap {
                 name: name.to_string(),
@@ -355,8 +387,11 @@ impl Meta {
                     if old.contains(&Some(*s)) {
                         continue;
                     }
+                    // A new copy counts once its node builds it (replica)
+                    // and has reached where the active was.
+                    let building = state_of(&views, *s, vb) == Some(2);
                     let ok = match (high_of(&views, *s, vb), prev_active[usize::from(vb)]) {
-                        (Some(h), prev) => prev != u64::MAX && h >= prev,
+                        (Some(h), prev) => building && prev != u64::MAX && h >= prev,
                         (None, _) => false,
                     };
                     if !ok {
@@ -482,6 +517,16 @@ async fn pause(stop: &mut watch::Receiver<bool>) -> Result<(), Failure> {
     }
 }
 
+/// The state (SET_VBUCKET numbering) server `s` reports for `vb`.
+fn state_of(views: &Views, s: u16, vb: u16) -> Option<u32> {
+    views
+        .get(usize::from(s))?
+        .as_ref()?
+        .iter()
+        .find(|r| r.0 == vb)
+        .map(|r| r.1)
+}
+
 /// The high seqno server `s` reports for `vb`.
 fn high_of(views: &Views, s: u16, vb: u16) -> Option<u64> {
     views
@@ -490,6 +535,38 @@ fn high_of(views: &Views, s: u16, vb: u16) -> Option<u64> {
         .iter()
         .find(|r| r.0 == vb)
         .map(|r| r.2)
+}
+
+/// Splits `pending` (vbuckets whose chain differs between `now` and
+/// `target`) into the next batch — as many as fit with each server
+/// receiving at most [`MOVES_PER_NODE`] new copies, always at least one —
+/// and the rest, both in their original order.
+fn next_batch(
+    now: &[Vec<i64>],
+    target: &[Vec<i64>],
+    pending: Vec<usize>,
+) -> (Vec<usize>, Vec<usize>) {
+    let mut incoming: BTreeMap<i64, usize> = BTreeMap::new();
+    let (mut batch, mut rest) = (Vec::new(), Vec::new());
+    for vb in pending {
+        let new: Vec<i64> = target[vb]
+            .iter()
+            .copied()
+            .filter(|s| *s >= 0 && !now[vb].contains(s))
+            .collect();
+        let fits = new
+            .iter()
+            .all(|s| incoming.get(s).copied().unwrap_or(0) < MOVES_PER_NODE);
+        if fits || batch.is_empty() {
+            for s in new {
+                *incoming.entry(s).or_default() += 1;
+            }
+            batch.push(vb);
+        } else {
+            rest.push(vb);
+        }
+    }
+    (batch, rest)
 }
 
 /// Drops the servers no chain names and renumbers the chains.
@@ -518,6 +595,25 @@ fn compact(servers: &[NodeId], chains: &[Vec<i64>]) -> (Vec<NodeId>, Vec<Vec<i64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_cap_what_each_server_receives() {
+        let n = MOVES_PER_NODE * 2 + 3;
+        let now: Vec<Vec<i64>> = (0..n).map(|_| vec![0, 1]).collect();
+        let mut target = now.clone();
+        for chain in target.iter_mut().take(MOVES_PER_NODE * 2 + 1) {
+            *chain = vec![2, 0];
+        }
+        target[n - 1] = vec![1, 0]; // a swap: no server receives a copy
+        let pending: Vec<usize> = (0..n).filter(|&vb| now[vb] != target[vb]).collect();
+        let (batch, rest) = next_batch(&now, &target, pending);
+        assert_eq!(batch.len(), MOVES_PER_NODE + 1, "the swap fits any batch");
+        assert!(batch.contains(&(n - 1)));
+        let (batch, rest) = next_batch(&now, &target, rest);
+        assert_eq!(batch.len(), MOVES_PER_NODE);
+        let (batch, rest) = next_batch(&now, &target, rest);
+        assert_eq!((batch.len(), rest.len()), (1, 0));
+    }
 
     #[test]
     fn compact_drops_unused_servers_and_renumbers() {

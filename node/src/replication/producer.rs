@@ -401,9 +401,13 @@ impl Producer {
             return Ok(());
         };
         let log = bucket.failover_log(vb);
-        if let StreamDecision::Rollback(seqno) =
-            decide_stream(req.start_seqno, req.vbucket_uuid, &log, high)
-        {
+        if let StreamDecision::Rollback(seqno) = decide_stream(
+            req.start_seqno,
+            req.snap_end_seqno,
+            req.vbucket_uuid,
+            &log,
+            high,
+        ) {
             tracing::info!(bucket = %self.ctx.name, replica = %self.name, vb, start = req.start_seqno, uuid = req.vbucket_uuid, seqno, "stream request answered with rollback");
             encode_stream_rollback(wbuf, req.opaque, seqno);
             return Ok(());

@@ -11,7 +11,8 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use shoal_protocol::binary::dcp::{
     encode_buffer_ack, encode_close_stream, encode_control, encode_dcp_reply, encode_open,
-    encode_seqno_acknowledged, encode_stream_req, OpenFlags, StreamReq, StreamReqFlags,
+    encode_seqno_acknowledged, encode_stream_req, OpenFlags, SnapshotFlags, StreamReq,
+    StreamReqFlags,
 };
 use shoal_protocol::binary::{
     encode_request, parse_dcp, DcpMessage, EncodeError, Opcode, RequestFields, Status,
@@ -295,6 +296,10 @@ impl<'a> Session<'a> {
             DcpMessage::SnapshotMarker(marker) => {
                 if self.is_open(marker.vbucket, marker.opaque) {
                     link.counters.snapshots.fetch_add(1, Ordering::Relaxed);
+                    if marker.flags.contains(SnapshotFlags::DISK) {
+                        ctx.bucket
+                            .begin_disk_snapshot(marker.vbucket, marker.end_seqno);
+                    }
                 }
             }
             DcpMessage::Mutation(m) => {
@@ -474,6 +479,13 @@ impl<'a> Session<'a> {
     fn request(&mut self, wbuf: &mut BytesMut, vb: VbucketId, start: u64, uuid: u64) {
         let opaque = (u32::from(self.generation) << 16) | u32::from(vb);
         self.generation = self.generation.checked_add(1).unwrap_or(1);
+        let snap_end = self
+            .link
+            .ctx
+            .bucket
+            .open_disk_snapshot(vb)
+            .unwrap_or(start)
+            .max(start);
         encode_stream_req(
             wbuf,
             &StreamReq {
@@ -484,7 +496,10 @@ impl<'a> Session<'a> {
                 end_seqno: u64::MAX,
                 vbucket_uuid: uuid,
                 snap_start_seqno: start,
-                snap_end_seqno: start,
+                // Mid disk snapshot, this copy is consistent only at its
+                // end: the active must roll it back if its history
+                // branched off before there.
+                snap_end_seqno: snap_end,
             },
         );
         self.streams.insert(vb, VbStream::Requested { opaque });

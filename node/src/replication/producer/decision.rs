@@ -21,6 +21,7 @@ pub enum StreamDecision {
 /// our high seqno.
 pub fn decide_stream(
     start_seqno: u64,
+    snap_end_seqno: u64,
     vbucket_uuid: u64,
     log: &[(u64, u64)],
     high_seqno: u64,
@@ -28,6 +29,10 @@ pub fn decide_stream(
     if start_seqno == 0 {
         return StreamDecision::Accept;
     }
+    // A consumer in the middle of a disk snapshot holds a state that is
+    // only consistent at the snapshot's end: that is what must lie on
+    // this history.
+    let claimed = start_seqno.max(snap_end_seqno);
     let Some(at) = log.iter().position(|&(uuid, _)| uuid == vbucket_uuid) else {
         return StreamDecision::Rollback(0);
     };
@@ -35,7 +40,7 @@ pub fn decide_stream(
         Some(&(_, newer_start)) => newer_start,
         None => high_seqno,
     };
-    if start_seqno > branch_end || start_seqno > high_seqno {
+    if claimed > branch_end || start_seqno > high_seqno {
         StreamDecision::Rollback(branch_end.min(high_seqno))
     } else {
         StreamDecision::Accept
@@ -47,19 +52,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_consumer_mid_disk_snapshot_must_have_its_snapshot_end_on_this_history() {
+        // Branch 1 ends at 100 on this producer (branch 2 started there).
+        let log = [(2, 100), (1, 0)];
+        assert_eq!(decide_stream(40, 90, 1, &log, 150), StreamDecision::Accept);
+        assert_eq!(
+            decide_stream(40, 120, 1, &log, 150),
+            StreamDecision::Rollback(100),
+            "its snapshot runs past the branch point: its state may hold \
+             none of the keys changed in 41..=100 on this history"
+        );
+        assert_eq!(decide_stream(40, 120, 2, &log, 150), StreamDecision::Accept);
+    }
+
+    #[test]
     fn from_zero_everything_is_accepted() {
-        assert_eq!(decide_stream(0, 0, &[], 0), StreamDecision::Accept);
-        assert_eq!(decide_stream(0, 77, &[(1, 0)], 10), StreamDecision::Accept);
+        assert_eq!(decide_stream(0, 0, 0, &[], 0), StreamDecision::Accept);
+        assert_eq!(
+            decide_stream(0, 0, 77, &[(1, 0)], 10),
+            StreamDecision::Accept
+        );
     }
 
     #[test]
     fn a_known_branch_is_accepted_up_to_its_end() {
         // Branch 1 from 0, then branch 2 from 100 (a failover), high 150.
         let log = [(2, 100), (1, 0)];
-        assert_eq!(decide_stream(150, 2, &log, 150), StreamDecision::Accept);
-        assert_eq!(decide_stream(120, 2, &log, 150), StreamDecision::Accept);
-        assert_eq!(decide_stream(100, 1, &log, 150), StreamDecision::Accept);
-        assert_eq!(decide_stream(40, 1, &log, 150), StreamDecision::Accept);
+        assert_eq!(
+            decide_stream(150, 150, 2, &log, 150),
+            StreamDecision::Accept
+        );
+        assert_eq!(
+            decide_stream(120, 120, 2, &log, 150),
+            StreamDecision::Accept
+        );
+        assert_eq!(
+            decide_stream(100, 100, 1, &log, 150),
+            StreamDecision::Accept
+        );
+        assert_eq!(decide_stream(40, 40, 1, &log, 150), StreamDecision::Accept);
     }
 
     #[test]
@@ -67,17 +98,17 @@ mod tests {
         let log = [(2, 100), (1, 0)];
         // It kept taking writes on branch 1 that we never had.
         assert_eq!(
-            decide_stream(130, 1, &log, 150),
+            decide_stream(130, 130, 1, &log, 150),
             StreamDecision::Rollback(100)
         );
         // Ahead of us on our own branch (we lost writes in a restart).
         assert_eq!(
-            decide_stream(160, 2, &log, 150),
+            decide_stream(160, 160, 2, &log, 150),
             StreamDecision::Rollback(150)
         );
         // An old branch ends at the next entry, capped by our high seqno.
         assert_eq!(
-            decide_stream(130, 1, &log, 90),
+            decide_stream(130, 130, 1, &log, 90),
             StreamDecision::Rollback(90)
         );
     }
@@ -85,9 +116,12 @@ mod tests {
     #[test]
     fn an_unknown_branch_rolls_back_to_zero() {
         assert_eq!(
-            decide_stream(5, 9, &[(2, 100), (1, 0)], 150),
+            decide_stream(5, 5, 9, &[(2, 100), (1, 0)], 150),
             StreamDecision::Rollback(0)
         );
-        assert_eq!(decide_stream(5, 0, &[], 150), StreamDecision::Rollback(0));
+        assert_eq!(
+            decide_stream(5, 5, 0, &[], 150),
+            StreamDecision::Rollback(0)
+        );
     }
 }

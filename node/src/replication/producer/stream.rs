@@ -150,6 +150,12 @@ impl Producer {
     /// Sends part of `vb`'s scanned chunk; once it is all sent, moves on to
     /// the next chunk or to memory.
     fn send_chunk(&mut self, vb: VbucketId, wbuf: &mut BytesMut) -> Result<Step, Close> {
+        // A disk snapshot holds each key's latest version only, so the
+        // replica's copy matches this vbucket's history again only once
+        // the live stream has brought it up to where the vbucket is now:
+        // the marker's end says so (the consumer claims no consistent
+        // state before it, see `Bucket::begin_disk_snapshot`).
+        let high_now = self.ctx.bucket.high_seqno(vb).unwrap_or(0);
         let Some(stream) = self.streams.get_mut(&vb) else {
             return Ok(Step::Idle);
         };
@@ -164,7 +170,8 @@ impl Producer {
         if !*marked && !chunk.records.is_empty() {
             let start = stream.sent.saturating_add(1);
             let flags = SnapshotFlags::DISK;
-            frames::encode_marker(wbuf, vb, stream.opaque, start, chunk.end, flags);
+            let end = chunk.end.max(high_now);
+            frames::encode_marker(wbuf, vb, stream.opaque, start, end, flags);
         }
         *marked = true;
         let start = wbuf.len();
