@@ -24,10 +24,9 @@ use super::context::{Context, VERSION};
 use super::stats;
 use super::Flow;
 use crate::engine::{
-    resolve_exptime, ArithCreate, ArithOp, ArithRequest, EngineError, Hit, Lookup, StoreMode,
-    StoreRequest, VbucketState,
+    resolve_exptime, ArithCreate, ArithOp, ArithRequest, EngineError, Hit, StoreMode, StoreRequest,
+    VbucketState,
 };
-use crate::mutation::VbucketId;
 
 /// The one SASL mechanism offered.
 const PLAIN: &[u8] = b"PLAIN";
@@ -135,7 +134,7 @@ fn execute_on(ctx: &Context, frame: &[u8], req: &Request, out: &mut BytesMut) ->
             Flow::Wrote
         }
         Opcode::GetReplica => {
-            let result = get_replica(ctx, vb, key, now);
+            let result = ctx.get_replica(vb, key, now);
             retrieval_reply(out, h, key, result);
             Flow::Read
         }
@@ -328,27 +327,6 @@ fn retrieval_reply(
     }
 }
 
-/// GET_REPLICA: a read from a replica vbucket, fetching an ejected value
-/// from disk (and handing it back to the engine) as [`Context::get`] does
-/// for an active one.
-fn get_replica(ctx: &Context, vb: VbucketId, key: &[u8], now: u32) -> Result<Hit, EngineError> {
-    match ctx.bucket.get_replica(vb, key, now)? {
-        Lookup::Hit(hit) => Ok(hit),
-        Lookup::Ejected {
-            cas,
-            flags,
-            exptime,
-            seqno,
-        } => Ok(Hit {
-            value: ctx.fetch(vb, key, seqno)?,
-            flags,
-            exptime,
-            cas,
-            seqno,
-        }),
-    }
-}
-
 fn engine_state(state: WireState) -> Option<VbucketState> {
     VbucketState::from_wire(state.to_u32())
 }
@@ -451,25 +429,25 @@ mod tests {
                 let key = format!("k{i}");
                 matches!(
                     ctx.bucket.get_replica(0, key.as_bytes(), now),
-                    Ok(Lookup::Ejected { .. })
+                    Ok(crate::engine::Lookup::Ejected { .. })
                 )
             })
             .collect();
         assert!(!ejected.is_empty(), "the pager ejected something");
         for i in ejected {
             let key = format!("k{i}");
-            let hit = get_replica(&ctx, 0, key.as_bytes(), now).unwrap();
+            let hit = ctx.get_replica(0, key.as_bytes(), now).unwrap();
             assert_eq!(
                 (hit.value, hit.flags, hit.cas, hit.seqno),
                 (value(i), 5, 1000 + i, i)
             );
         }
         assert_eq!(
-            get_replica(&ctx, 0, b"missing", now),
+            ctx.get_replica(0, b"missing", now),
             Err(EngineError::NotFound)
         );
         assert_eq!(
-            get_replica(&ctx, 1, b"k1", now),
+            ctx.get_replica(1, b"k1", now),
             Err(EngineError::NotMyVbucket),
             "vbucket 1 is not a replica"
         );

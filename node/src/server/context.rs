@@ -272,23 +272,33 @@ impl Context {
 
     /// Reads `key` with its value, fetching an ejected value from disk.
     pub fn get(&self, vb: VbucketId, key: &[u8], now: u32) -> Result<Hit, EngineError> {
-        match self.bucket.get(vb, key, now)? {
+        let lookup = self.bucket.get(vb, key, now)?;
+        self.resident(vb, key, lookup)
+    }
+
+    /// GET_REPLICA: [`Context::get`] on a replica vbucket.
+    pub fn get_replica(&self, vb: VbucketId, key: &[u8], now: u32) -> Result<Hit, EngineError> {
+        let lookup = self.bucket.get_replica(vb, key, now)?;
+        self.resident(vb, key, lookup)
+    }
+
+    /// The hit of a lookup, its value fetched from disk (and handed back
+    /// to the engine) if it was ejected.
+    fn resident(&self, vb: VbucketId, key: &[u8], lookup: Lookup) -> Result<Hit, EngineError> {
+        match lookup {
             Lookup::Hit(hit) => Ok(hit),
             Lookup::Ejected {
                 cas,
                 flags,
                 exptime,
                 seqno,
-            } => {
-                let value = self.fetch(vb, key, seqno)?;
-                Ok(Hit {
-                    value,
-                    flags,
-                    exptime,
-                    cas,
-                    seqno,
-                })
-            }
+            } => Ok(Hit {
+                value: self.fetch(vb, key, seqno)?,
+                flags,
+                exptime,
+                cas,
+                seqno,
+            }),
         }
     }
 
