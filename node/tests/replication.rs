@@ -33,7 +33,7 @@ use shoal_node::server::Context;
 use shoal_node::{Node, NodeConfig, VbucketId};
 use shoal_protocol::binary::dcp::{
     encode_buffer_ack, encode_close_stream, encode_control, encode_noop, encode_open,
-    encode_stream_req, OpenFlags, StreamEndStatus, StreamReq,
+    encode_stream_req, OpenFlags, StreamEndStatus, StreamReq, StreamReqFlags,
 };
 use shoal_protocol::binary::{parse_dcp, DcpMessage, Opcode, Status};
 use shoal_protocol::Limits;
@@ -422,6 +422,33 @@ async fn a_replica_with_another_history_rolls_back_and_streams_again() {
     pair.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_dropped_and_made_replica_again_streams_everything_again() {
+    let pair = Pair::start("dropped").await;
+    let mut client = Client::connect(&pair.a).await;
+    let mut model = Model::new();
+    write_batch(&mut client, &mut model, "first-", 100).await;
+    pair.stream();
+    pair.converged().await;
+    pair.replicator.stop_all();
+
+    // B's copies move away and are dropped (a rebalance that stopped),
+    // then come back as replicas (the next rebalance): their seqnos carry
+    // on, but nothing below them is there any more.
+    let b = &pair.b_ctx.bucket;
+    for vb in 0..NUM_VBUCKETS {
+        b.delete_vbucket(vb).expect("drop");
+        b.set_vbucket_state(vb, VbucketState::Replica)
+            .expect("replica");
+    }
+    assert_eq!(b.curr_items(), 0);
+    write_batch(&mut client, &mut model, "second-", 100).await;
+    pair.stream();
+    pair.converged().await;
+    assert_replicated(&pair.a_ctx, &pair.b_ctx, &model);
+    pair.shutdown().await;
+}
+
 /// A raw DCP connection, for what the Shoal consumer never does on purpose.
 struct RawDcp {
     stream: TcpStream,
@@ -465,18 +492,30 @@ impl RawDcp {
     }
 
     async fn request(&mut self, vb: VbucketId, opaque: u32, start: u64, uuid: u64) {
+        self.request_with(vb, opaque, start, uuid, StreamReqFlags(0))
+            .await;
+    }
+
+    async fn request_with(
+        &mut self,
+        vb: VbucketId,
+        opaque: u32,
+        start: u64,
+        uuid: u64,
+        flags: StreamReqFlags,
+    ) {
         let mut out = BytesMut::new();
         encode_stream_req(
             &mut out,
             &StreamReq {
                 vbucket: vb,
                 opaque,
+                flags,
                 start_seqno: start,
                 end_seqno: u64::MAX,
                 vbucket_uuid: uuid,
                 snap_start_seqno: start,
                 snap_end_seqno: start,
-                ..StreamReq::default()
             },
         );
         self.send(&out).await;
@@ -604,7 +643,9 @@ async fn the_producer_holds_the_stream_at_the_window_and_answers_stream_requests
         }
     );
 
-    // A vbucket that dies under its stream ends it; a dead one is refused.
+    // A vbucket that dies under its stream ends it; a dead one is refused
+    // to a consumer that follows actives only (a replica), and served to
+    // one that does not (a takeover fetching the old active's last writes).
     ctx.bucket
         .set_vbucket_state(3, VbucketState::Dead)
         .expect("dead");
@@ -620,11 +661,18 @@ async fn the_producer_holds_the_stream_at_the_window_and_answers_stream_requests
         }
     };
     assert_eq!(ended, (3, StreamEndStatus::STATE_CHANGED));
-    dcp.request(3, 0x333, 0, 0).await;
+    dcp.request_with(3, 0x333, 0, 0, StreamReqFlags::ACTIVE_VB_ONLY)
+        .await;
     let refused = dcp.reply_to(0x333).await;
     assert!(
         matches!(refused, DcpMessage::Reply(r) if r.header.status == Status::NOT_MY_VBUCKET),
         "{refused:?}"
+    );
+    dcp.request(3, 0x334, 0, 0).await;
+    let served = dcp.reply_to(0x334).await;
+    assert!(
+        matches!(served, DcpMessage::StreamAccepted { opaque: 0x334, .. }),
+        "{served:?}"
     );
     node.shutdown().await.expect("stop");
 }

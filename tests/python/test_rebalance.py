@@ -522,13 +522,6 @@ def test_rebalance_rest_errors(cluster_harness):
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect, open: after a rebalance stopped by a killed node and a failover, the second "
-    "rebalance sometimes leaves a few vbuckets moved to the added node without some keys (transient "
-    "misses and lost keys in 1-2 of 3 runs); the first half (stop with a clear error, forward map "
-    "cleared) holds every time",
-)
 def test_node_failure_during_rebalance(cluster_harness):
     """kill -9 of a node while a rebalance builds its new copies: the
     rebalance stops with an error naming the node, the map keeps every copy

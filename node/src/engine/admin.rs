@@ -54,13 +54,18 @@ impl Bucket {
     /// the caller then tells the store to drop the vbucket's range (and
     /// whatever the flusher writes for it meanwhile is dropped with it).
     /// Seqnos carry on from where they were, so a late persisted report
-    /// about the old contents cannot mark new items clean. Couchbase
-    /// refuses to delete an active vbucket; that policy is the caller's.
+    /// about the old contents cannot mark new items clean; the history
+    /// (failover log) goes with the data, so a replica stream can never
+    /// resume the empty vbucket from its old seqno — its active answers
+    /// "rollback" to a request on no branch. Couchbase refuses to delete an
+    /// active vbucket; that policy is the caller's.
     pub fn delete_vbucket(&self, vb: VbucketId) -> Result<usize, EngineError> {
         let vbucket = self.vbucket(vb)?;
         let mut inner = vbucket.lock();
         vbucket.set_state(&mut inner, VbucketState::Dead);
         let (items, queued, released) = inner.clear();
+        inner.failover.clear();
+        inner.disk_snapshot_end = 0;
         drop(inner);
         self.mem.release(released);
         self.items.fetch_sub(items, Ordering::Relaxed);
@@ -158,8 +163,10 @@ mod tests {
         set(&b, "a", "1");
         set(&b, "b", "2");
         b.drain(1);
+        assert!(!b.failover_log(0).is_empty());
         assert_eq!(b.delete_vbucket(0), Ok(2));
         assert_eq!(b.vbucket_state(0), Some(VbucketState::Dead));
+        assert_eq!(b.failover_log(0), vec![], "the history goes with the data");
         assert_eq!((b.curr_items(), b.queue_len(), b.mem_used()), (0, 0, 0));
         assert!(b.drain(10).is_empty());
         b.set_vbucket_state(0, VbucketState::Active).unwrap();

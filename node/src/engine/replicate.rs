@@ -53,9 +53,11 @@ pub enum CursorRead {
 impl Bucket {
     /// Opens a cursor on `vb` that has read everything up to `start_seqno`;
     /// `wake` is called (with the vbucket locked: keep it cheap) whenever a
-    /// mutation is queued or the cursor is dropped. Any state but dead: a
-    /// stream may follow a replica (takeover) as well as an active.
-    /// Ephemeral buckets queue nothing and have nothing to stream.
+    /// mutation is queued or the cursor is dropped. Any state: a takeover
+    /// follows the old active whatever it has become (which copies a
+    /// stream may follow is the producer's policy); a cursor keeps a dead
+    /// copy from being dropped. Ephemeral buckets queue nothing and have
+    /// nothing to stream.
     pub fn open_cursor(
         &self,
         vb: VbucketId,
@@ -67,9 +69,6 @@ impl Bucket {
         }
         let vbucket = self.vbucket(vb)?;
         let mut inner = vbucket.lock();
-        if vbucket.state() == VbucketState::Dead {
-            return Err(EngineError::NotMyVbucket);
-        }
         let id = self.cursor_ids.fetch_add(1, Ordering::Relaxed) + 1;
         let start = match inner.open_cursor(id, start_seqno, wake) {
             None => CursorStart::Memory,
@@ -283,9 +282,15 @@ impl Bucket {
     /// its active's (the stream answered "rollback") streams again from 0.
     /// Drops items, queue and cursors, resets the seqnos and the failover
     /// log, keeps the state. The caller drops the vbucket on disk too.
+    /// An active vbucket is never reset (its copy is the one that counts:
+    /// a stream's rollback answer that raced with a takeover must not
+    /// empty it): that is `NotMyVbucket`.
     pub fn reset_vbucket(&self, vb: VbucketId) -> Result<(), EngineError> {
         let vbucket = self.vbucket(vb)?;
         let mut inner = vbucket.lock();
+        if vbucket.state() == VbucketState::Active {
+            return Err(EngineError::NotMyVbucket);
+        }
         let (items, queued, released) = inner.clear();
         inner.high_seqno = 0;
         inner.drained_seqno = 0;
@@ -410,10 +415,18 @@ mod tests {
     }
 
     #[test]
-    fn dead_and_ephemeral_vbuckets_have_no_streams() {
+    fn a_dead_copy_can_still_be_followed_until_it_is_dropped() {
         let b = active_bucket();
         let (_, wake) = counter();
-        assert!(b.open_cursor(5, 0, wake.clone()).is_err());
+        set(&b, "a", "1");
+        set(&b, "b", "2");
+        b.set_vbucket_state(0, VbucketState::Dead).unwrap();
+        // The old active of a takeover: its successor reads its last writes.
+        let (id, start) = b.open_cursor(0, 0, wake.clone()).unwrap();
+        assert_eq!(start, CursorStart::Memory);
+        assert_eq!(read(&b, id, 10), (CursorRead::Items(2), vec![1, 2]));
+        b.delete_vbucket(0).unwrap();
+        assert_eq!(read(&b, id, 10).0, CursorRead::Closed);
         assert!(b.open_cursor(60_000, 0, wake).is_err());
     }
 
@@ -488,6 +501,13 @@ mod tests {
             b.apply_replicated(0, &put(1, "a", "1", 1)),
             Err(EngineError::NotMyVbucket)
         );
+        set(&b, "kept", "1");
+        assert_eq!(
+            b.reset_vbucket(0),
+            Err(EngineError::NotMyVbucket),
+            "an active copy is never emptied"
+        );
+        assert_eq!(b.curr_items(), 1);
         let b = replica();
         b.apply_replicated(0, &put(5, "a", "1", 1)).unwrap();
         b.set_failover_log(0, vec![(9, 0)]);

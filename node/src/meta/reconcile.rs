@@ -120,22 +120,33 @@ const DROP_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 struct DeadSince(Mutex<BTreeMap<(String, u16), Instant>>);
 
-/// Takeovers in progress, by (bucket, vbucket).
+/// Takeovers in progress, by (bucket, vbucket), and the lock that orders
+/// the two writers of vbucket states: a pass applying its plan and a
+/// takeover activating what it took over. Without it a pass planned just
+/// before an activation would turn the fresh active back to pending.
 #[derive(Debug, Default, Clone)]
-struct Takeovers(Arc<Mutex<BTreeSet<(String, u16)>>>);
+struct Takeovers {
+    running: Arc<Mutex<BTreeSet<(String, u16)>>>,
+    state_writes: Arc<Mutex<()>>,
+}
 
 impl Takeovers {
     /// Marks `vbs` as being taken over; returns those that were not yet.
     fn start(&self, bucket: &str, vbs: Vec<u16>) -> Vec<u16> {
-        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut set = self.running.lock().unwrap_or_else(|e| e.into_inner());
         vbs.into_iter()
             .filter(|vb| set.insert((bucket.to_string(), *vb)))
             .collect()
     }
 
     fn finish(&self, bucket: &str, vb: u16) {
-        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut set = self.running.lock().unwrap_or_else(|e| e.into_inner());
         set.remove(&(bucket.to_string(), vb));
+    }
+
+    /// Held while vbucket states are read and written.
+    fn write_states(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.state_writes.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -249,10 +260,16 @@ async fn host(sides: &Sides<'_>, state: &ClusterState, bucket: &BucketRecord, me
     );
     let name = bucket.name.clone();
     let driven = {
-        let (ctx, states) = (ctx.clone(), plan.states.clone());
+        let (ctx, states, takeovers) = (ctx.clone(), plan.states.clone(), sides.takeovers.clone());
         tokio::task::spawn_blocking(move || {
+            let _writing = takeovers.write_states();
             for (vb, want) in states {
-                if ctx.bucket.vbucket_state(vb) != Some(want) {
+                let current = ctx.bucket.vbucket_state(vb);
+                if want == VbucketState::Pending && current == Some(VbucketState::Active) {
+                    // Planned as a takeover that has finished since.
+                    continue;
+                }
+                if current != Some(want) {
                     crate::server::set_vbucket_state(&ctx, vb, want)
                         .map_err(|e| format!("vbucket {vb}: {e}"))?;
                 }
@@ -503,8 +520,9 @@ async fn take_over(job: TakeOver) {
         }
         if !ready.is_empty() {
             let activate = {
-                let (ctx, ready) = (ctx.clone(), ready.clone());
+                let (ctx, ready, takeovers) = (ctx.clone(), ready.clone(), takeovers.clone());
                 tokio::task::spawn_blocking(move || {
+                    let _writing = takeovers.write_states();
                     for vb in ready {
                         if ctx.bucket.vbucket_state(vb) == Some(VbucketState::Pending) {
                             let _ =

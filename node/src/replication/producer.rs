@@ -390,10 +390,11 @@ impl Producer {
         }
         let bucket = &self.ctx.bucket;
         let served = match bucket.vbucket_state(vb) {
-            None | Some(VbucketState::Dead) => false,
+            None => false,
             Some(VbucketState::Active) => true,
-            // A replica or pending copy may be followed (takeover), unless
-            // the consumer wants the active only.
+            // The old active of a takeover may already be a replica, or
+            // dead, when its successor asks for its last writes: any copy
+            // may be followed unless the consumer wants the active only.
             Some(_) => !req.flags.contains(StreamReqFlags::ACTIVE_VB_ONLY),
         };
         let (Some(high), true) = (bucket.high_seqno(vb), served) else {

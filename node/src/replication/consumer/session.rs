@@ -34,9 +34,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// long means the connection (or the producer) is dead: reconnect.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A stream the producer refused (NOT_MY_VBUCKET during a map change, a
-/// temporary failure) or that we closed is asked for again after this.
+/// A stream the producer refused (a temporary failure, a rollback that
+/// could not run) or that we closed is asked for again after this.
 const STREAM_RETRY: Duration = Duration::from_secs(1);
+
+/// A source that does not have the vbucket active (yet) — routine while a
+/// takeover makes it the active — is asked again after this.
+const NOT_ACTIVE_YET_RETRY: Duration = Duration::from_millis(100);
 
 /// A stream the producer ended (its vbucket changed state, perhaps being
 /// handed over) is asked for again after this.
@@ -407,10 +411,11 @@ impl<'a> Session<'a> {
                 if let Some(vb) = self.requested(opaque) {
                     if status == Status::NOT_MY_VBUCKET {
                         tracing::debug!(bucket = %link.ctx.name, source = %link.source, vb, "source does not have the vbucket (yet)");
+                        self.retry(vb, NOT_ACTIVE_YET_RETRY);
                     } else {
                         tracing::warn!(bucket = %link.ctx.name, source = %link.source, vb, %status, "stream request refused");
+                        self.retry(vb, STREAM_RETRY);
                     }
-                    self.retry(vb, STREAM_RETRY);
                 }
             }
             // Replies to CLOSE_STREAM, NOOP and the like need nothing.
@@ -476,7 +481,17 @@ impl<'a> Session<'a> {
     }
 
     /// Sends a STREAM_REQ for `vb` from `start` on branch `uuid`.
+    ///
+    /// A replica follows an active copy only: during a takeover its new
+    /// active is still pending and may lack the replica's last writes,
+    /// and a rollback answer from it would empty the one complete copy
+    /// (the old active, now a replica). A pending copy — the takeover's
+    /// target — follows the old active whatever its state now.
     fn request(&mut self, wbuf: &mut BytesMut, vb: VbucketId, start: u64, uuid: u64) {
+        let flags = match self.link.ctx.bucket.vbucket_state(vb) {
+            Some(VbucketState::Pending) => StreamReqFlags(0),
+            _ => StreamReqFlags::ACTIVE_VB_ONLY,
+        };
         let opaque = (u32::from(self.generation) << 16) | u32::from(vb);
         self.generation = self.generation.checked_add(1).unwrap_or(1);
         let snap_end = self
@@ -491,7 +506,7 @@ impl<'a> Session<'a> {
             &StreamReq {
                 vbucket: vb,
                 opaque,
-                flags: StreamReqFlags(0),
+                flags,
                 start_seqno: start,
                 end_seqno: u64::MAX,
                 vbucket_uuid: uuid,

@@ -125,10 +125,11 @@ impl Producer {
             return Step::Ended;
         };
         let bucket = &self.ctx.bucket;
-        let dead = matches!(bucket.vbucket_state(vb), None | Some(VbucketState::Dead));
-        if dead || bucket.high_seqno(vb) < Some(until) {
-            // Deleted, or cleared below the range (a rolled-back copy): the
-            // flusher will never get there, and the cursor is gone.
+        if bucket.high_seqno(vb) < Some(until) {
+            // Gone, or cleared below the range (a rolled-back copy): the
+            // flusher will never get there, and the cursor is gone. (A dead
+            // copy that still holds its data is scanned: a takeover reads
+            // the old active's last writes.)
             encode_stream_end(wbuf, vb, stream.opaque, StreamEndStatus::STATE_CHANGED);
             return Step::Ended;
         }
