@@ -1,13 +1,17 @@
 """End-to-end tests of online rebalance: real `shoal node` processes on
-loopback, bucket `default` (64 vbuckets, one replica, durability none), a
+loopback, bucket `default` (1024 vbuckets, one replica, 100,000 keys), a
 `shoal proxy` in front, and one pymemcache client looping set / get of the
 same key / get of another key through the proxy at full speed while the
 cluster changes shape.
 
-- scale out under load: two nodes serving 20,000 keys, two bare nodes
-  added (`inactiveAdded` until the rebalance), a rebalance over all four;
+- scale out under load: two nodes, two bare nodes added (`inactiveAdded`
+  until the rebalance), a rebalance over all four;
 - scale in under load: four nodes, one ejected by the rebalance (it leaves
   /pools/nodes and drops its data, then is killed while the load goes on);
+- swap: one node added and one ejected in one rebalance;
+- a node killed mid-rebalance (a follower, or the leader driving it): the
+  rebalance stops with an error saying why, the node is failed over and a
+  second rebalance finishes the job;
 - the REST errors: an unknown node in `knownNodes` or `ejectedNodes` is
   400, `stopRebalance` when idle is 200, `rebalanceProgress` when idle is
   `none`.
@@ -522,21 +526,39 @@ def test_rebalance_rest_errors(cluster_harness):
     )
 
 
-def test_node_failure_during_rebalance(cluster_harness):
-    """kill -9 of a node while a rebalance builds its new copies: the
-    rebalance stops with an error naming the node, the map keeps every copy
-    it had; after failing the node over, a second rebalance (ejecting it)
-    balances the rest and every acknowledged key is there."""
-    cluster = cluster_harness.cluster(3, prefix="rbf")
+def progress_where_answered(nodes):
+    """rebalanceProgress from the first node of `nodes` that answers with
+    one (it forwards to the leader, which may be gone or not yet elected),
+    else None."""
+    for node in nodes:
+        try:
+            r = node.get("/pools/default/rebalanceProgress")
+        except OSError:
+            continue
+        if r.status == 200:
+            return r.json()
+    return None
+
+
+@pytest.mark.parametrize("victim_role", ["follower", "leader"])
+def test_node_failure_during_rebalance(cluster_harness, victim_role):
+    """kill -9 of a node while a rebalance builds its new copies — a
+    follower, or the leader that drives the rebalance: the rebalance stops
+    with an error that says why (naming the node, or the leader change,
+    reported by the new leader), no forward map is left and the map keeps
+    every copy it had; after failing the node over, a second rebalance
+    (ejecting it) balances the rest and every acknowledged key is there."""
+    prefix = "rbf" if victim_role == "follower" else "rbl"
+    cluster = cluster_harness.cluster(3, prefix=prefix)
     first = list(cluster.nodes)
-    before, proxy = create_bucket_and_proxy(cluster_harness, cluster, "rbf", first, durability="majority")
-    values = load_keys(proxy, "rbf")
+    before, proxy = create_bucket_and_proxy(cluster_harness, cluster, prefix, first, durability="majority")
+    values = load_keys(proxy, prefix)
     # Bulk the data up so the new node's backfill is still running when
     # the node dies: 20,000 values of 4 KiB more.
     bulk = PyClient(proxy.addr, default_noreply=False, connect_timeout=10, timeout=CLIENT_TIMEOUT_S)
     try:
         for start in range(0, 20_000, 500):
-            failed = bulk.set_many({f"rbf-bulk:{i}": b"x" * 4096 for i in range(start, start + 500)})
+            failed = bulk.set_many({f"{prefix}-bulk:{i}": b"x" * 4096 for i in range(start, start + 500)})
             assert failed == [], f"bulk load: {failed[:5]}"
     finally:
         bulk.close()
@@ -544,40 +566,58 @@ def test_node_failure_during_rebalance(cluster_harness):
     load = MixedLoad(proxy.addr, values, seed=17).start()
     try:
         leader = cluster.leader()
-        victim = cluster.followers()[0]
+        victim = leader if victim_role == "leader" else cluster.followers()[0]
         survivors = [n for n in first if n is not victim]
-        added = cluster_harness.node("rbf-3").start()
+        added = cluster_harness.node(f"{prefix}-3").start()
         add_node(cluster, leader, added)
         otps = otp_nodes(leader)
         r = start_rebalance(leader, list(otps.values()), [])
         assert r.status == 200, r.describe()
+
+        def building(w):
+            w.last = leader.bucket(BUCKET)["vBucketServerMap"].get("vBucketMapForward")
+            return w.last is not None
+
+        poll(Watch(building), CONVERGE_DEADLINE_S, "the rebalance to publish its forward map (building)")
         victim.kill()
         killed_at = time.monotonic()
+        members = survivors + [added]
 
         def ended(w):
-            w.last = rebalance_progress(leader)
-            return w.last if w.last["status"] == "none" else None
+            # A new leader answers `none` from its election on, and reports
+            # the interrupted rebalance once it has cleared what was left.
+            w.last = progress_where_answered(members)
+            done = w.last is not None and w.last["status"] == "none"
+            return w.last if done and (victim_role == "follower" or "errorMessage" in w.last) else None
 
         final = poll(Watch(ended), REBALANCE_DEADLINE_S, "the rebalance to stop after the kill")
         message = final.get("errorMessage", "")
-        assert victim.hostname in message or otps[victim.hostname] in message, (
-            f"the rebalance did not end with an error naming the killed {victim.hostname}: {final}"
-        )
-        figure(f"node killed mid-rebalance: rebalance stopped {time.monotonic() - killed_at:.1f}s later: {message!r}")
-        stopped = leader.bucket(BUCKET)
-        assert stopped["vBucketServerMap"].get("vBucketMapForward") is None, "the forward map was left in place"
+        if victim_role == "leader":
+            # Any node's answer comes from the new leader.
+            assert "leader changed" in message, f"the new leader did not report the interrupted rebalance: {final}"
+            leader = cluster.leader(members)
+        else:
+            assert victim.hostname in message or otps[victim.hostname] in message, (
+                f"the rebalance did not end with an error naming the killed {victim.hostname}: {final}"
+            )
+        figure(f"{victim_role} killed mid-rebalance: rebalance stopped {time.monotonic() - killed_at:.1f}s later: {message!r}")
+        def cleared(w):
+            w.last = leader.bucket(BUCKET)["vBucketServerMap"].get("vBucketMapForward")
+            return w.last is None
+
+        # The leader's own config follows its log within moments.
+        poll(Watch(cleared), CONVERGE_DEADLINE_S, "the forward map to be cleared")
 
         r = leader.post("/controller/failOver", {"otpNode": otps[victim.hostname]})
         assert r.status == 200, f"failover of the killed node: {r.describe()}"
 
         cluster.nodes.remove(victim)
-        members = survivors + [added]
         run = run_rebalance(leader, leader, list(otps.values()), [otps[victim.hostname]], load)
         after = check_after_rebalance(cluster, members, before, proxy, load, run)
     finally:
         load.stop()
 
-    figure(f"failure during rebalance: {load.ops()} operations in all, {len(load.errors)} errors "
+    figure(f"{victim_role} failure during rebalance: {load.ops()} operations in all, {len(load.errors)} errors "
            f"{error_kinds(load.errors)} (expected while the node was down), {len(load.wrong)} wrong gets")  # fmt: skip
     problem = load.stopped()
     assert problem is None, problem

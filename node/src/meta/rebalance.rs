@@ -34,7 +34,7 @@ use shoal_vbmap::map::VbucketMap;
 use shoal_vbmap::planner::plan_rebalance;
 use tokio::sync::watch;
 
-use super::state::{Command, Membership, NodeId};
+use super::state::{compact, Command, Membership, NodeId};
 use super::{Meta, MetaError};
 use crate::server::BucketKind;
 
@@ -106,6 +106,33 @@ impl Rebalancer {
 
 /// Why a rebalance ended early.
 type Failure = String;
+
+/// How often a leader looks for what an earlier leader's rebalance left.
+const LEFTOVER_CHECK: Duration = Duration::from_secs(1);
+
+/// Runs until `shutdown` flips: while this node leads, clears the forward
+/// chains of a rebalance an earlier leader did not finish (see
+/// [`Meta::clear_interrupted`]).
+pub async fn clear_leftovers(meta: Arc<Meta>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(LEFTOVER_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Raft's metrics change on an election: look at once, not a tick later.
+    let mut metrics = meta.raft().metrics();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+        if meta.is_leader() {
+            meta.clear_interrupted().await;
+        }
+    }
+}
 
 /// One node's `/internal/vbuckets/<b>`: (vbucket, state, high seqno).
 type VbucketRows = Vec<(u16, u32, u64)>;
@@ -341,25 +368,65 @@ impl Meta {
 
     /// Clears a bucket's forward chains after a rebalance ended early.
     async fn clear_forward(&self, name: &str) {
-        let state = self.state();
-        let Some(bucket) = state.buckets.get(name) else {
-            return;
+        let command = Command::ClearForward {
+            name: name.to_string(),
         };
-        if bucket.forward.is_none() {
-            return;
-        }
-        let (servers, chains) = compact(&bucket.servers, &bucket.chains);
-        if let Err(e) = self
-            .write(Command::SetBucketMap {
-                name: name.to_string(),
-                servers,
-                chains,
-                forward: None,
-            })
-            .await
-        {
+        if let Err(e) = self.write(command).await {
             tracing::warn!(bucket = name, error = %e, "could not clear the forward map");
         }
+    }
+
+    /// On a leader that runs no rebalance, forward chains are what a
+    /// rebalance driven by an earlier leader left when leadership moved:
+    /// clears them (the map names complete copies only, so nothing is
+    /// lost and nodes stop building copies nobody will switch to) and says
+    /// so in `rebalanceProgress`. Starting a rebalance meanwhile is
+    /// refused as for a running one.
+    async fn clear_interrupted(&self) {
+        let state = self.state();
+        let left: Vec<String> = state
+            .buckets
+            .values()
+            .filter(|b| b.forward.is_some())
+            .map(|b| b.name.clone())
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        {
+            let _starting = self
+                .rebalancer
+                .stop
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if self.rebalancer.status().running {
+                return;
+            }
+            self.rebalancer.update(|s| {
+                *s = RebalanceStatus {
+                    running: true,
+                    phase: "clear",
+                    ..RebalanceStatus::default()
+                }
+            });
+        }
+        tracing::warn!(buckets = ?left, "clearing the forward map of a rebalance an earlier leader did not finish");
+        for name in &left {
+            self.clear_forward(name).await;
+        }
+        self.rebalancer.update(|s| {
+            // This node's own rebalance, if it ended in error, said why.
+            let error = s.error.take().unwrap_or_else(|| {
+                format!(
+                    "rebalance interrupted: the cluster leader changed before it finished \
+                     (buckets {left:?}); the map keeps every copy it had, rebalance again to finish"
+                )
+            });
+            *s = RebalanceStatus {
+                error: Some(error),
+                ..RebalanceStatus::default()
+            }
+        });
     }
 
     /// Polls `servers` until every copy the target adds has caught up with
@@ -569,29 +636,6 @@ fn next_batch(
     (batch, rest)
 }
 
-/// Drops the servers no chain names and renumbers the chains.
-fn compact(servers: &[NodeId], chains: &[Vec<i64>]) -> (Vec<NodeId>, Vec<Vec<i64>>) {
-    let mut used = vec![false; servers.len()];
-    for idx in chains.iter().flatten() {
-        if let Some(u) = usize::try_from(*idx).ok().and_then(|i| used.get_mut(i)) {
-            *u = true;
-        }
-    }
-    let mut renumber = BTreeMap::new();
-    let mut kept = Vec::new();
-    for (i, id) in servers.iter().enumerate() {
-        if used[i] {
-            renumber.insert(i as i64, kept.len() as i64);
-            kept.push(*id);
-        }
-    }
-    let chains = chains
-        .iter()
-        .map(|c| c.iter().map(|s| *renumber.get(s).unwrap_or(&-1)).collect())
-        .collect();
-    (kept, chains)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -613,14 +657,5 @@ mod tests {
         assert_eq!(batch.len(), MOVES_PER_NODE);
         let (batch, rest) = next_batch(&now, &target, rest);
         assert_eq!((batch.len(), rest.len()), (1, 0));
-    }
-
-    #[test]
-    fn compact_drops_unused_servers_and_renumbers() {
-        let (servers, chains) = compact(&[10, 20, 30], &[vec![2, 0], vec![0, -1]]);
-        assert_eq!(servers, vec![10, 30]);
-        assert_eq!(chains, vec![vec![1, 0], vec![0, -1]]);
-        let (servers, chains) = compact(&[10, 20], &[vec![1, 0]]);
-        assert_eq!((servers, chains), (vec![10, 20], vec![vec![1, 0]]));
     }
 }

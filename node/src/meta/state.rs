@@ -201,6 +201,14 @@ pub enum Command {
         /// Forward chains during a rebalance.
         forward: Option<Vec<Vec<i64>>>,
     },
+    /// A rebalance ended early: the bucket's forward chains go, and so do
+    /// the servers its map no longer names. Worked out from the state the
+    /// entry applies to, so a leader whose view lags cannot put an older
+    /// map back. A no-op for a bucket without forward chains.
+    ClearForward {
+        /// Bucket name.
+        name: String,
+    },
 }
 
 /// Why a command was refused; the REST layer maps it to a status.
@@ -406,6 +414,20 @@ impl ClusterState {
                 *bucket = candidate;
                 Ok(())
             }
+            Command::ClearForward { name } => {
+                let bucket = self
+                    .buckets
+                    .get_mut(&name)
+                    .ok_or_else(|| no_bucket(&name))?;
+                if bucket.forward.is_some() {
+                    let (servers, chains) = compact(&bucket.servers, &bucket.chains);
+                    bucket.servers = servers;
+                    bucket.chains = chains;
+                    bucket.forward = None;
+                    bucket.rev = index;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -485,6 +507,29 @@ fn holds_vbuckets(bucket: &BucketRecord, id: NodeId) -> bool {
 
 fn no_node(id: NodeId) -> Rejection {
     Rejection::NotFound(format!("no node with id {id}"))
+}
+
+/// Drops the servers no chain names and renumbers the chains.
+pub(super) fn compact(servers: &[NodeId], chains: &[Vec<i64>]) -> (Vec<NodeId>, Vec<Vec<i64>>) {
+    let mut used = vec![false; servers.len()];
+    for idx in chains.iter().flatten() {
+        if let Some(u) = usize::try_from(*idx).ok().and_then(|i| used.get_mut(i)) {
+            *u = true;
+        }
+    }
+    let mut renumber = BTreeMap::new();
+    let mut kept = Vec::new();
+    for (i, id) in servers.iter().enumerate() {
+        if used[i] {
+            renumber.insert(i as i64, kept.len() as i64);
+            kept.push(*id);
+        }
+    }
+    let chains = chains
+        .iter()
+        .map(|c| c.iter().map(|s| *renumber.get(s).unwrap_or(&-1)).collect())
+        .collect();
+    (kept, chains)
 }
 
 fn no_bucket(name: &str) -> Rejection {
@@ -627,6 +672,53 @@ mod tests {
             .all(|(_, c)| c[0].is_some() && !c.contains(&Some(1))));
     }
 
+    #[test]
+    fn compact_drops_unused_servers_and_renumbers() {
+        let (servers, chains) = compact(&[10, 20, 30], &[vec![2, 0], vec![0, -1]]);
+        assert_eq!(servers, vec![10, 30]);
+        assert_eq!(chains, vec![vec![1, 0], vec![0, -1]]);
+        let (servers, chains) = compact(&[10, 20], &[vec![1, 0]]);
+        assert_eq!((servers, chains), (vec![10, 20], vec![vec![1, 0]]));
+    }
+
+    #[test]
+    fn clear_forward_compacts_the_map_it_applies_to() {
+        let mut s = ClusterState::default();
+        for id in 1..=3 {
+            s.apply(id, Command::AddNode(node(id, Membership::Active)))
+                .unwrap();
+        }
+        s.apply(4, Command::CreateBucket(membase("b", vec![1, 2], 1)))
+            .unwrap();
+        let chains = s.buckets["b"].chains.clone();
+        let forward: Vec<Vec<i64>> = chains.iter().map(|c| vec![2, c[0]]).collect();
+        s.apply(
+            5,
+            Command::SetBucketMap {
+                name: "b".into(),
+                servers: vec![1, 2, 3],
+                chains: chains.clone(),
+                forward: Some(forward),
+            },
+        )
+        .unwrap();
+        s.apply(6, Command::ClearForward { name: "b".into() })
+            .unwrap();
+        let b = &s.buckets["b"];
+        assert_eq!(
+            (&b.servers, &b.chains, &b.forward, b.rev),
+            (&vec![1, 2], &chains, &None, 6),
+            "node 3 held nothing yet: it leaves the server list"
+        );
+        s.apply(7, Command::ClearForward { name: "b".into() })
+            .unwrap();
+        assert_eq!(s.buckets["b"].rev, 6, "nothing to clear: no new rev");
+        assert_eq!(
+            s.apply(8, Command::ClearForward { name: "x".into() }),
+            Err(no_bucket("x"))
+        );
+    }
+
     fn command() -> impl Strategy<Value = Command> {
         let id = 1u64..5;
         prop_oneof![
@@ -649,6 +741,8 @@ mod tests {
                 }),
             prop::sample::select(vec!["a", "b"])
                 .prop_map(|n| Command::DeleteBucket { name: n.into() }),
+            prop::sample::select(vec!["a", "b"])
+                .prop_map(|n| Command::ClearForward { name: n.into() }),
         ]
     }
 

@@ -287,6 +287,10 @@ async fn start_meta(
         meta.clone(),
         shutdown.clone(),
     ));
+    tokio::spawn(crate::meta::rebalance::clear_leftovers(
+        meta.clone(),
+        shutdown.clone(),
+    ));
     if config.init_cluster {
         let meta = meta.clone();
         tokio::spawn(async move {
