@@ -126,6 +126,28 @@ impl Pair {
         .await;
     }
 
+    /// A pair whose B streamed a first batch of writes from A, caught up
+    /// and stopped streaming; with A's client and the model.
+    async fn replicated_then_cut(name: &str) -> (Pair, Client, Model) {
+        let pair = Pair::start(name).await;
+        let mut client = Client::connect(&pair.a).await;
+        let mut model = Model::new();
+        write_batch(&mut client, &mut model, "first-", 100).await;
+        pair.stream();
+        pair.converged().await;
+        pair.replicator.stop_all();
+        (pair, client, model)
+    }
+
+    /// Writes a second batch to A, streams again and checks that B holds
+    /// everything A does.
+    async fn resume(&self, client: &mut Client, model: &mut Model) {
+        write_batch(client, model, "second-", 100).await;
+        self.stream();
+        self.converged().await;
+        assert_replicated(&self.a_ctx, &self.b_ctx, model);
+    }
+
     async fn shutdown(self) {
         self.replicator.stop_all();
         self.b.shutdown().await.expect("stop B");
@@ -389,23 +411,13 @@ async fn a_late_replica_backfills_from_disk_then_follows_from_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_with_another_history_rolls_back_and_streams_again() {
-    let pair = Pair::start("rollback").await;
-    let mut client = Client::connect(&pair.a).await;
-    let mut model = Model::new();
-    write_batch(&mut client, &mut model, "first-", 100).await;
-    pair.stream();
-    pair.converged().await;
-    pair.replicator.stop_all();
-
+    let (pair, mut client, mut model) = Pair::replicated_then_cut("rollback").await;
     // B's copies now claim a history A never had (as if B had been
     // promoted and taken writes while cut off).
     for vb in 0..NUM_VBUCKETS {
         pair.b_ctx.adopt_failover_log(vb, vec![(0xdead_beef, 0)]);
     }
-    write_batch(&mut client, &mut model, "second-", 100).await;
-    pair.stream();
-    pair.converged().await;
-    assert_replicated(&pair.a_ctx, &pair.b_ctx, &model);
+    pair.resume(&mut client, &mut model).await;
     let counters = pair.replicator.counters("default").expect("counters");
     assert!(
         counters.rollbacks.load(Ordering::Relaxed) > 0,
@@ -424,14 +436,7 @@ async fn a_replica_with_another_history_rolls_back_and_streams_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_dropped_and_made_replica_again_streams_everything_again() {
-    let pair = Pair::start("dropped").await;
-    let mut client = Client::connect(&pair.a).await;
-    let mut model = Model::new();
-    write_batch(&mut client, &mut model, "first-", 100).await;
-    pair.stream();
-    pair.converged().await;
-    pair.replicator.stop_all();
-
+    let (pair, mut client, mut model) = Pair::replicated_then_cut("dropped").await;
     // B's copies move away and are dropped (a rebalance that stopped),
     // then come back as replicas (the next rebalance): their seqnos carry
     // on, but nothing below them is there any more.
@@ -442,10 +447,7 @@ async fn a_replica_dropped_and_made_replica_again_streams_everything_again() {
             .expect("replica");
     }
     assert_eq!(b.curr_items(), 0);
-    write_batch(&mut client, &mut model, "second-", 100).await;
-    pair.stream();
-    pair.converged().await;
-    assert_replicated(&pair.a_ctx, &pair.b_ctx, &model);
+    pair.resume(&mut client, &mut model).await;
     pair.shutdown().await;
 }
 

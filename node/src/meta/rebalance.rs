@@ -39,10 +39,10 @@ use super::{Meta, MetaError};
 use crate::server::BucketKind;
 
 /// How often the leader polls the nodes while copies catch up.
-const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(50);
 
 /// New copies a node receives per batch of moves.
-const MOVES_PER_NODE: usize = 1024;
+const MOVES_PER_NODE: usize = 64;
 
 /// How long a node may fail to answer before the rebalance stops.
 const UNREACHABLE: Duration = Duration::from_secs(10);
