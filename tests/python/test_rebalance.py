@@ -9,6 +9,8 @@ cluster changes shape.
 - scale in under load: four nodes, one ejected by the rebalance (it leaves
   /pools/nodes and drops its data, then is killed while the load goes on);
 - swap: one node added and one ejected in one rebalance;
+- stop and restart: stopRebalance after the first batch, then a second
+  rebalance finishes the job;
 - a node killed mid-rebalance (a follower, or the leader driving it): the
   rebalance stops with an error saying why, the node is failed over and a
   second rebalance finishes the job;
@@ -93,12 +95,13 @@ def figure(text):
 # === setting up ===
 
 
-def create_bucket_and_proxy(harness, cluster, prefix, proxy_nodes, durability="none"):
-    """Bucket `default` on every node of `cluster`, its data ports ready,
-    and a proxy given the admin URLs of `proxy_nodes` (in that order)
-    routing with its first map."""
+def create_bucket_and_proxy(harness, cluster, prefix, proxy_nodes, durability="none", **params):
+    """Bucket `default` on every node of `cluster` (more creation
+    parameters in `params`), its data ports ready, and a proxy given the
+    admin URLs of `proxy_nodes` (in that order) routing with its first
+    map."""
     cluster.create_bucket(
-        cluster.leader(), BUCKET, numVBuckets=VBUCKETS, replicaNumber=1, durabilityMinLevel=durability
+        cluster.leader(), BUCKET, numVBuckets=VBUCKETS, replicaNumber=1, durabilityMinLevel=durability, **params
     )
     config = cluster.wait_bucket(BUCKET)
     assert config["durabilityMinLevel"] == durability, f"bucket durability {config['durabilityMinLevel']!r}"
@@ -526,6 +529,82 @@ def test_rebalance_rest_errors(cluster_harness):
     )
 
 
+def bulk_up(proxy, prefix):
+    """20,000 values of 4 KiB more (not checked by the load), so that new
+    copies take a while to build and a rebalance can be caught midway."""
+    bulk = PyClient(proxy.addr, default_noreply=False, connect_timeout=10, timeout=CLIENT_TIMEOUT_S)
+    try:
+        for start in range(0, 20_000, 500):
+            failed = bulk.set_many({f"{prefix}-bulk:{i}": b"x" * 4096 for i in range(start, start + 500)})
+            assert failed == [], f"bulk load: {failed[:5]}"
+    finally:
+        bulk.close()
+
+
+def test_stop_and_restart_under_load(cluster_harness):
+    """stopRebalance midway: the rebalance ends with an error saying it
+    was stopped, no forward map is left, the batches it finished stay
+    (the added nodes already serve some vbuckets); a second rebalance
+    finishes the job with the same guarantees as an uninterrupted one."""
+    cluster = cluster_harness.cluster(2, prefix="stop")
+    first = list(cluster.nodes)
+    # Two nodes each hold every key and the bulk (active or replica).
+    before, proxy = create_bucket_and_proxy(cluster_harness, cluster, "stop", first, ramQuotaMB=256)
+    values = load_keys(proxy, "stop")
+    bulk_up(proxy, "stop")
+
+    load = MixedLoad(proxy.addr, values, seed=13).start()
+    try:
+        leader = cluster.leader()
+        added = [cluster_harness.node(f"stop-{i}").start() for i in (2, 3)]
+        for node in added:
+            add_node(cluster, leader, node)
+        everyone = list(cluster.nodes)
+        otps = otp_nodes(leader)
+        r = start_rebalance(leader, list(otps.values()), [])
+        assert r.status == 200, r.describe()
+
+        def midway(w):
+            w.last = rebalance_progress(leader)
+            assert w.last["status"] == "running", f"the rebalance ended before it could be stopped midway: {w.last}"
+            return w.last if w.last["vbucketsDone"] > 0 else None
+
+        seen = poll(Watch(midway), REBALANCE_DEADLINE_S, "a first batch of moves to finish")
+        r = leader.post("/controller/stopRebalance", {})
+        assert r.status == 200, f"stopRebalance: {r.describe()}"
+
+        def ended(w):
+            w.last = rebalance_progress(leader)
+            return w.last if w.last["status"] == "none" else None
+
+        final = poll(Watch(ended), REBALANCE_DEADLINE_S, "the rebalance to stop")
+        assert "stopRebalance" in final.get("errorMessage", ""), f"a stopped rebalance must say so: {final}"
+
+        def cleared(w):
+            w.last = leader.bucket(BUCKET)["vBucketServerMap"]
+            return w.last if w.last.get("vBucketMapForward") is None else None
+
+        halfway = poll(Watch(cleared), CONVERGE_DEADLINE_S, "the forward map to be cleared")
+        servers = halfway["serverList"]
+        on_added = sum(1 for chain in halfway["vBucketMap"] if servers[chain[0]] in {f"{n.addr[0]}:{n.addr[1]}" for n in added})
+        assert 0 < on_added < VBUCKETS // 2, (
+            f"after a stop at {seen['vbucketsDone']} of {seen['vbucketsTotal']} moves the added nodes are active "
+            f"for {on_added} vbuckets: the finished batches should stay, the rest not be done"
+        )
+        figure(f"stopped at {seen['vbucketsDone']} of {seen['vbucketsTotal']} moves; the added nodes kept "
+               f"{on_added} actives")  # fmt: skip
+
+        run = run_rebalance(leader, leader, list(otps.values()), [], load)
+        after = check_after_rebalance(cluster, everyone, before, proxy, load, run)
+    finally:
+        load.stop()
+
+    figure(f"stop and restart: {load.ops()} operations in all, {len(load.errors)} errors, "
+           f"{len(load.wrong)} wrong gets")  # fmt: skip
+    check_load(load)
+    check_data(proxy, everyone, after, load)
+
+
 def progress_where_answered(nodes):
     """rebalanceProgress from the first node of `nodes` that answers with
     one (it forwards to the leader, which may be gone or not yet elected),
@@ -553,15 +632,7 @@ def test_node_failure_during_rebalance(cluster_harness, victim_role):
     first = list(cluster.nodes)
     before, proxy = create_bucket_and_proxy(cluster_harness, cluster, prefix, first, durability="majority")
     values = load_keys(proxy, prefix)
-    # Bulk the data up so the new node's backfill is still running when
-    # the node dies: 20,000 values of 4 KiB more.
-    bulk = PyClient(proxy.addr, default_noreply=False, connect_timeout=10, timeout=CLIENT_TIMEOUT_S)
-    try:
-        for start in range(0, 20_000, 500):
-            failed = bulk.set_many({f"{prefix}-bulk:{i}": b"x" * 4096 for i in range(start, start + 500)})
-            assert failed == [], f"bulk load: {failed[:5]}"
-    finally:
-        bulk.close()
+    bulk_up(proxy, prefix)
 
     load = MixedLoad(proxy.addr, values, seed=17).start()
     try:

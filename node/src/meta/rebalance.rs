@@ -439,25 +439,22 @@ impl Meta {
         target: &VbucketMap,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), Failure> {
-        let started = Instant::now();
         let mut prev_active: Vec<u64> = vec![u64::MAX; current.num_vbuckets()];
-        let mut seen = Poll::new(servers.len());
-        loop {
-            let views = self.poll(name, servers, &mut seen).await?;
+        let current_chains: Vec<_> = current.chains().collect();
+        let behind = |views: &Views| {
             let mut behind = 0usize;
-            let current_chains: Vec<_> = current.chains().collect();
             for (vb, chain) in target.chains() {
                 let old = current_chains[usize::from(vb)].1;
                 let active = old.first().copied().flatten();
-                let active_high = active.and_then(|a| high_of(&views, a, vb));
+                let active_high = active.and_then(|a| high_of(views, a, vb));
                 for s in chain.iter().flatten() {
                     if old.contains(&Some(*s)) {
                         continue;
                     }
                     // A new copy counts once its node builds it (replica)
                     // and has reached where the active was.
-                    let building = state_of(&views, *s, vb) == Some(2);
-                    let ok = match (high_of(&views, *s, vb), prev_active[usize::from(vb)]) {
+                    let building = state_of(views, *s, vb) == Some(2);
+                    let ok = match (high_of(views, *s, vb), prev_active[usize::from(vb)]) {
                         (Some(h), prev) => building && prev != u64::MAX && h >= prev,
                         (None, _) => false,
                     };
@@ -469,14 +466,11 @@ impl Meta {
                 // its copies are not known to have caught up with it.
                 prev_active[usize::from(vb)] = active_high.unwrap_or(u64::MAX);
             }
-            if behind == 0 {
-                return Ok(());
-            }
-            if started.elapsed() > CATCH_UP_DEADLINE {
-                return Err(format!("{behind} new copies did not catch up in time"));
-            }
-            pause(stop).await?;
-        }
+            behind
+        };
+        let late = |n| format!("{n} new copies did not catch up in time");
+        self.poll_until(name, servers, CATCH_UP_DEADLINE, stop, behind, late)
+            .await
     }
 
     /// Polls until every vbucket's new active reports itself active.
@@ -487,30 +481,44 @@ impl Meta {
         chains: &[Vec<i64>],
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), Failure> {
-        let started = Instant::now();
-        let mut seen = Poll::new(servers.len());
-        loop {
-            let views = self.poll(name, servers, &mut seen).await?;
-            let waiting = chains
+        let waiting = |views: &Views| {
+            chains
                 .iter()
                 .enumerate()
                 .filter(|(vb, chain)| {
                     let Some(active) = chain.first().and_then(|a| u16::try_from(*a).ok()) else {
                         return false;
                     };
-                    let vb = *vb as u16;
-                    views
-                        .get(usize::from(active))
-                        .and_then(|v| v.as_ref())
-                        .and_then(|v| v.iter().find(|r| r.0 == vb))
-                        .is_none_or(|r| r.1 != 1)
+                    state_of(views, active, *vb as u16) != Some(1)
                 })
-                .count();
-            if waiting == 0 {
+                .count()
+        };
+        let late = |n| format!("{n} vbuckets were not taken over in time");
+        self.poll_until(name, servers, SWITCH_DEADLINE, stop, waiting, late)
+            .await
+    }
+
+    /// Polls `servers` until `waiting` counts nothing left to wait for in
+    /// what they answered; past `deadline`, fails with `late` of the count.
+    async fn poll_until(
+        &self,
+        name: &str,
+        servers: &[NodeId],
+        deadline: Duration,
+        stop: &mut watch::Receiver<bool>,
+        mut waiting: impl FnMut(&Views) -> usize,
+        late: impl Fn(usize) -> Failure,
+    ) -> Result<(), Failure> {
+        let started = Instant::now();
+        let mut seen = Poll::new(servers.len());
+        loop {
+            let views = self.poll(name, servers, &mut seen).await?;
+            let left = waiting(&views);
+            if left == 0 {
                 return Ok(());
             }
-            if started.elapsed() > SWITCH_DEADLINE {
-                return Err(format!("{waiting} vbuckets were not taken over in time"));
+            if started.elapsed() > deadline {
+                return Err(late(left));
             }
             pause(stop).await?;
         }
@@ -574,13 +582,16 @@ impl Poll {
 }
 
 /// Waits one poll interval; fails if the rebalance was stopped.
+/// Why a stopped rebalance ended.
+const STOPPED: &str = "stopped by POST /controller/stopRebalance";
+
 async fn pause(stop: &mut watch::Receiver<bool>) -> Result<(), Failure> {
     if *stop.borrow() {
-        return Err("stopped".into());
+        return Err(STOPPED.into());
     }
     tokio::select! {
         () = tokio::time::sleep(POLL) => Ok(()),
-        _ = stop.changed() => Err("stopped".into()),
+        _ = stop.changed() => Err(STOPPED.into()),
     }
 }
 
