@@ -63,14 +63,18 @@ impl Bucket {
         let vbucket = self.vbucket(vb)?;
         let mut inner = vbucket.lock();
         vbucket.set_state(&mut inner, VbucketState::Dead);
-        let (items, queued, released) = inner.clear();
-        inner.failover.clear();
-        inner.disk_snapshot_end = 0;
+        let cleared = inner.forget();
         drop(inner);
+        self.uncharge(cleared);
+        Ok(cleared.0)
+    }
+
+    /// Takes what a cleared vbucket held — `(items, queued mutations,
+    /// bytes charged)` — off the bucket's totals.
+    pub(super) fn uncharge(&self, (items, queued, released): (usize, usize, usize)) {
         self.mem.release(released);
         self.items.fetch_sub(items, Ordering::Relaxed);
         self.queued.fetch_sub(queued, Ordering::Relaxed);
-        Ok(items)
     }
 
     /// `flush_all`: at the absolute `deadline` (unix seconds; 0, or not

@@ -291,16 +291,12 @@ impl Bucket {
         if vbucket.state() == VbucketState::Active {
             return Err(EngineError::NotMyVbucket);
         }
-        let (items, queued, released) = inner.clear();
+        let cleared = inner.forget();
         inner.high_seqno = 0;
         inner.drained_seqno = 0;
         inner.persisted_seqno = 0;
-        inner.failover.clear();
-        inner.disk_snapshot_end = 0;
         drop(inner);
-        self.mem.release(released);
-        self.items.fetch_sub(items, Ordering::Relaxed);
-        self.queued.fetch_sub(queued, Ordering::Relaxed);
+        self.uncharge(cleared);
         Ok(())
     }
 

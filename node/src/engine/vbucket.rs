@@ -475,6 +475,16 @@ impl VbInner {
         (items, queued, released)
     }
 
+    /// [`clear`](Self::clear), and the history goes too: the failover log
+    /// and any disk snapshot in progress (a vbucket rolled back or
+    /// dropped has no past a stream could resume).
+    pub(super) fn forget(&mut self) -> (usize, usize, usize) {
+        let cleared = self.clear();
+        self.failover.clear();
+        self.disk_snapshot_end = 0;
+        cleared
+    }
+
     /// Everything this vbucket is charged for, recomputed from scratch (for
     /// `clear` and for the tests that check the running total).
     pub(super) fn charged(&self) -> usize {
