@@ -529,6 +529,43 @@ def test_rebalance_rest_errors(cluster_harness):
     )
 
 
+def progress_where_answered(nodes):
+    """rebalanceProgress from the first node of `nodes` that answers with
+    one (it forwards to the leader, which may be gone or not yet elected),
+    else None."""
+    for node in nodes:
+        try:
+            r = node.get("/pools/default/rebalanceProgress")
+        except OSError:
+            continue
+        if r.status == 200:
+            return r.json()
+    return None
+
+
+def wait_stopped(nodes, with_error=False):
+    """Waits until rebalanceProgress, from whichever of `nodes` answers,
+    is `none` (and carries an errorMessage, if `with_error`); returns it."""
+
+    def ended(w):
+        w.last = progress_where_answered(nodes)
+        done = w.last is not None and w.last["status"] == "none"
+        return w.last if done and (not with_error or "errorMessage" in w.last) else None
+
+    return poll(Watch(ended), REBALANCE_DEADLINE_S, "the rebalance to stop")
+
+
+def wait_forward_cleared(node):
+    """Waits until `node` serves the bucket without a forward map (its
+    config follows its log within moments); returns its vBucketServerMap."""
+
+    def cleared(w):
+        w.last = node.bucket(BUCKET)["vBucketServerMap"]
+        return w.last if w.last.get("vBucketMapForward") is None else None
+
+    return poll(Watch(cleared), CONVERGE_DEADLINE_S, "the forward map to be cleared")
+
+
 def bulk_up(proxy, prefix):
     """20,000 values of 4 KiB more (not checked by the load), so that new
     copies take a while to build and a rebalance can be caught midway."""
@@ -573,18 +610,9 @@ def test_stop_and_restart_under_load(cluster_harness):
         r = leader.post("/controller/stopRebalance", {})
         assert r.status == 200, f"stopRebalance: {r.describe()}"
 
-        def ended(w):
-            w.last = rebalance_progress(leader)
-            return w.last if w.last["status"] == "none" else None
-
-        final = poll(Watch(ended), REBALANCE_DEADLINE_S, "the rebalance to stop")
+        final = wait_stopped([leader])
         assert "stopRebalance" in final.get("errorMessage", ""), f"a stopped rebalance must say so: {final}"
-
-        def cleared(w):
-            w.last = leader.bucket(BUCKET)["vBucketServerMap"]
-            return w.last if w.last.get("vBucketMapForward") is None else None
-
-        halfway = poll(Watch(cleared), CONVERGE_DEADLINE_S, "the forward map to be cleared")
+        halfway = wait_forward_cleared(leader)
         servers = halfway["serverList"]
         on_added = sum(1 for chain in halfway["vBucketMap"] if servers[chain[0]] in {f"{n.addr[0]}:{n.addr[1]}" for n in added})
         assert 0 < on_added < VBUCKETS // 2, (
@@ -603,20 +631,6 @@ def test_stop_and_restart_under_load(cluster_harness):
            f"{len(load.wrong)} wrong gets")  # fmt: skip
     check_load(load)
     check_data(proxy, everyone, after, load)
-
-
-def progress_where_answered(nodes):
-    """rebalanceProgress from the first node of `nodes` that answers with
-    one (it forwards to the leader, which may be gone or not yet elected),
-    else None."""
-    for node in nodes:
-        try:
-            r = node.get("/pools/default/rebalanceProgress")
-        except OSError:
-            continue
-        if r.status == 200:
-            return r.json()
-    return None
 
 
 @pytest.mark.parametrize("victim_role", ["follower", "leader"])
@@ -654,14 +668,9 @@ def test_node_failure_during_rebalance(cluster_harness, victim_role):
         killed_at = time.monotonic()
         members = survivors + [added]
 
-        def ended(w):
-            # A new leader answers `none` from its election on, and reports
-            # the interrupted rebalance once it has cleared what was left.
-            w.last = progress_where_answered(members)
-            done = w.last is not None and w.last["status"] == "none"
-            return w.last if done and (victim_role == "follower" or "errorMessage" in w.last) else None
-
-        final = poll(Watch(ended), REBALANCE_DEADLINE_S, "the rebalance to stop after the kill")
+        # A new leader answers `none` from its election on, and reports the
+        # interrupted rebalance once it has cleared what was left.
+        final = wait_stopped(members, with_error=True)
         message = final.get("errorMessage", "")
         if victim_role == "leader":
             # Any node's answer comes from the new leader.
@@ -672,12 +681,7 @@ def test_node_failure_during_rebalance(cluster_harness, victim_role):
                 f"the rebalance did not end with an error naming the killed {victim.hostname}: {final}"
             )
         figure(f"{victim_role} killed mid-rebalance: rebalance stopped {time.monotonic() - killed_at:.1f}s later: {message!r}")
-        def cleared(w):
-            w.last = leader.bucket(BUCKET)["vBucketServerMap"].get("vBucketMapForward")
-            return w.last is None
-
-        # The leader's own config follows its log within moments.
-        poll(Watch(cleared), CONVERGE_DEADLINE_S, "the forward map to be cleared")
+        wait_forward_cleared(leader)
 
         r = leader.post("/controller/failOver", {"otpNode": otps[victim.hostname]})
         assert r.status == 200, f"failover of the killed node: {r.describe()}"
