@@ -414,14 +414,13 @@ impl Meta {
         for name in &left {
             self.clear_forward(name).await;
         }
+        // Forward chains outlive a rebalance only when the write clearing
+        // them failed — leadership moved — even if it was this node's own.
+        let error = format!(
+            "rebalance interrupted: the cluster leader changed before it finished \
+             (buckets {left:?}); the map keeps every copy it had, rebalance again to finish"
+        );
         self.rebalancer.update(|s| {
-            // This node's own rebalance, if it ended in error, said why.
-            let error = s.error.take().unwrap_or_else(|| {
-                format!(
-                    "rebalance interrupted: the cluster leader changed before it finished \
-                     (buckets {left:?}); the map keeps every copy it had, rebalance again to finish"
-                )
-            });
             *s = RebalanceStatus {
                 error: Some(error),
                 ..RebalanceStatus::default()

@@ -9,8 +9,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use shoal_protocol::meta::{
-    base64, write_status, write_value, ArithMode, Flag, MetaArith, MetaCommand, MetaDelete,
-    MetaFlags, MetaGet, MetaSet, ReturnFlag, SetMode, Status,
+    base64, write_status, write_value, ArithMode, Echo, Flag, ItemFields, MetaArith, MetaCommand,
+    MetaDelete, MetaFlags, MetaGet, MetaSet, ReturnFlag, ReturnFlags, SetMode, Status,
 };
 
 use super::ascii::error_line;
@@ -119,6 +119,31 @@ struct Req<'a> {
     now: u32,
 }
 
+impl<'a> Req<'a> {
+    /// What `flags` asks to return: item fields from `hit`, the new CAS
+    /// of a write from `cas`, and the echoes (`k`, `O`) always.
+    fn returned(&self, flags: &MetaFlags, hit: Option<&Hit>, cas: Option<u64>) -> ReturnFlags<'a> {
+        let echo = Echo {
+            frame: self.frame,
+            key: self.key,
+            base64: self.base64,
+        };
+        let item = ItemFields {
+            cas: cas.or(hit.map(|h| h.cas)),
+            client_flags: hit.map(|h| h.flags),
+            size: hit.map(|h| h.value.len() as u64),
+            ttl: hit.map(|h| {
+                if h.exptime == 0 {
+                    -1
+                } else {
+                    i64::from(h.exptime.saturating_sub(self.now))
+                }
+            }),
+        };
+        ReturnFlags::collect(flags, &echo, item)
+    }
+}
+
 fn refuse(flags: &MetaFlags, unsupported: &[Flag], out: &mut BytesMut) -> bool {
     let refused = unsupported.iter().any(|f| flags.has(*f));
     if refused {
@@ -139,8 +164,7 @@ fn mg(req: &Req<'_>, get: &MetaGet, out: &mut BytesMut) {
     };
     match result {
         Ok(hit) => {
-            let mut ret = ReturnFlags::default();
-            ret.fill(req, &get.flags, Some(&hit), None);
+            let ret = req.returned(&get.flags, Some(&hit), None);
             if get.flags.has(Flag::ReturnValue) {
                 write_value(out, ret.as_slice(), &hit.value);
             } else {
@@ -180,8 +204,7 @@ fn ms(req: &Req<'_>, set: &MetaSet, out: &mut BytesMut) {
     match ctx.with_resident(vb, key, now, || ctx.bucket.store(vb, &store, now)) {
         Ok(m) => {
             if !set.quiet() {
-                let mut ret = ReturnFlags::default();
-                ret.fill(req, flags, None, Some(m.cas));
+                let ret = req.returned(flags, None, Some(m.cas));
                 write_status(out, Status::Hd, ret.as_slice());
             }
         }
@@ -195,8 +218,7 @@ fn ms(req: &Req<'_>, set: &MetaSet, out: &mut BytesMut) {
 /// A refused `ms`: the echoes, and `c0` for a `c` flag (nothing was
 /// written), in request order, as memcached 1.6.18 answers (`NS c0 k…`).
 fn refused_set(req: &Req<'_>, flags: &MetaFlags, status: Status, out: &mut BytesMut) {
-    let mut ret = ReturnFlags::default();
-    ret.fill(req, flags, None, Some(0));
+    let ret = req.returned(flags, None, Some(0));
     write_status(out, status, ret.as_slice());
 }
 
@@ -206,8 +228,7 @@ fn md(req: &Req<'_>, delete: &MetaDelete, out: &mut BytesMut) {
     match req.ctx.bucket.delete(req.vb, req.key, cas, req.now) {
         Ok(_) => {
             if !delete.quiet() {
-                let mut ret = ReturnFlags::default();
-                ret.fill(req, flags, None, None);
+                let ret = req.returned(flags, None, None);
                 write_status(out, Status::Hd, ret.as_slice());
             }
         }
@@ -250,14 +271,13 @@ fn ma(req: &Req<'_>, arith: &MetaArith, out: &mut BytesMut) {
                 // delete that slipped in between leaves nothing to touch.
                 let _ = ctx.with_resident(vb, key, now, || ctx.bucket.touch(vb, key, exptime, now));
             }
-            let mut ret = ReturnFlags::default();
             // `t` wants the counter's TTL, which the engine does not return
             // with the outcome; read it back under the same clock.
             let hit = flags
                 .has(Flag::ReturnTtl)
                 .then(|| ctx.get(vb, key, now).ok())
                 .flatten();
-            ret.fill(req, flags, hit.as_ref(), Some(outcome.cas));
+            let mut ret = req.returned(flags, hit.as_ref(), Some(outcome.cas));
             // memcached's `ma` returns `c`, `t` and the echoes only: `f`
             // and `s` are `mg`'s.
             ret.keep(|flag| !matches!(flag, ReturnFlag::ClientFlags(_) | ReturnFlag::Size(_)));
@@ -298,71 +318,8 @@ fn me(req: &Req<'_>, out: &mut BytesMut) {
 
 /// A non-success status with the echo flags (`O`, `k`, `b`) only.
 fn miss(req: &Req<'_>, flags: &MetaFlags, status: Status, out: &mut BytesMut) {
-    let mut ret = ReturnFlags::default();
-    ret.fill(req, flags, None, None);
+    let ret = req.returned(flags, None, None);
     write_status(out, status, ret.as_slice());
-}
-
-/// Up to one return flag per request flag, in request order, on the stack.
-struct ReturnFlags<'a> {
-    flags: [ReturnFlag<'a>; shoal_protocol::meta::flags::MAX_FLAGS],
-    len: usize,
-}
-
-impl Default for ReturnFlags<'_> {
-    fn default() -> Self {
-        ReturnFlags {
-            flags: [ReturnFlag::Won; shoal_protocol::meta::flags::MAX_FLAGS],
-            len: 0,
-        }
-    }
-}
-
-impl<'a> ReturnFlags<'a> {
-    /// Collects what `flags` asks to return: item fields from `hit`, the
-    /// new CAS of a write from `cas`, and the echoes (`k`, `O`) always.
-    fn fill(&mut self, req: &Req<'a>, flags: &MetaFlags, hit: Option<&Hit>, cas: Option<u64>) {
-        for flag in flags.iter() {
-            let ret = match flag {
-                Flag::ReturnKey if req.base64 => Some(ReturnFlag::KeyBase64(req.key)),
-                Flag::ReturnKey => Some(ReturnFlag::Key(req.key)),
-                Flag::Opaque => flags.opaque().map(|o| ReturnFlag::Opaque(o.of(req.frame))),
-                Flag::ReturnCas => cas.or(hit.map(|h| h.cas)).map(ReturnFlag::Cas),
-                Flag::ReturnFlags => hit.map(|h| ReturnFlag::ClientFlags(h.flags)),
-                Flag::ReturnSize => hit.map(|h| ReturnFlag::Size(h.value.len() as u64)),
-                Flag::ReturnTtl => hit.map(|h| {
-                    ReturnFlag::Ttl(if h.exptime == 0 {
-                        -1
-                    } else {
-                        i64::from(h.exptime.saturating_sub(req.now))
-                    })
-                }),
-                _ => None,
-            };
-            if let Some(ret) = ret {
-                if let Some(slot) = self.flags.get_mut(self.len) {
-                    *slot = ret;
-                    self.len += 1;
-                }
-            }
-        }
-    }
-
-    /// Drops the collected flags `wanted` refuses, keeping the order.
-    fn keep(&mut self, wanted: impl Fn(&ReturnFlag<'a>) -> bool) {
-        let mut len = 0;
-        for i in 0..self.len {
-            if wanted(&self.flags[i]) {
-                self.flags[len] = self.flags[i];
-                len += 1;
-            }
-        }
-        self.len = len;
-    }
-
-    fn as_slice(&self) -> &[ReturnFlag<'a>] {
-        &self.flags[..self.len]
-    }
 }
 
 /// A u64 in decimal, on the stack.

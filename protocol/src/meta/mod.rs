@@ -24,6 +24,7 @@ pub mod flags;
 pub mod get;
 pub mod misc;
 pub mod reply;
+pub mod returned;
 pub mod set;
 mod token;
 
@@ -43,6 +44,7 @@ pub use reply::{
     encode_meta_reply, parse_meta_reply, write_status, write_value, ErrorReply, MetaReply,
     ReplyFlag, ReplyFlags, ReturnFlag, Status, MAX_REPLY_FLAGS,
 };
+pub use returned::{Echo, ItemFields, ReturnFlags};
 pub use set::{MetaSet, SetMode};
 
 use crate::error::{ErrorKind, ParseError};

@@ -11,10 +11,9 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use shoal_protocol::binary::extras::ARITH_NO_CREATE;
 use shoal_protocol::binary::{arith_extras, store_extras, touch_extras, Decoded, Opcode, Status};
-use shoal_protocol::meta::flags::MAX_FLAGS;
 use shoal_protocol::meta::{
-    base64, write_status, write_value, ArithMode, Flag, MetaCommand, MetaFlags, ReturnFlag,
-    SetMode, Status as MetaStatus,
+    base64, write_status, write_value, ArithMode, Echo, Flag, ItemFields, MetaCommand, MetaFlags,
+    ReturnFlags, SetMode, Status as MetaStatus,
 };
 use shoal_protocol::Exptime;
 
@@ -83,7 +82,7 @@ pub(super) async fn execute(
             };
             match keyed(shared, key, &request, true).await {
                 Ok(reply) if reply.response.header.status == Status::OK => {
-                    let flags = echo.collect(&get.flags, Some(&reply), None);
+                    let flags = returned(&echo, &get.flags, Some(&reply), None);
                     if get.flags.has(Flag::ReturnValue) {
                         write_value(out, flags.as_slice(), reply.response.value.of(&reply.frame));
                     } else {
@@ -95,7 +94,7 @@ pub(super) async fn execute(
                         write_status(
                             out,
                             MetaStatus::En,
-                            echo.collect(&get.flags, None, None).as_slice(),
+                            returned(&echo, &get.flags, None, None).as_slice(),
                         );
                     }
                 }
@@ -145,10 +144,12 @@ pub(super) async fn execute(
                     match meta {
                         Some(MetaStatus::Hd) if set.quiet() => {}
                         Some(MetaStatus::Hd) => {
-                            let ret = echo.collect(flags, None, Some(reply.response.header.cas));
+                            let ret = returned(&echo, flags, None, Some(reply.response.header.cas));
                             write_status(out, MetaStatus::Hd, ret.as_slice());
                         }
-                        Some(s) => write_status(out, s, echo.collect(flags, None, None).as_slice()),
+                        Some(s) => {
+                            write_status(out, s, returned(&echo, flags, None, None).as_slice())
+                        }
                         None => error(shared, out, Ok(reply)),
                     }
                 }
@@ -172,17 +173,17 @@ pub(super) async fn execute(
                     Status::OK => write_status(
                         out,
                         MetaStatus::Hd,
-                        echo.collect(&delete.flags, None, None).as_slice(),
+                        returned(&echo, &delete.flags, None, None).as_slice(),
                     ),
                     Status::KEY_NOT_FOUND => write_status(
                         out,
                         MetaStatus::Nf,
-                        echo.collect(&delete.flags, None, None).as_slice(),
+                        returned(&echo, &delete.flags, None, None).as_slice(),
                     ),
                     Status::KEY_EXISTS => write_status(
                         out,
                         MetaStatus::Ex,
-                        echo.collect(&delete.flags, None, None).as_slice(),
+                        returned(&echo, &delete.flags, None, None).as_slice(),
                     ),
                     _ => error(shared, out, Ok(reply)),
                 },
@@ -211,7 +212,7 @@ pub(super) async fn execute(
             match keyed(shared, key, &request, false).await {
                 Ok(reply) => match (reply.response.header.status, reply.response.decoded) {
                     (Status::OK, Decoded::Counter(n)) => {
-                        let ret = echo.collect(flags, None, Some(reply.response.header.cas));
+                        let ret = returned(&echo, flags, None, Some(reply.response.header.cas));
                         if flags.has(Flag::ReturnValue) {
                             write_value(out, ret.as_slice(), n.to_string().as_bytes());
                         } else if !arith.quiet() {
@@ -221,12 +222,12 @@ pub(super) async fn execute(
                     (Status::KEY_NOT_FOUND, _) => write_status(
                         out,
                         MetaStatus::Nf,
-                        echo.collect(flags, None, None).as_slice(),
+                        returned(&echo, flags, None, None).as_slice(),
                     ),
                     (Status::KEY_EXISTS, _) => write_status(
                         out,
                         MetaStatus::Ex,
-                        echo.collect(flags, None, None).as_slice(),
+                        returned(&echo, flags, None, None).as_slice(),
                     ),
                     _ => error(shared, out, Ok(reply)),
                 },
@@ -269,60 +270,23 @@ fn error(shared: &Shared, out: &mut BytesMut, result: Result<Reply, CallError>) 
     out.put_slice(line);
 }
 
-/// The request's key and frame, for echo flags.
-struct Echo<'a> {
-    frame: &'a [u8],
-    key: &'a [u8],
-    base64: bool,
-}
-
-/// Return flags on the stack, in request order.
-struct Returned<'a> {
-    flags: [ReturnFlag<'a>; MAX_FLAGS],
-    len: usize,
-}
-
-impl Returned<'_> {
-    fn as_slice(&self) -> &[ReturnFlag<'_>] {
-        &self.flags[..self.len]
-    }
-}
-
-impl<'a> Echo<'a> {
-    /// The return flags `flags` asks for: item fields from a hit `reply`,
-    /// the new CAS of a write, and the echoes (`k`, `O`) always.
-    fn collect(
-        &self,
-        flags: &MetaFlags,
-        reply: Option<&'a Reply>,
-        cas: Option<u64>,
-    ) -> Returned<'a> {
-        let mut out = Returned {
-            flags: [ReturnFlag::Won; MAX_FLAGS],
-            len: 0,
-        };
-        for flag in flags.iter() {
-            let ret = match flag {
-                Flag::ReturnKey if self.base64 => Some(ReturnFlag::KeyBase64(self.key)),
-                Flag::ReturnKey => Some(ReturnFlag::Key(self.key)),
-                Flag::Opaque => flags.opaque().map(|o| ReturnFlag::Opaque(o.of(self.frame))),
-                Flag::ReturnCas => cas
-                    .or(reply.map(|r| r.response.header.cas))
-                    .map(ReturnFlag::Cas),
-                Flag::ReturnFlags => reply.map(|r| {
-                    ReturnFlag::ClientFlags(match r.response.decoded {
-                        Decoded::Flags(f) => f,
-                        _ => 0,
-                    })
-                }),
-                Flag::ReturnSize => reply.map(|r| ReturnFlag::Size(r.response.value.len() as u64)),
-                _ => None,
-            };
-            if let (Some(ret), Some(slot)) = (ret, out.flags.get_mut(out.len)) {
-                *slot = ret;
-                out.len += 1;
-            }
-        }
-        out
-    }
+/// The return flags `flags` asks for: item fields from a hit `reply`,
+/// the new CAS of a write, and the echoes (`k`, `O`) always.
+fn returned<'a>(
+    echo: &Echo<'a>,
+    flags: &MetaFlags,
+    reply: Option<&Reply>,
+    cas: Option<u64>,
+) -> ReturnFlags<'a> {
+    let item = ItemFields {
+        cas: cas.or(reply.map(|r| r.response.header.cas)),
+        client_flags: reply.map(|r| match r.response.decoded {
+            Decoded::Flags(f) => f,
+            _ => 0,
+        }),
+        size: reply.map(|r| r.response.value.len() as u64),
+        // A binary GET says nothing of the TTL: `t` is refused on `mg`.
+        ttl: None,
+    };
+    ReturnFlags::collect(flags, echo, item)
 }
