@@ -9,6 +9,8 @@ cluster changes shape.
 - scale in under load: four nodes, one ejected by the rebalance (it leaves
   /pools/nodes and drops its data, then is killed while the load goes on);
 - swap: one node added and one ejected in one rebalance;
+- several buckets: two membase buckets moved one after the other, a
+  memcached bucket spanning the new nodes;
 - stop and restart: stopRebalance after the first batch, then a second
   rebalance finishes the job;
 - a node killed mid-rebalance (a follower, or the leader driving it): the
@@ -226,9 +228,9 @@ def error_kinds(errors, top=5):
     return dict(Counter(f"{op}: {text[:80]}" for _, op, _, text in errors).most_common(top))
 
 
-def check_balanced(config, members):
+def check_balanced(config, members, vbuckets=VBUCKETS):
     """The map spans exactly `members`, every chain has an active and a
-    replica on another node, and each node is active for VBUCKETS/nodes ±
+    replica on another node, and each node is active for vbuckets/nodes ±
     1 vbuckets. Returns ({node name: actives}, {node name: replicas})."""
     vbmap = config["vBucketServerMap"]
     servers = vbmap["serverList"]
@@ -239,7 +241,7 @@ def check_balanced(config, members):
         f"rev {config['rev']}: the bucket's nodes are {[n['hostname'] for n in config['nodes']]}"
     )
     chains = vbmap["vBucketMap"]
-    assert len(chains) == VBUCKETS and vbmap["numReplicas"] == 1, f"rev {config['rev']}: {len(chains)} chains"
+    assert len(chains) == vbuckets and vbmap["numReplicas"] == 1, f"rev {config['rev']}: {len(chains)} chains"
     bad = [(vb, chain) for vb, chain in enumerate(chains)
            if len(chain) != 2 or not all(0 <= i < len(servers) for i in chain) or chain[0] == chain[1]]  # fmt: skip
     assert bad == [], (
@@ -249,9 +251,9 @@ def check_balanced(config, members):
     actives = Counter(by_server[servers[chain[0]]] for chain in chains)
     replicas = Counter(by_server[servers[chain[1]]] for chain in chains)
     counts = {n.name: actives.get(n.name, 0) for n in members}
-    ideal = VBUCKETS / len(members)
+    ideal = vbuckets / len(members)
     assert max(counts.values()) - min(counts.values()) <= 1 and all(abs(c - ideal) <= 1 for c in counts.values()), (
-        f"rev {config['rev']}: actives per node {counts} are not {VBUCKETS}/{len(members)} ± 1"
+        f"rev {config['rev']}: actives per node {counts} are not {vbuckets}/{len(members)} ± 1"
     )
     return counts, {n.name: replicas.get(n.name, 0) for n in members}
 
@@ -478,6 +480,70 @@ def test_swap_rebalance_under_load(cluster_harness):
            f"{len(load.wrong)} wrong gets")  # fmt: skip
     check_load(load)
     check_data(proxy, members, after, load)
+
+
+def test_rebalance_moves_every_bucket(cluster_harness):
+    """Every membase bucket is moved, one after another (the progress
+    counts them), each ends balanced with every key readable through its
+    proxy, and a memcached bucket spans the new nodes afterwards."""
+    cluster = cluster_harness.cluster(2, prefix="multi")
+    first = list(cluster.nodes)
+    leader = cluster.leader()
+    membase = {"default": 256, "b2": 64}
+    for name, vbuckets in membase.items():
+        cluster.create_bucket(leader, name, numVBuckets=vbuckets, replicaNumber=1, ramQuotaMB=32)
+    cluster.create_bucket(leader, "mc", bucketType="memcached", ramQuotaMB=16)
+    urls = ",".join(n.admin_url for n in first)
+    proxies, written = {}, {}
+    for name in membase:
+        config = cluster.wait_bucket(name)
+        wait_data_ready(cluster.nodes, name, config)
+        proxies[name] = cluster_harness.proxy("--cluster", urls, "--bucket", name, name=f"proxy-multi-{name}").wait_healthy()
+        wait_proxy_rev(proxies[name], config["rev"])
+        written[name] = {f"{name}:{i}": f"{name}-value-{i}".encode() for i in range(2_000)}
+        c = PyClient(proxies[name].addr, default_noreply=False, connect_timeout=10, timeout=CLIENT_TIMEOUT_S)
+        try:
+            assert c.set_many(written[name]) == [], f"loading bucket {name}"
+        finally:
+            c.close()
+
+    added = [cluster_harness.node(f"multi-{i}").start() for i in (2, 3)]
+    for node in added:
+        add_node(cluster, leader, node)
+    everyone = list(cluster.nodes)
+    otps = otp_nodes(leader)
+    r = start_rebalance(leader, list(otps.values()), [])
+    assert r.status == 200, r.describe()
+    totals = set()
+
+    def finished(w):
+        w.last = rebalance_progress(leader)
+        if w.last["status"] == "running":
+            totals.add(w.last["bucketsTotal"])
+        return w.last if w.last["status"] == "none" else None
+
+    final = poll(Watch(finished), REBALANCE_DEADLINE_S, "the rebalance to finish")
+    assert "errorMessage" not in final, f"the rebalance failed: {final}"
+    # Whatever the progress said while it ran counted both buckets (both
+    # maps being balanced below is what shows both moved).
+    assert totals <= {len(membase)}, f"bucketsTotal seen while running: {totals}"
+    for name, vbuckets in membase.items():
+        after = cluster.wait_bucket(name, everyone)
+        actives, _ = check_balanced(after, everyone, vbuckets)
+        wait_data_ready(everyone, name, after)
+        wait_proxy_rev(proxies[name], after["rev"])
+        missing, stale, foreign = read_back(proxies[name].addr, written[name])
+        assert (missing, stale, foreign) == ([], [], []), (
+            f"bucket {name} after the rebalance: {len(missing)} missing {missing[:5]}, {len(stale)} stale, "
+            f"{len(foreign)} foreign"
+        )
+        figure(f"bucket {name}: {vbuckets} vbuckets balanced {actives}; all {len(written[name])} keys read back")
+
+    def spans(w):
+        w.last = sorted(n["hostname"] for n in leader.bucket("mc")["nodes"])
+        return w.last == sorted(n.hostname for n in everyone)
+
+    poll(Watch(spans), CONVERGE_DEADLINE_S, "the memcached bucket to span all four nodes")
 
 
 def test_rebalance_rest_errors(cluster_harness):

@@ -197,10 +197,16 @@ impl Meta {
                 return Err(conflict("a rebalance is already running".into()));
             }
             *stop = Some(tx);
+            let total = state
+                .buckets
+                .values()
+                .filter(|b| b.kind == BucketKind::Membase)
+                .count();
             self.rebalancer.update(|s| {
                 *s = RebalanceStatus {
                     running: true,
                     phase: "start",
+                    total,
                     ..RebalanceStatus::default()
                 }
             });
@@ -232,6 +238,13 @@ impl Meta {
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), Failure> {
         let state = self.state();
+        let names: Vec<String> = state
+            .buckets
+            .values()
+            .filter(|b| b.kind == BucketKind::Membase)
+            .map(|b| b.name.clone())
+            .collect();
+        self.rebalancer.update(|s| s.total = names.len());
         for id in stays {
             if state.nodes.get(id).map(|n| n.membership) == Some(Membership::InactiveAdded) {
                 self.write(Command::SetMembership {
@@ -242,13 +255,6 @@ impl Meta {
                 .map_err(|e| e.to_string())?;
             }
         }
-        let names: Vec<String> = state
-            .buckets
-            .values()
-            .filter(|b| b.kind == BucketKind::Membase)
-            .map(|b| b.name.clone())
-            .collect();
-        self.rebalancer.update(|s| s.total = names.len());
         for (i, name) in names.iter().enumerate() {
             self.rebalancer.update(|s| {
                 s.bucket = Some(name.clone());
