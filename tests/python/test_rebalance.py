@@ -198,6 +198,18 @@ def add_node(cluster, leader, node):
     poll(Watch(listed), CONVERGE_DEADLINE_S, f"the leader to list the added {node.name}")
 
 
+def add_two_and_start(harness, cluster, leader, prefix):
+    """Adds two bare nodes (`<prefix>-2`, `<prefix>-3`) through `leader` and
+    starts a rebalance over every node; returns (every node, {hostname:
+    otpNode})."""
+    for i in (2, 3):
+        add_node(cluster, leader, harness.node(f"{prefix}-{i}").start())
+    otps = otp_nodes(leader)
+    r = start_rebalance(leader, list(otps.values()), [])
+    assert r.status == 200, r.describe()
+    return list(cluster.nodes), otps
+
+
 def wait_idle_everywhere(nodes):
     """Every node of `nodes` answers rebalanceProgress `none` without an
     errorMessage (a follower's answer may lag the leader's)."""
@@ -507,13 +519,7 @@ def test_rebalance_moves_every_bucket(cluster_harness):
         finally:
             c.close()
 
-    added = [cluster_harness.node(f"multi-{i}").start() for i in (2, 3)]
-    for node in added:
-        add_node(cluster, leader, node)
-    everyone = list(cluster.nodes)
-    otps = otp_nodes(leader)
-    r = start_rebalance(leader, list(otps.values()), [])
-    assert r.status == 200, r.describe()
+    everyone, otps = add_two_and_start(cluster_harness, cluster, leader, "multi")
     totals = set()
 
     def finished(w):
@@ -659,13 +665,8 @@ def test_stop_and_restart_under_load(cluster_harness):
     load = MixedLoad(proxy.addr, values, seed=13).start()
     try:
         leader = cluster.leader()
-        added = [cluster_harness.node(f"stop-{i}").start() for i in (2, 3)]
-        for node in added:
-            add_node(cluster, leader, node)
-        everyone = list(cluster.nodes)
-        otps = otp_nodes(leader)
-        r = start_rebalance(leader, list(otps.values()), [])
-        assert r.status == 200, r.describe()
+        everyone, otps = add_two_and_start(cluster_harness, cluster, leader, "stop")
+        added = everyone[-2:]
 
         def midway(w):
             w.last = rebalance_progress(leader)
