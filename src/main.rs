@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand};
 
 mod ctl;
 mod up;
-use shoal_node::persist::FsyncPolicy;
 use shoal_node::{Node, NodeConfig};
+use shoal_persist::FsyncPolicy;
 
 /// Shoal: a memcached-compatible clustered store and smart proxy.
 #[derive(Debug, Parser)]

@@ -8,8 +8,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use shoal_node::admin::parse_bucket_form;
-use shoal_node::meta::{ClusterState, Command};
-use shoal_node::server::BucketKind;
+use shoal_node::bucket::BucketKind;
+use shoal_node::manager::{ClusterState, Command};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {

@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shoal_node::persist::decode_record;
-use shoal_node::persist::record::{decode_key, encode_key, encode_record};
+use shoal_persist::decode_record;
+use shoal_persist::record::{decode_key, encode_key, encode_record};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(record) = decode_record(data) {

@@ -33,10 +33,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use shoal_node::engine::VbucketState;
-use shoal_node::persist::Store;
-use shoal_node::server::{drive, open, Context};
+use shoal_engine::VbucketState;
+use shoal_node::bucket::open::open_standalone;
+use shoal_node::bucket::LiveBucket;
+use shoal_node::server::drive;
 use shoal_node::NodeConfig;
+use shoal_persist::Store;
 
 /// Largest value the node accepts here (its `--max-value-bytes`).
 const MAX_VALUE: usize = 1024;
@@ -58,7 +60,7 @@ const VBUCKETS: usize = 64;
 
 /// The node's shared state, and the store it must outlive.
 struct Harness {
-    ctx: Arc<Context>,
+    ctx: Arc<LiveBucket>,
     _store: Store,
 }
 
@@ -98,10 +100,10 @@ fn harness() -> &'static Harness {
             max_value_len: MAX_VALUE,
             ..NodeConfig::default()
         };
-        let (ctx, store) = open(&config).expect("open the node's context");
-        ctx.bucket.set_warming_up(false);
+        let (ctx, store) = open_standalone(&config).expect("open the node's bucket");
+        ctx.engine.set_warming_up(false);
         for vb in 0..VBUCKETS {
-            ctx.bucket
+            ctx.engine
                 .set_vbucket_state(vb as u16, VbucketState::Active)
                 .expect("activate vbucket");
         }
@@ -111,8 +113,8 @@ fn harness() -> &'static Harness {
 
 /// The background work of a node, done synchronously: persist what was
 /// queued, then page if memory is high.
-fn settle(ctx: &Context) {
-    let batch = ctx.bucket.drain(usize::MAX);
+fn settle(ctx: &LiveBucket) {
+    let batch = ctx.engine.drain(usize::MAX);
     if !batch.is_empty() {
         ctx.store
             .as_ref()
@@ -126,10 +128,10 @@ fn settle(ctx: &Context) {
                 None => top.push((m.vbucket, m.seqno)),
             }
         }
-        ctx.bucket.mark_persisted_all(&top);
+        ctx.engine.mark_persisted_all(&top);
     }
-    if ctx.bucket.needs_paging() {
-        ctx.bucket.run_pager(ctx.clock.now());
+    if ctx.engine.needs_paging() {
+        ctx.engine.run_pager(ctx.clock.now());
     }
 }
 

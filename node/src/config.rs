@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::persist::FsyncPolicy;
+use shoal_persist::FsyncPolicy;
 
 /// How a node is configured (the `shoal node` flags map onto it 1:1).
 #[derive(Clone, Debug)]

@@ -21,7 +21,7 @@ use common::TestDir;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use shoal_node::server::{BucketKind, BucketSpec};
+use shoal_node::bucket::{BucketKind, BucketSpec, Durability};
 use shoal_node::{Node, NodeConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -67,6 +67,8 @@ fn spec(name: &str, kind: BucketKind) -> BucketSpec {
         name: name.into(),
         kind,
         ram_quota_mb: 8,
+        replicas: 0,
+        durability: Durability::None,
         num_vbuckets: 16,
     }
 }
@@ -253,7 +255,7 @@ async fn one_key_three_buckets_three_values() {
 async fn a_node_without_buckets_answers_no_bucket() {
     let dir = TestDir::new("buckets", "none");
     let node = start(&dir, false).await;
-    assert!(node.context().is_none() && node.buckets().names().is_empty());
+    assert!(node.default_bucket().is_none() && node.buckets().names().is_empty());
     let mut c = Client::connect(&node).await;
     c.send(b"get k\r\nset k 0 0 1 noreply\r\nv\r\nmg k v\r\nmn\r\nversion\r\n")
         .await;
@@ -273,7 +275,7 @@ async fn a_node_without_buckets_answers_no_bucket() {
     c.set("k", "v").await;
     let mut fresh = Client::connect(&node).await;
     assert_eq!(fresh.get("k").await.as_deref(), Some("v"));
-    assert!(node.context().is_some());
+    assert!(node.default_bucket().is_some());
     node.shutdown().await.expect("clean stop");
 }
 
@@ -338,7 +340,7 @@ async fn membase_buckets_warm_up_again_and_memcached_buckets_start_empty() {
     }
     let m1 = node.buckets().get("m1").expect("m1");
     assert_eq!(
-        m1.bucket.queue_len(),
+        m1.engine.queue_len(),
         0,
         "a memcached bucket queues nothing"
     );

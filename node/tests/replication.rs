@@ -27,10 +27,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use shoal_node::engine::{CursorStart, EngineError, Lookup, VbucketState};
+use shoal_engine::{CursorStart, EngineError, Lookup, VbucketId, VbucketState};
+use shoal_node::bucket::LiveBucket;
 use shoal_node::replication::consumer::Replicator;
-use shoal_node::server::Context;
-use shoal_node::{Node, NodeConfig, VbucketId};
+use shoal_node::{Node, NodeConfig};
 use shoal_protocol::binary::dcp::{
     encode_buffer_ack, encode_close_stream, encode_control, encode_noop, encode_open,
     encode_stream_req, OpenFlags, StreamEndStatus, StreamReq, StreamReqFlags,
@@ -56,7 +56,7 @@ const NOT_MY_VBUCKET: u16 = 0x07;
 // === helpers ===
 
 /// A standalone node (every vbucket active, bucket `default`) in `dir`.
-async fn start(dir: &Path) -> (Node, Arc<Context>) {
+async fn start(dir: &Path) -> (Node, Arc<LiveBucket>) {
     let node = Node::start(NodeConfig {
         data_dir: dir.to_path_buf(),
         port: 0,
@@ -69,7 +69,7 @@ async fn start(dir: &Path) -> (Node, Arc<Context>) {
     .await
     .expect("start the node");
     node.ready().await.expect("warm up");
-    let ctx = node.context().expect("bucket default");
+    let ctx = node.default_bucket().expect("bucket default");
     (node, ctx)
 }
 
@@ -77,9 +77,9 @@ async fn start(dir: &Path) -> (Node, Arc<Context>) {
 /// replicator, not streaming yet.
 struct Pair {
     a: Node,
-    a_ctx: Arc<Context>,
+    a_ctx: Arc<LiveBucket>,
     b: Node,
-    b_ctx: Arc<Context>,
+    b_ctx: Arc<LiveBucket>,
     replicator: Replicator,
     _dirs: (TestDir, TestDir),
 }
@@ -94,7 +94,7 @@ impl Pair {
         let (b, b_ctx) = start(db.path()).await;
         for vb in 0..NUM_VBUCKETS {
             b_ctx
-                .bucket
+                .engine
                 .set_vbucket_state(vb, VbucketState::Replica)
                 .expect("replica");
         }
@@ -119,7 +119,7 @@ impl Pair {
 
     /// Waits until B has every seqno A has, in every vbucket.
     async fn converged(&self) {
-        let (a, b) = (&self.a_ctx.bucket, &self.b_ctx.bucket);
+        let (a, b) = (&self.a_ctx.engine, &self.b_ctx.engine);
         eventually("B catches up with A", || {
             (0..NUM_VBUCKETS).all(|vb| a.high_seqno(vb) == b.high_seqno(vb))
         })
@@ -273,12 +273,12 @@ async fn write_batch(client: &mut Client, model: &mut Model, prefix: &str, n: us
 
 /// B holds every key of `model` as A does: same value, flags, CAS and
 /// seqno; deleted keys are gone from both.
-fn assert_replicated(a: &Context, b: &Context, model: &Model) {
+fn assert_replicated(a: &LiveBucket, b: &LiveBucket, model: &Model) {
     let now = a.clock.now();
     for (key, want) in model {
         let vb = a.vbucket_of(key.as_bytes());
-        let on_a = a.bucket.get(vb, key.as_bytes(), now);
-        let on_b = b.bucket.get_replica(vb, key.as_bytes(), now);
+        let on_a = a.engine.get(vb, key.as_bytes(), now);
+        let on_b = b.engine.get_replica(vb, key.as_bytes(), now);
         match want {
             None => {
                 assert_eq!(on_a, Err(EngineError::NotFound), "{key} deleted on A");
@@ -317,7 +317,7 @@ async fn live_writes_and_deletions_reach_the_replica_with_their_seqnos_and_cas()
 
     // B acknowledged every seqno to A's durability monitor, under its name.
     let me = pair.b.data_addr().to_string();
-    let (a, durability) = (&pair.a_ctx.bucket, &pair.a_ctx.durability);
+    let (a, durability) = (&pair.a_ctx.engine, &pair.a_ctx.durability);
     eventually("A hears B's acknowledgements", || {
         (0..NUM_VBUCKETS).all(|vb| {
             let acked = durability.snapshot(vb).map_or(0, |s| s.acked_by(&me));
@@ -382,15 +382,15 @@ async fn a_late_replica_backfills_from_disk_then_follows_from_memory() {
         .expect("flush A");
     // Nothing keeps A's flushed mutations queued: a stream from 0 must
     // start with a backfill from disk.
-    let noop: shoal_node::engine::CursorWake = Arc::new(|| {});
+    let noop: shoal_engine::CursorWake = Arc::new(|| {});
     let backfills = (0..NUM_VBUCKETS)
         .filter(|&vb| {
             let (id, start) = pair
                 .a_ctx
-                .bucket
+                .engine
                 .open_cursor(vb, 0, noop.clone())
                 .expect("cursor");
-            pair.a_ctx.bucket.close_cursor(vb, id);
+            pair.a_ctx.engine.close_cursor(vb, id);
             matches!(start, CursorStart::Backfill { .. })
         })
         .count();
@@ -426,8 +426,8 @@ async fn a_replica_with_another_history_rolls_back_and_streams_again() {
     // B now carries A's history.
     for vb in 0..NUM_VBUCKETS {
         assert_eq!(
-            pair.b_ctx.bucket.failover_log(vb),
-            pair.a_ctx.bucket.failover_log(vb),
+            pair.b_ctx.engine.failover_log(vb),
+            pair.a_ctx.engine.failover_log(vb),
             "vbucket {vb}"
         );
     }
@@ -440,7 +440,7 @@ async fn a_replica_dropped_and_made_replica_again_streams_everything_again() {
     // B's copies move away and are dropped (a rebalance that stopped),
     // then come back as replicas (the next rebalance): their seqnos carry
     // on, but nothing below them is there any more.
-    let b = &pair.b_ctx.bucket;
+    let b = &pair.b_ctx.engine;
     for vb in 0..NUM_VBUCKETS {
         b.delete_vbucket(vb).expect("drop");
         b.set_vbucket_state(vb, VbucketState::Replica)
@@ -648,7 +648,7 @@ async fn the_producer_holds_the_stream_at_the_window_and_answers_stream_requests
     // A vbucket that dies under its stream ends it; a dead one is refused
     // to a consumer that follows actives only (a replica), and served to
     // one that does not (a takeover fetching the old active's last writes).
-    ctx.bucket
+    ctx.engine
         .set_vbucket_state(3, VbucketState::Dead)
         .expect("dead");
     let mut out = BytesMut::new();

@@ -8,7 +8,7 @@
 //! - [`meta`]: the meta text commands `mg ms md ma mn me` and their replies.
 //! - [`error`]: [`ParseError`], the one place that decides what a client hears
 //!   for bad input and whether the stream can go on.
-//! - [`limits`], [`span`], [`exptime`]: the shared vocabulary.
+//! - [`limits`], [`span`], [`exptime`], [`cas`]: the shared vocabulary.
 //!
 //! Every parser is a total function over `&[u8]`: it returns
 //! `Ok(Some((request, consumed)))`, `Ok(None)` when more bytes are needed, or a
@@ -22,6 +22,7 @@
 
 pub mod ascii;
 pub mod binary;
+pub mod cas;
 pub mod error;
 pub mod exptime;
 pub mod limits;

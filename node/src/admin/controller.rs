@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use shoal_vbmap::planner::fresh_map;
 
 use super::{error, json, Admin};
-use crate::meta::{BucketRecord, Command, Durability, Meta, MetaError, NodeRecord, Rejection};
-use crate::server::BucketKind;
+use crate::bucket::{BucketKind, BucketSpec, Durability};
+use crate::manager::{BucketRecord, Command, Manager, ManagerError, NodeRecord, Rejection};
 
 /// Marks a request already forwarded once.
 const FORWARDED: &str = "x-shoal-forwarded";
@@ -29,25 +29,8 @@ const MAX_VBUCKETS: u32 = 4096;
 /// Most replicas per vbucket (Couchbase's limit).
 const MAX_REPLICAS: u8 = 3;
 
-/// A bucket as `POST /pools/default/buckets` describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BucketParams {
-    /// Bucket name.
-    pub name: String,
-    /// `membase` or `memcached`.
-    pub kind: BucketKind,
-    /// RAM quota per node, MiB.
-    pub ram_quota_mb: u64,
-    /// Replicas per vbucket.
-    pub replicas: u8,
-    /// Minimum durability.
-    pub durability: Durability,
-    /// vbuckets (1 for memcached buckets).
-    pub num_vbuckets: u32,
-}
-
 /// Parses and validates a form-encoded bucket-creation body.
-pub fn parse_bucket_form(body: &[u8]) -> Result<BucketParams, String> {
+pub fn parse_bucket_form(body: &[u8]) -> Result<BucketSpec, String> {
     bucket_params(&form(body))
 }
 
@@ -58,13 +41,13 @@ fn form(body: &[u8]) -> BTreeMap<String, String> {
 
 /// Validates bucket-creation parameters (Couchbase's names; `numVBuckets`
 /// is Shoal's own, default 1024).
-fn bucket_params(form: &BTreeMap<String, String>) -> Result<BucketParams, String> {
+fn bucket_params(form: &BTreeMap<String, String>) -> Result<BucketSpec, String> {
     let name = form
         .get("name")
         .filter(|n| !n.is_empty())
         .ok_or("name is required")?
         .clone();
-    if crate::persist::validate_bucket_name(&name).is_err() {
+    if shoal_persist::validate_bucket_name(&name).is_err() {
         return Err(format!(
             "name {name:?} is invalid: use up to 100 of A-Z a-z 0-9 _ - . (not starting with .)"
         ));
@@ -130,7 +113,7 @@ fn bucket_params(form: &BTreeMap<String, String>) -> Result<BucketParams, String
             return Err("memcached buckets have no vbuckets: omit numVBuckets".into());
         }
     }
-    Ok(BucketParams {
+    Ok(BucketSpec {
         name,
         kind,
         ram_quota_mb,
@@ -141,17 +124,17 @@ fn bucket_params(form: &BTreeMap<String, String>) -> Result<BucketParams, String
 }
 
 /// The response for a failed metadata operation.
-fn meta_error(e: MetaError) -> Response {
+fn meta_error(e: ManagerError) -> Response {
     match e {
-        MetaError::Rejected(Rejection::NotFound(m)) => error(StatusCode::NOT_FOUND, &m),
-        MetaError::Rejected(Rejection::Conflict(m)) => error(StatusCode::CONFLICT, &m),
-        MetaError::Rejected(Rejection::Invalid(m)) => error(StatusCode::BAD_REQUEST, &m),
-        MetaError::NotLeader(_) => error(
+        ManagerError::Rejected(Rejection::NotFound(m)) => error(StatusCode::NOT_FOUND, &m),
+        ManagerError::Rejected(Rejection::Conflict(m)) => error(StatusCode::CONFLICT, &m),
+        ManagerError::Rejected(Rejection::Invalid(m)) => error(StatusCode::BAD_REQUEST, &m),
+        ManagerError::NotLeader(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "leadership changed while handling the request; nothing was changed, retry",
         ),
-        MetaError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, &m),
-        MetaError::Internal(m) => error(StatusCode::INTERNAL_SERVER_ERROR, &m),
+        ManagerError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, &m),
+        ManagerError::Internal(m) => error(StatusCode::INTERNAL_SERVER_ERROR, &m),
     }
 }
 
@@ -191,17 +174,17 @@ impl<S: Send + Sync> FromRequest<S> for Incoming {
 /// leader.
 async fn on_leader<F, Fut>(admin: &Admin, incoming: Incoming, local: F) -> Response
 where
-    F: FnOnce(Arc<Meta>, Bytes) -> Fut,
+    F: FnOnce(Arc<Manager>, Bytes) -> Fut,
     Fut: std::future::Future<Output = Response>,
 {
-    let Some(meta) = admin.meta.clone() else {
+    let Some(manager) = admin.manager.clone() else {
         return error(
             StatusCode::CONFLICT,
             "a standalone node has no cluster to change",
         );
     };
-    if meta.is_leader() {
-        return local(meta, incoming.body).await;
+    if manager.is_leader() {
+        return local(manager, incoming.body).await;
     }
     let no_leader = || {
         error(
@@ -213,7 +196,7 @@ where
     if incoming.headers.contains_key(FORWARDED) {
         return no_leader();
     }
-    let Some((_, leader)) = meta.leader() else {
+    let Some((_, leader)) = manager.leader() else {
         return no_leader();
     };
     let path = incoming
@@ -253,12 +236,12 @@ where
 
 /// `POST /pools/default/buckets`.
 pub(super) async fn create_bucket(State(admin): State<Admin>, incoming: Incoming) -> Response {
-    on_leader(&admin, incoming, |meta, body| async move {
+    on_leader(&admin, incoming, |manager, body| async move {
         let params = match parse_bucket_form(&body) {
             Ok(p) => p,
             Err(m) => return error(StatusCode::BAD_REQUEST, &m),
         };
-        let state = meta.state();
+        let state = manager.state();
         if state.buckets.contains_key(&params.name) {
             return error(
                 StatusCode::CONFLICT,
@@ -280,19 +263,14 @@ pub(super) async fn create_bucket(State(admin): State<Admin>, incoming: Incoming
             BucketKind::Memcached => Vec::new(),
         };
         let record = BucketRecord {
-            name: params.name,
-            kind: params.kind,
-            ram_quota_mb: params.ram_quota_mb,
-            replicas: params.replicas,
-            durability: params.durability,
-            num_vbuckets: params.num_vbuckets,
+            spec: params,
             uuid: uuid(),
             servers,
             chains,
             forward: None,
             rev: 0,
         };
-        match meta.write(Command::CreateBucket(record)).await {
+        match manager.write(Command::CreateBucket(record)).await {
             Ok(()) => StatusCode::ACCEPTED.into_response(),
             Err(e) => meta_error(e),
         }
@@ -306,8 +284,8 @@ pub(super) async fn delete_bucket(
     Path(bucket): Path<String>,
     incoming: Incoming,
 ) -> Response {
-    on_leader(&admin, incoming, |meta, _| async move {
-        match meta.write(Command::DeleteBucket { name: bucket }).await {
+    on_leader(&admin, incoming, |manager, _| async move {
+        match manager.write(Command::DeleteBucket { name: bucket }).await {
             Ok(()) => StatusCode::OK.into_response(),
             Err(e) => meta_error(e),
         }
@@ -317,7 +295,7 @@ pub(super) async fn delete_bucket(
 
 /// `POST /controller/addNode` with `hostname=host[:adminport]`.
 pub(super) async fn add_node(State(admin): State<Admin>, incoming: Incoming) -> Response {
-    on_leader(&admin, incoming, |meta, body| async move {
+    on_leader(&admin, incoming, |manager, body| async move {
         let form = form(&body);
         let Some(hostname) = form.get("hostname").filter(|h| !h.is_empty()) else {
             return error(StatusCode::BAD_REQUEST, "hostname is required");
@@ -328,7 +306,7 @@ pub(super) async fn add_node(State(admin): State<Admin>, incoming: Incoming) -> 
         } else {
             format!("{hostname}:8091")
         };
-        match meta.add_node(&hostname).await {
+        match manager.add_node(&hostname).await {
             Ok(record) => json(serde_json::json!({ "otpNode": record.otp_node() }).to_string()),
             Err(e) => meta_error(e),
         }
@@ -339,12 +317,12 @@ pub(super) async fn add_node(State(admin): State<Admin>, incoming: Incoming) -> 
 /// `POST /controller/ejectNode` with `otpNode=ns_<id>@host` (or the
 /// node's `host:adminport`).
 pub(super) async fn eject_node(State(admin): State<Admin>, incoming: Incoming) -> Response {
-    on_leader(&admin, incoming, |meta, body| async move {
-        let node = match find_node(&meta, &form(&body)) {
+    on_leader(&admin, incoming, |manager, body| async move {
+        let node = match find_node(&manager, &form(&body)) {
             Ok(node) => node,
             Err(response) => return response,
         };
-        match meta.eject_node(node.id).await {
+        match manager.eject_node(node.id).await {
             Ok(()) => StatusCode::OK.into_response(),
             Err(e) => meta_error(e),
         }
@@ -355,14 +333,14 @@ pub(super) async fn eject_node(State(admin): State<Admin>, incoming: Incoming) -
 /// `POST /controller/failOver` with `otpNode=ns_<id>@host` (or
 /// `host:adminport`) and optionally `allowUnsafe=true`.
 pub(super) async fn fail_over(State(admin): State<Admin>, incoming: Incoming) -> Response {
-    on_leader(&admin, incoming, |meta, body| async move {
+    on_leader(&admin, incoming, |manager, body| async move {
         let form = form(&body);
-        let node = match find_node(&meta, &form) {
+        let node = match find_node(&manager, &form) {
             Ok(node) => node,
             Err(response) => return response,
         };
         let allow_unsafe = form.get("allowUnsafe").is_some_and(|v| v == "true");
-        match meta.fail_over(node.id, allow_unsafe).await {
+        match manager.fail_over(node.id, allow_unsafe).await {
             Ok(()) => StatusCode::OK.into_response(),
             Err(e) => meta_error(e),
         }
@@ -375,9 +353,9 @@ pub(super) async fn fail_over(State(admin): State<Admin>, incoming: Incoming) ->
 /// starts the rebalance on the leader and answers at once; progress is in
 /// `/pools/default/rebalanceProgress`.
 pub(super) async fn rebalance(State(admin): State<Admin>, incoming: Incoming) -> Response {
-    on_leader(&admin, incoming, |meta, body| async move {
+    on_leader(&admin, incoming, |manager, body| async move {
         let form = form(&body);
-        let state = meta.state();
+        let state = manager.state();
         // Errors as text: a `Response` is too big to pass around in a Result.
         let ids = |key: &str| -> Result<Vec<u64>, String> {
             let list = form.get(key).map(String::as_str).unwrap_or("");
@@ -403,7 +381,7 @@ pub(super) async fn rebalance(State(admin): State<Admin>, incoming: Incoming) ->
             Ok(e) => e,
             Err(e) => return error(StatusCode::BAD_REQUEST, &e),
         };
-        match meta.start_rebalance(known, ejected) {
+        match manager.start_rebalance(known, ejected) {
             Ok(()) => StatusCode::OK.into_response(),
             Err(e) => meta_error(e),
         }
@@ -414,16 +392,16 @@ pub(super) async fn rebalance(State(admin): State<Admin>, incoming: Incoming) ->
 /// `GET /pools/default/rebalanceProgress`, answered by the leader (which
 /// runs any rebalance), so every node gives the same answer.
 pub(super) async fn rebalance_progress(State(admin): State<Admin>, incoming: Incoming) -> Response {
-    on_leader(&admin, incoming, |meta, _body| async move {
-        super::json(super::rebalance_progress_body(&meta))
+    on_leader(&admin, incoming, |manager, _body| async move {
+        super::json(super::rebalance_progress_body(&manager))
     })
     .await
 }
 
 /// `POST /controller/stopRebalance`.
 pub(super) async fn stop_rebalance(State(admin): State<Admin>, incoming: Incoming) -> Response {
-    on_leader(&admin, incoming, |meta, _body| async move {
-        meta.rebalancer.stop();
+    on_leader(&admin, incoming, |manager, _body| async move {
+        manager.rebalancer.stop();
         StatusCode::OK.into_response()
     })
     .await
@@ -432,14 +410,14 @@ pub(super) async fn stop_rebalance(State(admin): State<Admin>, incoming: Incomin
 /// `POST /settings/autoFailover` with `enabled=true|false` and
 /// `timeout=<seconds>` (kept as is when absent).
 pub(super) async fn set_auto_failover(State(admin): State<Admin>, incoming: Incoming) -> Response {
-    on_leader(&admin, incoming, |meta, body| async move {
+    on_leader(&admin, incoming, |manager, body| async move {
         let form = form(&body);
         let enabled = match form.get("enabled").map(String::as_str) {
             Some("true") => true,
             Some("false") => false,
             _ => return error(StatusCode::BAD_REQUEST, "enabled must be true or false"),
         };
-        let mut settings = meta.state().auto_failover;
+        let mut settings = manager.state().auto_failover;
         if let Some(t) = form.get("timeout") {
             match t.parse::<u32>() {
                 Ok(t) => settings.timeout_s = t,
@@ -452,7 +430,7 @@ pub(super) async fn set_auto_failover(State(admin): State<Admin>, incoming: Inco
             }
         }
         settings.enabled = enabled;
-        match meta.write(Command::SetAutoFailover(settings)).await {
+        match manager.write(Command::SetAutoFailover(settings)).await {
             Ok(()) => StatusCode::OK.into_response(),
             Err(e) => meta_error(e),
         }
@@ -462,11 +440,12 @@ pub(super) async fn set_auto_failover(State(admin): State<Admin>, incoming: Inco
 
 /// The node a form's `otpNode` names (an otpNode or `host:adminport`).
 #[allow(clippy::result_large_err)]
-fn find_node(meta: &Meta, form: &BTreeMap<String, String>) -> Result<NodeRecord, Response> {
+fn find_node(manager: &Manager, form: &BTreeMap<String, String>) -> Result<NodeRecord, Response> {
     let Some(wanted) = form.get("otpNode").filter(|n| !n.is_empty()) else {
         return Err(error(StatusCode::BAD_REQUEST, "otpNode is required"));
     };
-    meta.state()
+    manager
+        .state()
         .nodes
         .values()
         .find(|n| n.otp_node() == *wanted || n.admin_address() == *wanted)
@@ -501,7 +480,7 @@ fn uuid() -> String {
 mod tests {
     use super::*;
 
-    fn params(pairs: &[(&str, &str)]) -> Result<BucketParams, String> {
+    fn params(pairs: &[(&str, &str)]) -> Result<BucketSpec, String> {
         let body: String = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(pairs)
             .finish();

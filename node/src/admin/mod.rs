@@ -13,11 +13,15 @@
 //! leader who a joining node is, and `POST /internal/bucketConfig` hands a
 //! config to a node outside any cluster. Errors are JSON
 //! `{"error": "..."}` with the right status.
+//!
+//! Layer: above the cluster manager, the cluster view and the bucket
+//! runtime; only the wiring is above it. Must not import: `server`,
+//! `replication` (it reaches them only through the manager), `node`.
 
 mod controller;
 mod raft;
 
-pub use controller::{parse_bucket_form, BucketParams};
+pub use controller::parse_bucket_form;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,9 +36,10 @@ use futures_util::stream;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::cluster::{ClusterView, Published};
-use crate::meta::{Membership, Meta};
-use crate::server::Buckets;
+use crate::bucket::{Buckets, DEFAULT_BUCKET};
+use crate::cluster_view::{AdoptError, ClusterView, Published};
+use crate::manager::{Manager, Membership};
+use crate::version::VERSION;
 
 /// How often an idle config stream carries a keep-alive, so a proxy can
 /// tell a quiet stream from a dead node (proxies give up after ~10 s).
@@ -49,7 +54,7 @@ struct Admin {
     buckets: Arc<Buckets>,
     view: Arc<ClusterView>,
     /// The metadata service; `None` on a standalone node.
-    meta: Option<Arc<Meta>>,
+    manager: Option<Arc<Manager>>,
     /// Ends config streams when the node stops (graceful shutdown waits
     /// for open responses, and a stream never ends by itself).
     shutdown: watch::Receiver<bool>,
@@ -62,13 +67,13 @@ pub async fn serve(
     listener: TcpListener,
     buckets: Arc<Buckets>,
     view: Arc<ClusterView>,
-    meta: Option<Arc<Meta>>,
+    manager: Option<Arc<Manager>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let admin = Admin {
         buckets,
         view,
-        meta,
+        manager,
         shutdown: shutdown.clone(),
         http: reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
@@ -158,24 +163,24 @@ async fn pools() -> Response {
 /// and health (each peer probed now, half a second at most), the Raft
 /// roles, and where the buckets are.
 async fn pool_default(State(admin): State<Admin>) -> Response {
-    let nodes = match &admin.meta {
-        Some(meta) if meta.is_member() => cluster_nodes(&admin, meta).await,
+    let nodes = match &admin.manager {
+        Some(manager) if manager.is_member() => cluster_nodes(&admin, manager).await,
         _ => {
             // Outside a cluster: the nodes of the config being served.
             admin
                 .view
-                .current(crate::server::DEFAULT_BUCKET)
+                .current(DEFAULT_BUCKET)
                 .and_then(|p| shoal_vbmap::config::BucketConfig::parse(&p.json).ok())
                 .map(|c| serde_json::to_value(&c.nodes).unwrap_or_default())
                 .unwrap_or_else(|| serde_json::json!([]))
         }
     };
     let leader = admin
-        .meta
+        .manager
         .as_ref()
         .and_then(|m| m.leader())
         .map(|(id, _)| id);
-    let balanced = admin.meta.as_ref().is_none_or(|m| {
+    let balanced = admin.manager.as_ref().is_none_or(|m| {
         m.state()
             .nodes
             .values()
@@ -189,16 +194,16 @@ async fn pool_default(State(admin): State<Admin>) -> Response {
             "rebalanceStatus": "none",
             "balanced": balanced,
             "raftLeader": leader,
-            "raftTerm": admin.meta.as_ref().map(|m| m.term()),
+            "raftTerm": admin.manager.as_ref().map(|m| m.term()),
         })
         .to_string(),
     )
 }
 
-async fn cluster_nodes(admin: &Admin, meta: &Meta) -> serde_json::Value {
-    let state = meta.state();
-    let roles = meta.raft_roles();
-    let me = meta.me().id;
+async fn cluster_nodes(admin: &Admin, manager: &Manager) -> serde_json::Value {
+    let state = manager.state();
+    let roles = manager.raft_roles();
+    let me = manager.me().id;
     let probes = state.nodes.values().map(|n| {
         let url = format!("http://{}/internal/nodeInfo", n.admin_address());
         let http = admin.http.clone();
@@ -227,7 +232,7 @@ async fn cluster_nodes(admin: &Admin, meta: &Meta) -> serde_json::Value {
                 "status": if up { "healthy" } else { "unhealthy" },
                 "thisNode": n.id == me,
                 "ports": { "direct": n.data_port },
-                "version": crate::server::context::VERSION,
+                "version": VERSION,
                 "raftRole": roles.get(&n.id).copied().unwrap_or("none"),
             })
         })
@@ -257,7 +262,7 @@ async fn bucket(State(admin): State<Admin>, Path(bucket): Path<String>) -> Respo
 
 async fn tasks(State(admin): State<Admin>) -> Response {
     let status = admin
-        .meta
+        .manager
         .as_ref()
         .map(|m| m.rebalancer.status())
         .unwrap_or_default();
@@ -283,8 +288,8 @@ async fn tasks(State(admin): State<Admin>) -> Response {
 /// route forwards there): `{"status": "running", ...}` while its rebalance
 /// runs, else `{"status": "none"}` (with `errorMessage` when the last one
 /// failed or was stopped, and the last one's duration).
-pub(crate) fn rebalance_progress_body(meta: &crate::meta::Meta) -> String {
-    let status = meta.rebalancer.status();
+pub(crate) fn rebalance_progress_body(manager: &crate::manager::Manager) -> String {
+    let status = manager.rebalancer.status();
     let body = if status.running {
         serde_json::json!({
             "status": "running",
@@ -311,7 +316,7 @@ pub(crate) fn rebalance_progress_body(meta: &crate::meta::Meta) -> String {
 
 /// Buckets done (the current one by its vbuckets moved), as a
 /// percentage.
-fn progress_percent(status: &crate::meta::rebalance::RebalanceStatus) -> f64 {
+fn progress_percent(status: &crate::manager::rebalance::RebalanceStatus) -> f64 {
     if status.total == 0 {
         return 0.0;
     }
@@ -326,7 +331,7 @@ fn progress_percent(status: &crate::meta::rebalance::RebalanceStatus) -> f64 {
 /// `GET /settings/autoFailover`.
 async fn auto_failover(State(admin): State<Admin>) -> Response {
     let settings = admin
-        .meta
+        .manager
         .as_ref()
         .map(|m| m.state().auto_failover)
         .unwrap_or_default();
@@ -347,11 +352,11 @@ async fn seqnos(State(admin): State<Admin>, Path(bucket): Path<String>) -> Respo
     let Some(ctx) = admin.buckets.get(&bucket) else {
         return no_bucket(&bucket);
     };
-    let n = ctx.bucket.config().num_vbuckets;
+    let n = ctx.engine.config().num_vbuckets;
     let pairs: Vec<(u16, u64)> = (0..n)
         .filter_map(|vb| {
             let vb = u16::try_from(vb).ok()?;
-            Some((vb, ctx.bucket.high_seqno(vb)?))
+            Some((vb, ctx.engine.high_seqno(vb)?))
         })
         .collect();
     json(serde_json::to_string(&pairs).unwrap_or_default())
@@ -365,20 +370,20 @@ async fn vbuckets(State(admin): State<Admin>, Path(bucket): Path<String>) -> Res
     let Some(ctx) = admin.buckets.get(&bucket) else {
         return no_bucket(&bucket);
     };
-    let n = ctx.bucket.config().num_vbuckets;
+    let n = ctx.engine.config().num_vbuckets;
     let rows: Vec<(u16, u32, u64)> = (0..n)
         .filter_map(|vb| {
             let vb = u16::try_from(vb).ok()?;
-            let state = ctx.bucket.vbucket_state(vb)?;
-            Some((vb, state.to_wire(), ctx.bucket.high_seqno(vb)?))
+            let state = ctx.engine.vbucket_state(vb)?;
+            Some((vb, state.to_wire(), ctx.engine.high_seqno(vb)?))
         })
         .collect();
     json(serde_json::to_string(&rows).unwrap_or_default())
 }
 
 async fn node_info(State(admin): State<Admin>) -> Response {
-    match &admin.meta {
-        Some(meta) => json(serde_json::to_string(meta.me()).unwrap_or_default()),
+    match &admin.manager {
+        Some(manager) => json(serde_json::to_string(manager.me()).unwrap_or_default()),
         None => error(
             StatusCode::CONFLICT,
             "a standalone node cannot join a cluster",
@@ -434,11 +439,8 @@ async fn bucket_stream(State(admin): State<Admin>, Path(bucket): Path<String>) -
 /// Hands a node outside any cluster a config (tests and tools that build
 /// maps themselves).
 async fn adopt(State(admin): State<Admin>, body: String) -> Response {
-    if admin.meta.as_ref().is_some_and(|m| m.is_member()) {
-        return error(
-            StatusCode::CONFLICT,
-            &crate::cluster::AdoptError::Managed.to_string(),
-        );
+    if admin.manager.as_ref().is_some_and(|m| m.is_member()) {
+        return error(StatusCode::CONFLICT, &AdoptError::Managed.to_string());
     }
     let result = tokio::task::spawn_blocking(move || admin.view.adopt(&admin.buckets, &body)).await;
     match result {

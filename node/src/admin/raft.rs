@@ -1,4 +1,4 @@
-//! The receiving side of Raft's transport (`crate::meta` sends): each
+//! The receiving side of Raft's transport (`crate::manager` sends): each
 //! endpoint hands the request to the local Raft and answers with the
 //! serialized `Result`, so the sender sees the remote error as such.
 
@@ -10,27 +10,27 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{error, json, Admin};
-use crate::meta::{Meta, NodeId, TypeConfig};
+use crate::manager::{Manager, NodeId, TypeConfig};
 
 /// Decodes the body, runs `call` on this node's Raft, encodes the result.
 async fn handle<Req, Resp, Fut>(
     admin: Admin,
     body: axum::body::Bytes,
-    call: impl FnOnce(std::sync::Arc<Meta>, Req) -> Fut,
+    call: impl FnOnce(std::sync::Arc<Manager>, Req) -> Fut,
 ) -> Response
 where
     Req: DeserializeOwned,
     Resp: Serialize,
     Fut: std::future::Future<Output = Resp>,
 {
-    let Some(meta) = admin.meta else {
+    let Some(manager) = admin.manager else {
         return error(StatusCode::NOT_FOUND, "a standalone node runs no Raft");
     };
     let request: Req = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("malformed Raft RPC: {e}")),
     };
-    let result = call(meta, request).await;
+    let result = call(manager, request).await;
     match serde_json::to_string(&result) {
         Ok(text) => json(text),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
@@ -41,17 +41,19 @@ pub(super) async fn append(State(admin): State<Admin>, body: axum::body::Bytes) 
     handle(
         admin,
         body,
-        |meta, rpc: AppendEntriesRequest<TypeConfig>| async move {
-            meta.raft().append_entries(rpc).await
+        |manager, rpc: AppendEntriesRequest<TypeConfig>| async move {
+            manager.raft().append_entries(rpc).await
         },
     )
     .await
 }
 
 pub(super) async fn vote(State(admin): State<Admin>, body: axum::body::Bytes) -> Response {
-    handle(admin, body, |meta, rpc: VoteRequest<NodeId>| async move {
-        meta.raft().vote(rpc).await
-    })
+    handle(
+        admin,
+        body,
+        |manager, rpc: VoteRequest<NodeId>| async move { manager.raft().vote(rpc).await },
+    )
     .await
 }
 
@@ -59,8 +61,8 @@ pub(super) async fn snapshot(State(admin): State<Admin>, body: axum::body::Bytes
     handle(
         admin,
         body,
-        |meta, rpc: InstallSnapshotRequest<TypeConfig>| async move {
-            meta.raft().install_snapshot(rpc).await
+        |manager, rpc: InstallSnapshotRequest<TypeConfig>| async move {
+            manager.raft().install_snapshot(rpc).await
         },
     )
     .await

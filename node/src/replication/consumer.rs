@@ -4,7 +4,7 @@
 //! port, selects the bucket with SASL PLAIN, opens a DCP connection named
 //! `replica:<our data address>`, asks for every vbucket from its high seqno
 //! and failover-log branch, and installs what arrives with the active's
-//! seqnos and CAS ([`Bucket::apply_replicated`](crate::engine::Bucket::apply_replicated)).
+//! seqnos and CAS ([`Bucket::apply_replicated`](shoal_engine::Bucket::apply_replicated)).
 //! A ROLLBACK answer empties the vbucket and streams it again from 0;
 //! memory pressure stops reading (back-pressure through TCP and the
 //! producer's flow-control window) until the engine has room. After each
@@ -29,8 +29,8 @@ use tokio::task::JoinHandle;
 
 use self::session::Session;
 use super::producer::REPLICA_NAME_PREFIX;
-use crate::mutation::VbucketId;
-use crate::server::Context;
+use crate::bucket::LiveBucket;
+use shoal_engine::mutation::VbucketId;
 
 /// First reconnect delay after a connection fails.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -126,7 +126,7 @@ impl Replicator {
     /// once in memory (for a `persistToMajority` bucket).
     pub fn set_streams(
         &self,
-        ctx: Arc<Context>,
+        ctx: Arc<LiveBucket>,
         sources: BTreeMap<String, Vec<VbucketId>>,
         ack_persisted: bool,
     ) {
@@ -276,7 +276,7 @@ fn plan(
 /// Everything a (bucket, source) task needs.
 #[derive(Debug)]
 struct Link {
-    ctx: Arc<Context>,
+    ctx: Arc<LiveBucket>,
     source: String,
     vbuckets: Vec<VbucketId>,
     ack_persisted: bool,

@@ -3,13 +3,16 @@
 //! node, [`producer`] on the active's), starting at its own high seqno —
 //! backfilled from disk when the active's checkpoint queue no longer holds
 //! that far back, live from the queue after — with snapshot markers, flow
-//! control and seqno acknowledgements. [`durability`] turns those
-//! acknowledgements into durable writes: a client's write in a bucket with
-//! a durability level is answered only once enough copies hold it. Failover
+//! control and seqno acknowledgements, which feed each bucket's durability
+//! monitor (in the bucket runtime) for durable writes. Failover
 //! logs (kept by the engine, persisted with the vbucket state) decide when
 //! a replica's history has diverged from its active's and it must roll
 //! back.
+//!
+//! Layer: beside the data service (`server`), above the bucket runtime. The
+//! producer gets its connections from the wiring, which takes them from the
+//! data service when a client opens a DCP stream. Must not import:
+//! `server`, `cluster_view`, `manager`, `admin`, `node`.
 
 pub mod consumer;
-pub mod durability;
 pub mod producer;

@@ -45,9 +45,9 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
 use self::stream::{phase_for, wake_on, CursorGuard, Phase, Scanned, Step, Stream};
-use crate::engine::{EngineError, VbucketState};
-use crate::mutation::VbucketId;
-use crate::server::Context;
+use crate::bucket::LiveBucket;
+use shoal_engine::mutation::VbucketId;
+use shoal_engine::{EngineError, VbucketState};
 
 /// The connection name prefix a replica opens with; what follows is its
 /// data address as the cluster map's `serverList` spells it.
@@ -116,7 +116,7 @@ enum Close {
 /// wake-ups (which `serve` owns so that `select!` can borrow them
 /// separately).
 struct Producer {
-    ctx: Arc<Context>,
+    ctx: Arc<LiveBucket>,
     /// The parser limits for what the consumer sends.
     limits: Limits,
     /// Set by DCP_OPEN; nothing else is accepted before it.
@@ -168,7 +168,7 @@ impl Drop for Producer {
 /// unconsumed bytes, starting with that DCP_OPEN frame.
 pub async fn serve(
     mut stream: TcpStream,
-    ctx: Arc<Context>,
+    ctx: Arc<LiveBucket>,
     mut rbuf: BytesMut,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -326,11 +326,11 @@ impl Producer {
                 encode_dcp_reply(wbuf, Opcode::DcpCloseStream, status, opaque);
             }
             DcpMessage::GetFailoverLog { vbucket, opaque } => {
-                if self.ctx.bucket.vbucket_state(vbucket).is_none() {
+                if self.ctx.engine.vbucket_state(vbucket).is_none() {
                     let status = Status::NOT_MY_VBUCKET;
                     encode_dcp_reply(wbuf, Opcode::DcpGetFailoverLog, status, opaque);
                 } else {
-                    let entries = wire_log(&self.ctx.bucket.failover_log(vbucket));
+                    let entries = wire_log(&self.ctx.engine.failover_log(vbucket));
                     encode_failover_log_reply(wbuf, opaque, &entries)?;
                 }
             }
@@ -388,7 +388,7 @@ impl Producer {
             reply(wbuf, Status::KEY_EXISTS);
             return Ok(());
         }
-        let bucket = &self.ctx.bucket;
+        let bucket = &self.ctx.engine;
         let served = match bucket.vbucket_state(vb) {
             None => false,
             Some(VbucketState::Active) => true,

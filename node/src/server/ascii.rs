@@ -9,14 +9,16 @@ use bytes::{BufMut, Bytes, BytesMut};
 use shoal_protocol::ascii::{
     encode_number, encode_value, Arith, ArithVerb, Command, Get, GetVerb, Store, StoreVerb,
 };
+use shoal_protocol::cas::compare_value;
 
-use super::context::{Context, VERSION};
 use super::stats;
 use super::Flow;
-use crate::engine::{resolve_exptime, ArithOp, ArithRequest, EngineError, StoreMode, StoreRequest};
+use crate::bucket::LiveBucket;
+use crate::version::VERSION;
+use shoal_engine::{resolve_exptime, ArithOp, ArithRequest, EngineError, StoreMode, StoreRequest};
 
 /// Runs `cmd`, parsed from `frame`, appending its reply (if any) to `out`.
-pub(super) fn execute(ctx: &Context, frame: &[u8], cmd: &Command, out: &mut BytesMut) -> Flow {
+pub(super) fn execute(ctx: &LiveBucket, frame: &[u8], cmd: &Command, out: &mut BytesMut) -> Flow {
     let now = ctx.clock.now();
     match cmd {
         Command::Get(get) => {
@@ -36,7 +38,7 @@ pub(super) fn execute(ctx: &Context, frame: &[u8], cmd: &Command, out: &mut Byte
         Command::Delete(delete) => {
             let key = delete.key.of(frame);
             let vb = vb_of(ctx, key);
-            let result = ctx.bucket.delete(vb, key, 0, now);
+            let result = ctx.engine.delete(vb, key, 0, now);
             if !delete.noreply {
                 match result {
                     Ok(_) => out.put_slice(b"DELETED\r\n"),
@@ -60,7 +62,7 @@ pub(super) fn execute(ctx: &Context, frame: &[u8], cmd: &Command, out: &mut Byte
             let vb = vb_of(ctx, key);
             let exptime = resolve_exptime(touch.exptime.0, now);
             let result =
-                ctx.with_resident(vb, key, now, || ctx.bucket.touch(vb, key, exptime, now));
+                ctx.with_resident(vb, key, now, || ctx.engine.touch(vb, key, exptime, now));
             if !touch.noreply {
                 match result {
                     Ok(_) => out.put_slice(b"TOUCHED\r\n"),
@@ -75,7 +77,7 @@ pub(super) fn execute(ctx: &Context, frame: &[u8], cmd: &Command, out: &mut Byte
             } else {
                 resolve_exptime(flush.delay.0, now)
             };
-            let result = super::flush_all(ctx, deadline, now);
+            let result = ctx.flush_all(deadline, now);
             if !flush.noreply {
                 match result {
                     Ok(()) => out.put_slice(b"OK\r\n"),
@@ -148,7 +150,7 @@ const MAX_GET_REPLY: usize = 64 * 1024 * 1024;
 /// `get gets gat gats`: a `VALUE` block per hit, then `END`. An error on one
 /// key ends the reply with that error (as memcached does when it cannot
 /// build a reply), so the client never mistakes it for a miss.
-fn retrieve(ctx: &Context, frame: &[u8], get: &Get, now: u32, out: &mut BytesMut) {
+fn retrieve(ctx: &LiveBucket, frame: &[u8], get: &Get, now: u32, out: &mut BytesMut) {
     let start = out.len();
     let with_cas = get.verb.returns_cas();
     let touch_to = match get.verb {
@@ -163,7 +165,7 @@ fn retrieve(ctx: &Context, frame: &[u8], get: &Get, now: u32, out: &mut BytesMut
         let result = match touch_to {
             None => ctx.get(vb, key, now),
             Some(exptime) => {
-                ctx.with_resident(vb, key, now, || ctx.bucket.gat(vb, key, exptime, now))
+                ctx.with_resident(vb, key, now, || ctx.engine.gat(vb, key, exptime, now))
             }
         };
         match result {
@@ -186,7 +188,12 @@ fn retrieve(ctx: &Context, frame: &[u8], get: &Get, now: u32, out: &mut BytesMut
     out.put_slice(b"END\r\n");
 }
 
-fn execute_store(ctx: &Context, frame: &[u8], store: &Store, now: u32) -> Result<(), EngineError> {
+fn execute_store(
+    ctx: &LiveBucket,
+    frame: &[u8],
+    store: &Store,
+    now: u32,
+) -> Result<(), EngineError> {
     let key = store.key.of(frame);
     let vb = vb_of(ctx, key);
     let (mode, cas) = match store.verb {
@@ -195,10 +202,7 @@ fn execute_store(ctx: &Context, frame: &[u8], store: &Store, now: u32) -> Result
         StoreVerb::Replace => (StoreMode::Replace, 0),
         StoreVerb::Append => (StoreMode::Append, 0),
         StoreVerb::Prepend => (StoreMode::Prepend, 0),
-        // memcached treats a `cas` with unique 0 like any other mismatch
-        // candidate; the engine's "0 = no compare" must not swallow it, so
-        // 0 is sent as a value no item ever has.
-        StoreVerb::Cas { unique } => (StoreMode::Set, if unique == 0 { u64::MAX } else { unique }),
+        StoreVerb::Cas { unique } => (StoreMode::Set, compare_value(Some(unique))),
     };
     let req = StoreRequest {
         mode,
@@ -210,11 +214,16 @@ fn execute_store(ctx: &Context, frame: &[u8], store: &Store, now: u32) -> Result
         exptime: resolve_exptime(store.exptime.0, now),
         cas,
     };
-    ctx.with_resident(vb, key, now, || ctx.bucket.store(vb, &req, now))
+    ctx.with_resident(vb, key, now, || ctx.engine.store(vb, &req, now))
         .map(|_| ())
 }
 
-fn execute_arith(ctx: &Context, frame: &[u8], arith: &Arith, now: u32) -> Result<u64, EngineError> {
+fn execute_arith(
+    ctx: &LiveBucket,
+    frame: &[u8],
+    arith: &Arith,
+    now: u32,
+) -> Result<u64, EngineError> {
     let key = arith.key.of(frame);
     let vb = vb_of(ctx, key);
     let req = ArithRequest {
@@ -227,11 +236,11 @@ fn execute_arith(ctx: &Context, frame: &[u8], arith: &Arith, now: u32) -> Result
         create: None,
         cas: 0,
     };
-    ctx.with_resident(vb, key, now, || ctx.bucket.arith(vb, &req, now))
+    ctx.with_resident(vb, key, now, || ctx.engine.arith(vb, &req, now))
         .map(|outcome| outcome.value)
 }
 
-fn vb_of(ctx: &Context, key: &[u8]) -> u16 {
+fn vb_of(ctx: &LiveBucket, key: &[u8]) -> u16 {
     ctx.vbucket_of(key)
 }
 

@@ -18,12 +18,12 @@ use shoal_protocol::binary::{
     RequestHeader, ResponseFields, Status, VbucketState as WireState,
 };
 
-use super::buckets::BucketKind;
 use super::connection::Session;
-use super::context::{Context, VERSION};
 use super::stats;
 use super::Flow;
-use crate::engine::{
+use crate::bucket::{BucketKind, LiveBucket};
+use crate::version::VERSION;
+use shoal_engine::{
     resolve_exptime, ArithCreate, ArithOp, ArithRequest, EngineError, Hit, StoreMode, StoreRequest,
     VbucketState,
 };
@@ -112,7 +112,7 @@ fn plain_user(message: &[u8]) -> Option<&[u8]> {
 }
 
 /// Runs a command that needs a bucket on `ctx`.
-fn execute_on(ctx: &Context, frame: &[u8], req: &Request, out: &mut BytesMut) -> Flow {
+fn execute_on(ctx: &LiveBucket, frame: &[u8], req: &Request, out: &mut BytesMut) -> Flow {
     let now = ctx.clock.now();
     let h = &req.header;
     let key = req.key.of(frame);
@@ -129,7 +129,7 @@ fn execute_on(ctx: &Context, frame: &[u8], req: &Request, out: &mut BytesMut) ->
                 Extras::Touch { exptime } => resolve_exptime(exptime.0, now),
                 _ => 0,
             };
-            let result = ctx.with_resident(vb, key, now, || ctx.bucket.gat(vb, key, exptime, now));
+            let result = ctx.with_resident(vb, key, now, || ctx.engine.gat(vb, key, exptime, now));
             retrieval_reply(out, h, key, result);
             Flow::Wrote
         }
@@ -169,7 +169,7 @@ fn execute_on(ctx: &Context, frame: &[u8], req: &Request, out: &mut BytesMut) ->
                 exptime,
                 cas: h.cas,
             };
-            match ctx.with_resident(vb, key, now, || ctx.bucket.store(vb, &store, now)) {
+            match ctx.with_resident(vb, key, now, || ctx.engine.store(vb, &store, now)) {
                 Ok(m) if quiet => {
                     let _ = m;
                 }
@@ -189,7 +189,7 @@ fn execute_on(ctx: &Context, frame: &[u8], req: &Request, out: &mut BytesMut) ->
             Flow::Wrote
         }
         Opcode::Delete | Opcode::DeleteQ => {
-            match ctx.bucket.delete(vb, key, h.cas, now) {
+            match ctx.engine.delete(vb, key, h.cas, now) {
                 Ok(_) if quiet => {}
                 // memcached answers a delete with CAS 0: the tombstone's CAS
                 // is internal (replication), not a version a client can use.
@@ -217,7 +217,7 @@ fn execute_on(ctx: &Context, frame: &[u8], req: &Request, out: &mut BytesMut) ->
                 create: ArithCreate::from_binary(initial, raw_exptime, now),
                 cas: h.cas,
             };
-            match ctx.with_resident(vb, key, now, || ctx.bucket.arith(vb, &arith, now)) {
+            match ctx.with_resident(vb, key, now, || ctx.engine.arith(vb, &arith, now)) {
                 Ok(_) if quiet => {}
                 Ok(o) => reply(out, h, Status::OK, o.cas, &[], &[], &counter_value(o.value)),
                 Err(e) => error_reply(out, h, e),
@@ -231,7 +231,7 @@ fn execute_on(ctx: &Context, frame: &[u8], req: &Request, out: &mut BytesMut) ->
                 } if exptime.0 > 0 => resolve_exptime(exptime.0, now),
                 _ => 0,
             };
-            match super::flush_all(ctx, deadline, now) {
+            match ctx.flush_all(deadline, now) {
                 Ok(()) if quiet => {}
                 Ok(()) => reply(out, h, Status::OK, 0, &[], &[], &[]),
                 Err(e) => error_reply(out, h, e),
@@ -269,7 +269,7 @@ fn execute_on(ctx: &Context, frame: &[u8], req: &Request, out: &mut BytesMut) ->
                 _ => None,
             };
             match state {
-                Some(state) => match super::set_vbucket_state(ctx, h.vbucket, state) {
+                Some(state) => match ctx.set_vbucket_state(h.vbucket, state) {
                     Ok(()) => reply(out, h, Status::OK, 0, &[], &[], &[]),
                     Err(e) => error_reply(out, h, e),
                 },
@@ -278,7 +278,7 @@ fn execute_on(ctx: &Context, frame: &[u8], req: &Request, out: &mut BytesMut) ->
             Flow::Read
         }
         Opcode::GetVbucket => {
-            match ctx.bucket.vbucket_state(h.vbucket) {
+            match ctx.engine.vbucket_state(h.vbucket) {
                 Some(state) => {
                     let wire = WireState::from_u32(state.to_wire()).unwrap_or(WireState::Dead);
                     reply(out, h, Status::OK, 0, &[], &[], &vbucket_state_value(wire));
@@ -288,7 +288,7 @@ fn execute_on(ctx: &Context, frame: &[u8], req: &Request, out: &mut BytesMut) ->
             Flow::Read
         }
         Opcode::DelVbucket => {
-            match super::delete_vbucket(ctx, h.vbucket) {
+            match ctx.delete_vbucket(h.vbucket) {
                 Ok(()) => reply(out, h, Status::OK, 0, &[], &[], &[]),
                 Err(e) => error_reply(out, h, e),
             }
@@ -382,9 +382,9 @@ mod tests {
     /// ejected it, as GET does on an active vbucket.
     #[test]
     fn get_replica_fetches_an_ejected_value() {
-        use crate::mutation::{Mutation, MutationKind};
-        let dir = crate::persist::testdir::TestDir::new("binary-get-replica");
-        let (ctx, _store) = super::super::open(&crate::NodeConfig {
+        use shoal_engine::mutation::{Mutation, MutationKind};
+        let dir = shoal_persist::testdir::TestDir::new("binary-get-replica");
+        let (ctx, _store) = crate::bucket::open::open_standalone(&crate::NodeConfig {
             data_dir: dir.path().to_path_buf(),
             standalone: true,
             num_vbuckets: 16,
@@ -392,8 +392,8 @@ mod tests {
             ..crate::NodeConfig::default()
         })
         .unwrap();
-        ctx.bucket.set_warming_up(false);
-        ctx.bucket
+        ctx.engine.set_warming_up(false);
+        ctx.engine
             .set_vbucket_state(0, VbucketState::Replica)
             .unwrap();
         let now = ctx.clock.now();
@@ -412,7 +412,7 @@ mod tests {
                     exptime: 0,
                 },
             };
-            match ctx.bucket.apply_replicated(0, &m) {
+            match ctx.engine.apply_replicated(0, &m) {
                 Ok(()) => applied = seqno,
                 Err(EngineError::OutOfMemory) => break,
                 Err(e) => panic!("{e}"),
@@ -420,16 +420,16 @@ mod tests {
         }
         assert!(applied > 2, "the quota holds a few values");
         // Persist everything, then let the pager eject clean values.
-        let drained = ctx.bucket.drain(1_000);
+        let drained = ctx.engine.drain(1_000);
         ctx.store.as_ref().unwrap().write_batch(&drained).unwrap();
-        ctx.bucket.mark_persisted(0, applied);
-        ctx.bucket.run_pager(now);
+        ctx.engine.mark_persisted(0, applied);
+        ctx.engine.run_pager(now);
         let ejected: Vec<u64> = (1..=applied)
             .filter(|i| {
                 let key = format!("k{i}");
                 matches!(
-                    ctx.bucket.get_replica(0, key.as_bytes(), now),
-                    Ok(crate::engine::Lookup::Ejected { .. })
+                    ctx.engine.get_replica(0, key.as_bytes(), now),
+                    Ok(shoal_engine::Lookup::Ejected { .. })
                 )
             })
             .collect();

@@ -4,7 +4,7 @@
 //!
 //! A [`Session`] is the connection's bucket: `default` at accept if the
 //! node has one, then whatever binary SASL or SELECT_BUCKET chose. It holds
-//! the bucket's `Arc<Context>`, so requests take no lock to find it. When
+//! the bucket's `Arc<LiveBucket>`, so requests take no lock to find it. When
 //! the bucket is deleted the connection closes after its current batch
 //! (or at once, if it is waiting for a request).
 //!
@@ -26,11 +26,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::buckets::Buckets;
-use super::context::{Context, ServerStats};
-use super::DEFAULT_BUCKET;
+use shoal_engine::VbucketId;
+
 use super::{ascii as ascii_front, binary as binary_front, meta as meta_front, Flow};
-use crate::mutation::VbucketId;
+use crate::bucket::{Buckets, LiveBucket, ServerStats, DEFAULT_BUCKET};
 
 /// Initial read buffer: a few MTUs, enough for most pipelined batches of
 /// small requests without growing.
@@ -58,13 +57,33 @@ const RETAINED_BUFFER: usize = 4 * READ_BUFFER;
 /// churned) for every batch.
 const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
+/// What becomes of a connection this layer does not serve to its end.
+#[derive(Debug)]
+pub enum Handoff {
+    /// A replica's consumer opened a DCP stream: from here on the
+    /// connection speaks DCP, for the replication producer.
+    Dcp(DcpHandoff),
+}
+
+/// A connection turning into a DCP stream, as the producer takes it over.
+#[derive(Debug)]
+pub struct DcpHandoff {
+    /// The client's socket.
+    pub stream: TcpStream,
+    /// The bucket the connection had selected.
+    pub bucket: Arc<LiveBucket>,
+    /// What was read and not yet parsed: the DCP_OPEN and anything after.
+    pub buffered: BytesMut,
+}
+
 /// Serves one client until it closes, errs, quits, its bucket is deleted
-/// or the node shuts down.
-pub(super) async fn serve(
+/// or the node shuts down (`None`), or until it opens a DCP stream, which
+/// is handed back to the caller.
+pub async fn serve(
     mut stream: TcpStream,
     buckets: Arc<Buckets>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> Option<Handoff> {
     let _ = stream.set_nodelay(true);
     let mut session = Session::on_node(buckets);
     let stats = session.stats.clone();
@@ -81,7 +100,7 @@ pub(super) async fn serve(
         }
         if !conn.wbuf.is_empty() {
             if stream.write_all(&conn.wbuf).await.is_err() {
-                return;
+                return None;
             }
             stats
                 .bytes_written
@@ -94,21 +113,21 @@ pub(super) async fn serve(
             }
         }
         if session.bucket_deleted() {
-            return;
+            return None;
         }
         match flow {
-            Step::Close => return,
+            Step::Close => return None,
             Step::Flushed => continue,
             Step::NeedBytes => {}
             Step::Dcp => {
-                // A replica's consumer: from here on the connection speaks
-                // DCP, served by the producer (the DCP_OPEN is still in
-                // the read buffer).
-                if let Some(ctx) = session.bucket().cloned() {
-                    let rbuf = std::mem::take(&mut conn.rbuf);
-                    crate::replication::producer::serve(stream, ctx, rbuf, shutdown).await;
-                }
-                return;
+                // The DCP_OPEN is still in the read buffer.
+                return session.bucket().cloned().map(|bucket| {
+                    Handoff::Dcp(DcpHandoff {
+                        stream,
+                        bucket,
+                        buffered: std::mem::take(&mut conn.rbuf),
+                    })
+                });
             }
         }
         conn.rbuf.reserve(MIN_READ_SPACE);
@@ -125,18 +144,18 @@ pub(super) async fn serve(
                     conn.release_large_buffers();
                     continue;
                 }
-                _ = shutdown.changed() => return,
-                () = deleted(&mut session.deleted) => return,
+                _ = shutdown.changed() => return None,
+                () = deleted(&mut session.deleted) => return None,
             }
         } else {
             tokio::select! {
                 read = stream.read_buf(&mut conn.rbuf) => read,
-                _ = shutdown.changed() => return,
-                () = deleted(&mut session.deleted) => return,
+                _ = shutdown.changed() => return None,
+                () = deleted(&mut session.deleted) => return None,
             }
         };
         match read {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return None,
             Ok(n) => {
                 stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
             }
@@ -153,7 +172,7 @@ const DURABILITY_TEXT: &[u8] = b"SERVER_ERROR durability level not met in time\r
 
 /// The bucket whose durability level a request that ran with `flow` must
 /// wait for, if any.
-fn durable_target(session: &Session, flow: Flow) -> Option<&Arc<Context>> {
+fn durable_target(session: &Session, flow: Flow) -> Option<&Arc<LiveBucket>> {
     let ctx = session.bucket()?;
     (flow == Flow::Wrote && ctx.durability.enabled()).then_some(ctx)
 }
@@ -188,7 +207,7 @@ async fn deleted(signal: &mut Option<watch::Receiver<bool>>) {
 /// the replies are returned. Stops early, like a connection, at `quit` or at
 /// an error that closes the stream. For fuzzing and tests of the session
 /// logic; the connection is on `ctx`'s bucket, the only one it can select.
-pub fn drive(ctx: &Arc<Context>, chunks: &[&[u8]]) -> DriveOutcome {
+pub fn drive(ctx: &Arc<LiveBucket>, chunks: &[&[u8]]) -> DriveOutcome {
     let mut session = Session::on_bucket(ctx.clone());
     let mut conn = Connection::new();
     let mut output = Vec::new();
@@ -248,7 +267,7 @@ enum Step {
 /// A connection's bucket, and where it can select another.
 pub(super) struct Session {
     /// The selected bucket; `None` until one is (a node without `default`).
-    ctx: Option<Arc<Context>>,
+    ctx: Option<Arc<LiveBucket>>,
     /// Fires when the selected bucket is deleted.
     deleted: Option<watch::Receiver<bool>>,
     /// Where names are looked up.
@@ -264,7 +283,7 @@ enum Directory {
     /// Every bucket of a node.
     Node(Arc<Buckets>),
     /// One bucket and nothing else ([`drive`]).
-    Single(Arc<Context>),
+    Single(Arc<LiveBucket>),
 }
 
 // === impl Session ===
@@ -287,7 +306,7 @@ impl Session {
     }
 
     /// A session on `ctx`, which can select nothing else.
-    fn on_bucket(ctx: Arc<Context>) -> Session {
+    fn on_bucket(ctx: Arc<LiveBucket>) -> Session {
         let mut session = Session {
             ctx: None,
             deleted: None,
@@ -301,7 +320,7 @@ impl Session {
 
     /// The selected bucket.
     #[inline]
-    pub(super) fn bucket(&self) -> Option<&Arc<Context>> {
+    pub(super) fn bucket(&self) -> Option<&Arc<LiveBucket>> {
         self.ctx.as_ref()
     }
 
@@ -325,14 +344,14 @@ impl Session {
         }
     }
 
-    fn lookup(&self, name: &str) -> Option<Arc<Context>> {
+    fn lookup(&self, name: &str) -> Option<Arc<LiveBucket>> {
         match &self.directory {
             Directory::Node(buckets) => buckets.get(name),
             Directory::Single(ctx) => (ctx.name == name && !ctx.is_deleted()).then(|| ctx.clone()),
         }
     }
 
-    fn set_bucket(&mut self, ctx: Arc<Context>) {
+    fn set_bucket(&mut self, ctx: Arc<LiveBucket>) {
         // The batch may have written to the bucket being left; the serve
         // loop only notifies the one selected when the batch ends.
         if let Some(old) = &self.ctx {
@@ -521,7 +540,7 @@ impl Connection {
             },
         };
         if let (Some((vb, error)), Some(ctx)) = (durable, session.bucket()) {
-            if let Some(seqno) = ctx.bucket.high_seqno(vb) {
+            if let Some(seqno) = ctx.engine.high_seqno(vb) {
                 // The vbucket's high seqno right after the write: this
                 // write's or a later one's (acks are cumulative).
                 self.durable.push(DurableWrite {
@@ -551,7 +570,7 @@ impl Connection {
             .zip(session.bucket())
             .map(|(key, ctx)| {
                 let now = ctx.clock.now();
-                ctx.bucket.delete(ctx.vbucket_of(key), key, 0, now).is_ok()
+                ctx.engine.delete(ctx.vbucket_of(key), key, 0, now).is_ok()
             });
         e.write_ascii_reply(&mut self.wbuf);
         if unlinked == Some(true) {
@@ -587,13 +606,15 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::VbucketState;
-    use crate::persist::testdir::TestDir;
-    use crate::NodeConfig;
+    use crate::bucket::open::open_standalone;
+    use crate::config::NodeConfig;
+    use shoal_engine::VbucketState;
+    use shoal_persist::testdir::TestDir;
 
-    /// A node context with every vbucket active and warmup done.
-    fn context(dir: &TestDir) -> (Arc<Context>, crate::persist::Store) {
-        let (ctx, store) = super::super::open(&NodeConfig {
+    /// A standalone node's bucket with every vbucket active and warmup
+    /// done.
+    fn context(dir: &TestDir) -> (Arc<LiveBucket>, shoal_persist::Store) {
+        let (ctx, store) = open_standalone(&NodeConfig {
             data_dir: dir.path().to_path_buf(),
             standalone: true,
             num_vbuckets: 16,
@@ -601,9 +622,9 @@ mod tests {
             ..NodeConfig::default()
         })
         .unwrap();
-        ctx.bucket.set_warming_up(false);
+        ctx.engine.set_warming_up(false);
         for vb in 0..16 {
-            ctx.bucket
+            ctx.engine
                 .set_vbucket_state(vb, VbucketState::Active)
                 .unwrap();
         }
@@ -639,7 +660,7 @@ mod tests {
         noop_reply[12..16].copy_from_slice(&7u32.to_be_bytes());
         want.extend_from_slice(&noop_reply);
         want.extend_from_slice(
-            format!("ERROR\r\nVERSION {}\r\n", super::super::context::VERSION).as_bytes(),
+            format!("ERROR\r\nVERSION {}\r\n", crate::version::VERSION).as_bytes(),
         );
         assert_eq!(
             String::from_utf8_lossy(&whole.output),

@@ -14,9 +14,9 @@ use shoal_protocol::meta::{
 };
 
 use super::ascii::error_line;
-use super::context::Context;
 use super::Flow;
-use crate::engine::{
+use crate::bucket::LiveBucket;
+use shoal_engine::{
     resolve_exptime, ArithCreate, ArithOp, ArithRequest, EngineError, Hit, StoreMode, StoreRequest,
 };
 
@@ -47,7 +47,12 @@ pub(super) fn without_bucket(cmd: &MetaCommand, out: &mut BytesMut) -> Flow {
 }
 
 /// Runs `cmd`, parsed from `frame`, appending its reply (if any) to `out`.
-pub(super) fn execute(ctx: &Context, frame: &[u8], cmd: &MetaCommand, out: &mut BytesMut) -> Flow {
+pub(super) fn execute(
+    ctx: &LiveBucket,
+    frame: &[u8],
+    cmd: &MetaCommand,
+    out: &mut BytesMut,
+) -> Flow {
     let mut key_buf = [0u8; MAX_KEY];
     let key = match cmd.key() {
         None => &[][..],
@@ -111,7 +116,7 @@ pub(super) fn execute(ctx: &Context, frame: &[u8], cmd: &MetaCommand, out: &mut 
 
 /// One request's decoded key and routing.
 struct Req<'a> {
-    ctx: &'a Context,
+    ctx: &'a LiveBucket,
     frame: &'a [u8],
     key: &'a [u8],
     base64: bool,
@@ -158,7 +163,7 @@ fn mg(req: &Req<'_>, get: &MetaGet, out: &mut BytesMut) {
     let result = match get.flags.ttl() {
         Some(ttl) => {
             let exptime = resolve_exptime(ttl.0, now);
-            ctx.with_resident(vb, key, now, || ctx.bucket.gat(vb, key, exptime, now))
+            ctx.with_resident(vb, key, now, || ctx.engine.gat(vb, key, exptime, now))
         }
         None => ctx.get(vb, key, now),
     };
@@ -197,11 +202,9 @@ fn ms(req: &Req<'_>, set: &MetaSet, out: &mut BytesMut) {
         value: Bytes::copy_from_slice(set.value.of(req.frame)),
         flags: flags.client_flags().unwrap_or(0),
         exptime: flags.ttl().map_or(0, |t| resolve_exptime(t.0, now)),
-        cas: flags
-            .compare_cas()
-            .map_or(0, |c| if c == 0 { u64::MAX } else { c }),
+        cas: shoal_protocol::cas::compare_value(flags.compare_cas()),
     };
-    match ctx.with_resident(vb, key, now, || ctx.bucket.store(vb, &store, now)) {
+    match ctx.with_resident(vb, key, now, || ctx.engine.store(vb, &store, now)) {
         Ok(m) => {
             if !set.quiet() {
                 let ret = req.returned(flags, None, Some(m.cas));
@@ -225,7 +228,7 @@ fn refused_set(req: &Req<'_>, flags: &MetaFlags, status: Status, out: &mut Bytes
 fn md(req: &Req<'_>, delete: &MetaDelete, out: &mut BytesMut) {
     let flags = &delete.flags;
     let cas = flags.compare_cas().unwrap_or(0);
-    match req.ctx.bucket.delete(req.vb, req.key, cas, req.now) {
+    match req.ctx.engine.delete(req.vb, req.key, cas, req.now) {
         Ok(_) => {
             if !delete.quiet() {
                 let ret = req.returned(flags, None, None);
@@ -256,7 +259,7 @@ fn ma(req: &Req<'_>, arith: &MetaArith, out: &mut BytesMut) {
         }),
         cas: flags.compare_cas().unwrap_or(0),
     };
-    let result = ctx.with_resident(vb, key, now, || ctx.bucket.arith(vb, &request, now));
+    let result = ctx.with_resident(vb, key, now, || ctx.engine.arith(vb, &request, now));
     match result {
         Ok(outcome) => {
             // `T<ttl>` gives the counter a new TTL once the change is made
@@ -269,7 +272,7 @@ fn ma(req: &Req<'_>, arith: &MetaArith, out: &mut BytesMut) {
                 let exptime = resolve_exptime(ttl.0, now);
                 // The change is acknowledged whatever happens here: a
                 // delete that slipped in between leaves nothing to touch.
-                let _ = ctx.with_resident(vb, key, now, || ctx.bucket.touch(vb, key, exptime, now));
+                let _ = ctx.with_resident(vb, key, now, || ctx.engine.touch(vb, key, exptime, now));
             }
             // `t` wants the counter's TTL, which the engine does not return
             // with the outcome; read it back under the same clock.

@@ -5,16 +5,17 @@
 
 use std::sync::atomic::Ordering;
 
-use super::context::{Context, VERSION};
+use crate::bucket::LiveBucket;
+use crate::version::VERSION;
 
 /// Emits the stats of `group` (empty = general) through `emit`; returns
 /// false for a group this node does not know.
-pub(super) fn write(ctx: &Context, group: &[u8], mut emit: impl FnMut(&str, &str)) -> bool {
+pub(super) fn write(ctx: &LiveBucket, group: &[u8], mut emit: impl FnMut(&str, &str)) -> bool {
     match group {
         b"" => general(ctx, &mut emit),
         b"settings" => settings(ctx, &mut emit),
         b"vbucket" => {
-            for (vb, state) in ctx.bucket.vbucket_states() {
+            for (vb, state) in ctx.engine.vbucket_states() {
                 emit(&format!("vb_{vb}"), state.name());
             }
         }
@@ -33,14 +34,14 @@ pub(super) fn write(ctx: &Context, group: &[u8], mut emit: impl FnMut(&str, &str
 /// the replica acknowledged and how far behind the active's high seqno it
 /// is (`lag`, in mutations), then the totals. A replica that has not
 /// connected yet lags by the whole high seqno.
-fn replication(ctx: &Context, emit: &mut impl FnMut(&str, &str)) {
+fn replication(ctx: &LiveBucket, emit: &mut impl FnMut(&str, &str)) {
     let (mut total, mut max, mut missing) = (0u64, 0u64, 0u64);
-    let n = ctx.bucket.config().num_vbuckets;
+    let n = ctx.engine.config().num_vbuckets;
     for vb in (0..n).filter_map(|vb| u16::try_from(vb).ok()) {
-        if ctx.bucket.vbucket_state(vb) != Some(crate::engine::VbucketState::Active) {
+        if ctx.engine.vbucket_state(vb) != Some(shoal_engine::VbucketState::Active) {
             continue;
         }
-        let (Some(high), Some(acks)) = (ctx.bucket.high_seqno(vb), ctx.durability.snapshot(vb))
+        let (Some(high), Some(acks)) = (ctx.engine.high_seqno(vb), ctx.durability.snapshot(vb))
         else {
             continue;
         };
@@ -63,10 +64,7 @@ fn replication(ctx: &Context, emit: &mut impl FnMut(&str, &str)) {
     emit("replication_lag_total", &total.to_string());
     emit("replication_lag_max", &max.to_string());
     emit("replication_vbuckets_without_replica", &missing.to_string());
-    emit(
-        "durability_level",
-        crate::meta::state::Durability::as_str(ctx.durability.level()),
-    );
+    emit("durability_level", ctx.durability.level().as_str());
     emit(
         "durability_timeouts",
         &ctx.stats
@@ -76,7 +74,7 @@ fn replication(ctx: &Context, emit: &mut impl FnMut(&str, &str)) {
     );
 }
 
-fn general(ctx: &Context, emit: &mut impl FnMut(&str, &str)) {
+fn general(ctx: &LiveBucket, emit: &mut impl FnMut(&str, &str)) {
     let now = ctx.clock.now();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
     emit("pid", &std::process::id().to_string());
@@ -94,7 +92,7 @@ fn general(ctx: &Context, emit: &mut impl FnMut(&str, &str)) {
     emit("protocol_errors", &load(&ctx.stats.protocol_errors));
     emit(
         "limit_maxbytes",
-        &ctx.bucket.config().quota_bytes.to_string(),
+        &ctx.engine.config().quota_bytes.to_string(),
     );
     emit(
         "threads",
@@ -102,7 +100,7 @@ fn general(ctx: &Context, emit: &mut impl FnMut(&str, &str)) {
             .map_or(1, |n| n.get())
             .to_string(),
     );
-    for (name, value) in ctx.bucket.stats() {
+    for (name, value) in ctx.engine.stats() {
         emit(name, &value.to_string());
     }
     let flusher = ctx.flusher.stats();
@@ -120,7 +118,7 @@ fn general(ctx: &Context, emit: &mut impl FnMut(&str, &str)) {
     emit("ep_item_flush_failed", &flusher.write_errors.to_string());
     // "Items waiting for disk": queued in the engine plus drained by the
     // flusher but not yet written.
-    let queue = ctx.bucket.queue_len() as u64 + flusher.flusher_todo;
+    let queue = ctx.engine.queue_len() as u64 + flusher.flusher_todo;
     emit("ep_diskqueue_items", &queue.to_string());
     warmup(ctx, emit);
     let (high, persisted) = seqno_totals(ctx);
@@ -128,7 +126,7 @@ fn general(ctx: &Context, emit: &mut impl FnMut(&str, &str)) {
     emit("ep_persisted_seqno_total", &persisted.to_string());
 }
 
-fn warmup(ctx: &Context, emit: &mut impl FnMut(&str, &str)) {
+fn warmup(ctx: &LiveBucket, emit: &mut impl FnMut(&str, &str)) {
     let done = ctx.warmup_done.load(Ordering::Acquire);
     emit(
         "ep_warmup_thread",
@@ -140,8 +138,8 @@ fn warmup(ctx: &Context, emit: &mut impl FnMut(&str, &str)) {
     );
 }
 
-fn settings(ctx: &Context, emit: &mut impl FnMut(&str, &str)) {
-    let config = ctx.bucket.config();
+fn settings(ctx: &LiveBucket, emit: &mut impl FnMut(&str, &str)) {
+    let config = ctx.engine.config();
     emit("maxbytes", &config.quota_bytes.to_string());
     emit("item_size_max", &config.max_value_len.to_string());
     emit("num_vbuckets", &config.num_vbuckets.to_string());
@@ -153,13 +151,13 @@ fn settings(ctx: &Context, emit: &mut impl FnMut(&str, &str)) {
 
 /// Sums of the high and persisted seqnos over every vbucket: equal when
 /// everything acknowledged is on disk.
-fn seqno_totals(ctx: &Context) -> (u64, u64) {
-    let n = ctx.bucket.config().num_vbuckets;
+fn seqno_totals(ctx: &LiveBucket) -> (u64, u64) {
+    let n = ctx.engine.config().num_vbuckets;
     (0..n).fold((0, 0), |(high, persisted), vb| {
         let vb = vb as u16;
         (
-            high + ctx.bucket.high_seqno(vb).unwrap_or(0),
-            persisted + ctx.bucket.persisted_seqno(vb).unwrap_or(0),
+            high + ctx.engine.high_seqno(vb).unwrap_or(0),
+            persisted + ctx.engine.persisted_seqno(vb).unwrap_or(0),
         )
     })
 }

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::mutation::VbucketId;
+use shoal_engine::mutation::VbucketId;
 
 /// The seqnos acknowledged to the active, per vbucket, and which vbuckets
 /// may have more to acknowledge.

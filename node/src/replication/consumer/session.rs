@@ -24,8 +24,8 @@ use tokio::time::Instant;
 
 use super::acks::AckTracker;
 use super::Link;
-use crate::engine::{EngineError, VbucketState};
-use crate::mutation::{Mutation, MutationKind, VbucketId};
+use shoal_engine::mutation::{Mutation, MutationKind, VbucketId};
+use shoal_engine::{EngineError, VbucketState};
 
 /// Connecting, and the SASL exchange, must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -301,7 +301,7 @@ impl<'a> Session<'a> {
                 if self.is_open(marker.vbucket, marker.opaque) {
                     link.counters.snapshots.fetch_add(1, Ordering::Relaxed);
                     if marker.flags.contains(SnapshotFlags::DISK) {
-                        ctx.bucket
+                        ctx.engine
                             .begin_disk_snapshot(marker.vbucket, marker.end_seqno);
                     }
                 }
@@ -428,7 +428,7 @@ impl<'a> Session<'a> {
     fn apply(&mut self, wbuf: &mut BytesMut, opaque: u32, m: &Mutation) -> Handled {
         let link = self.link;
         let vb = m.vbucket;
-        match link.ctx.bucket.apply_replicated(vb, m) {
+        match link.ctx.engine.apply_replicated(vb, m) {
             Ok(()) => {
                 link.counters.messages.fetch_add(1, Ordering::Relaxed);
                 self.acks.applied(vb);
@@ -465,7 +465,7 @@ impl<'a> Session<'a> {
             .filter(|(_, s)| matches!(s, VbStream::Waiting { at } if *at <= now))
             .map(|(&vb, _)| vb)
             .collect();
-        let bucket = &self.link.ctx.bucket;
+        let bucket = &self.link.ctx.engine;
         for vb in due {
             let state = bucket.vbucket_state(vb);
             let (true, Some(start)) = (
@@ -488,7 +488,7 @@ impl<'a> Session<'a> {
     /// (the old active, now a replica). A pending copy — the takeover's
     /// target — follows the old active whatever its state now.
     fn request(&mut self, wbuf: &mut BytesMut, vb: VbucketId, start: u64, uuid: u64) {
-        let flags = match self.link.ctx.bucket.vbucket_state(vb) {
+        let flags = match self.link.ctx.engine.vbucket_state(vb) {
             Some(VbucketState::Pending) => StreamReqFlags(0),
             _ => StreamReqFlags::ACTIVE_VB_ONLY,
         };
@@ -497,7 +497,7 @@ impl<'a> Session<'a> {
         let snap_end = self
             .link
             .ctx
-            .bucket
+            .engine
             .open_disk_snapshot(vb)
             .unwrap_or(start)
             .max(start);
@@ -545,7 +545,7 @@ impl<'a> Session<'a> {
     /// After a batch: wakes the flusher, acknowledges seqnos and bytes.
     fn acknowledge(&mut self, wbuf: &mut BytesMut) {
         let link = self.link;
-        let bucket = &link.ctx.bucket;
+        let bucket = &link.ctx.engine;
         if self.applied {
             link.ctx.wrote();
             self.applied = false;

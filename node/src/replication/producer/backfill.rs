@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
-use crate::mutation::VbucketId;
-use crate::persist::BucketStore;
+use shoal_engine::mutation::VbucketId;
+use shoal_persist::BucketStore;
 
 /// One chunk holds the lowest-seqno records up to this many bytes.
 pub(super) const BACKFILL_CHUNK_BYTES: usize = 8 * 1024 * 1024;
@@ -263,11 +263,11 @@ mod tests {
 
     #[test]
     fn a_scan_reads_the_range_from_disk_tombstones_included() {
-        use crate::mutation::{Mutation, MutationKind};
-        let dir = crate::persist::testdir::TestDir::new("backfill-scan");
-        let store = crate::persist::Store::open(
+        use shoal_engine::mutation::{Mutation, MutationKind};
+        let dir = shoal_persist::testdir::TestDir::new("backfill-scan");
+        let store = shoal_persist::Store::open(
             dir.path(),
-            crate::persist::StoreOptions::for_quota(16 << 20),
+            shoal_persist::StoreOptions::for_quota(16 << 20),
         )
         .unwrap();
         let bucket = store.bucket("b").unwrap();

@@ -12,7 +12,7 @@ use shoal_protocol::binary::dcp::{
 use shoal_protocol::binary::EncodeError;
 
 use super::backfill::BackfillRecord;
-use crate::mutation::{Mutation, MutationKind, VbucketId};
+use shoal_engine::mutation::{Mutation, MutationKind, VbucketId};
 
 /// Appends a snapshot marker: the changes of `vb`'s stream that follow,
 /// up to the next marker, are (some of) the seqnos `start..=end`.

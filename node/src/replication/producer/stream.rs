@@ -13,9 +13,9 @@ use tokio::sync::Notify;
 
 use super::backfill::{scan_chunk, Chunk};
 use super::{frames, Close, Producer, MAX_BACKFILLS, MAX_READ_ITEMS, STEP_BYTES};
-use crate::engine::{CursorId, CursorRead, CursorStart, CursorWake, VbucketState};
-use crate::mutation::{Mutation, MutationKind, VbucketId};
-use crate::server::Context;
+use crate::bucket::LiveBucket;
+use shoal_engine::mutation::{Mutation, MutationKind, VbucketId};
+use shoal_engine::{CursorId, CursorRead, CursorStart, CursorWake, VbucketState};
 
 /// A finished backfill scan, sent back from the blocking pool.
 #[derive(Debug)]
@@ -31,14 +31,14 @@ pub(super) struct Scanned {
 /// however that happens (stream end, close, connection drop).
 #[derive(Debug)]
 pub(super) struct CursorGuard {
-    ctx: Arc<Context>,
+    ctx: Arc<LiveBucket>,
     vb: VbucketId,
     id: CursorId,
 }
 
 impl CursorGuard {
     /// Guards cursor `id` and counts the stream in `stats replication`.
-    pub(super) fn new(ctx: Arc<Context>, vb: VbucketId, id: CursorId) -> CursorGuard {
+    pub(super) fn new(ctx: Arc<LiveBucket>, vb: VbucketId, id: CursorId) -> CursorGuard {
         ctx.durability.stream_opened();
         CursorGuard { ctx, vb, id }
     }
@@ -46,7 +46,7 @@ impl CursorGuard {
 
 impl Drop for CursorGuard {
     fn drop(&mut self) {
-        self.ctx.bucket.close_cursor(self.vb, self.id);
+        self.ctx.engine.close_cursor(self.vb, self.id);
         self.ctx.durability.stream_closed();
     }
 }
@@ -124,7 +124,7 @@ impl Producer {
             encode_stream_end(wbuf, vb, stream.opaque, StreamEndStatus::STATE_CHANGED);
             return Step::Ended;
         };
-        let bucket = &self.ctx.bucket;
+        let bucket = &self.ctx.engine;
         if bucket.high_seqno(vb) < Some(until) {
             // Gone, or cleared below the range (a rolled-back copy): the
             // flusher will never get there, and the cursor is gone. (A dead
@@ -156,7 +156,7 @@ impl Producer {
         // the live stream has brought it up to where the vbucket is now:
         // the marker's end says so (the consumer claims no consistent
         // state before it, see `Bucket::begin_disk_snapshot`).
-        let high_now = self.ctx.bucket.high_seqno(vb).unwrap_or(0);
+        let high_now = self.ctx.engine.high_seqno(vb).unwrap_or(0);
         let Some(stream) = self.streams.get_mut(&vb) else {
             return Ok(Step::Idle);
         };
@@ -209,7 +209,7 @@ impl Producer {
         };
         if stream.pending.is_empty() {
             let mut batch = Vec::new();
-            let bucket = &self.ctx.bucket;
+            let bucket = &self.ctx.engine;
             match bucket.read_cursor(vb, stream.cursor.id, self.read_items, &mut batch) {
                 CursorRead::Items(_) => {}
                 CursorRead::Dropped => {

@@ -1,0 +1,601 @@
+//! The cluster manager: the cluster metadata — one [`ClusterState`] kept
+//! identical on every node by Raft (openraft) — with the Raft leader as the
+//! orchestrator that admits nodes, plans maps, fails nodes over and runs
+//! rebalances, and the loop that drives this node's buckets to match the
+//! metadata.
+//!
+//! Modules: [`state`] (the state and the commands that change it — pure,
+//! deterministic), `store` (the durable Raft log and applied state),
+//! `network` (Raft over the admin port's HTTP, sending side),
+//! [`reconcile`] (drives the node's own buckets, vbuckets and replication
+//! streams to match the state), [`autofailover`], [`rebalance`]. Every
+//! metadata change goes through [`Manager::write`] on the leader after the
+//! leader has confirmed a majority, so with no majority nothing changes
+//! anywhere: no split brain, and callers get a clear error instead of a
+//! hang.
+//!
+//! Layer: above the bucket runtime, replication and the cluster view; below
+//! the admin REST API, which serves its endpoints (the receiving side of
+//! the Raft transport included). Must not import: `server`, `admin`,
+//! `node`.
+
+pub mod autofailover;
+mod network;
+pub mod rebalance;
+pub mod reconcile;
+pub mod state;
+mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState};
+use tokio::sync::watch;
+
+pub use state::{
+    AutoFailover, BucketRecord, ClusterState, Command, Membership, NodeId, NodeRecord, Rejection,
+};
+use store::{LogStore, StateMachine};
+
+openraft::declare_raft_types!(
+    /// Raft's types for the metadata: commands in, `Result`s out.
+    pub TypeConfig:
+        D = Command,
+        R = Result<(), Rejection>,
+        NodeId = NodeId,
+        Node = BasicNode,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+);
+
+/// Most voters; further nodes follow as learners (Couchbase-sized clusters
+/// gain nothing from a bigger quorum, and every write waits for it).
+pub const MAX_VOTERS: usize = 5;
+
+/// How long a metadata change may wait for a majority.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the leader waits to confirm it still has a majority.
+const QUORUM_CHECK: Duration = Duration::from_secs(3);
+
+/// Why a metadata operation failed; the REST layer maps each to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// The state refused the change (unknown, duplicate, not allowed).
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// This node is not the leader; the leader's admin address if known.
+    #[error("not the leader")]
+    NotLeader(Option<String>),
+    /// No majority answered: the change was not made.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else (disk, Raft internals, a peer's bad answer).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What a node tells the leader about itself when it is added.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    /// Raft id.
+    pub id: NodeId,
+    /// Host its ports listen on.
+    pub host: String,
+    /// memcached port.
+    pub data_port: u16,
+    /// REST port.
+    pub admin_port: u16,
+}
+
+/// The metadata service of one node.
+pub struct Manager {
+    /// `data_dir/raft`.
+    dir: std::path::PathBuf,
+    raft: Raft<TypeConfig>,
+    sm: StateMachine,
+    me: NodeInfo,
+    http: reqwest::Client,
+    /// The rebalance this node runs as leader, if any.
+    pub rebalancer: rebalance::Rebalancer,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager").field("me", &self.me).finish()
+    }
+}
+
+/// The node's Raft id: read from `raft/node-id`, or chosen now and kept.
+fn node_id(dir: &Path) -> std::io::Result<NodeId> {
+    let path = dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| std::io::Error::other(format!("{} is corrupt", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            h.write_u32(std::process::id());
+            // Small positive ids read better in `ns_<id>@host`.
+            let id = h.finish() % 1_000_000_000 + 1;
+            std::fs::write(&path, id.to_string())?;
+            Ok(id)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl Manager {
+    /// Opens the Raft state under `data_dir/raft` and starts this node's
+    /// Raft member (uninitialised until it starts or joins a cluster).
+    pub async fn start(
+        data_dir: &Path,
+        host: String,
+        data_port: u16,
+        admin_port: u16,
+    ) -> Result<Arc<Manager>, ManagerError> {
+        let dir = data_dir.join("raft");
+        std::fs::create_dir_all(&dir).map_err(internal)?;
+        let id = node_id(&dir).map_err(internal)?;
+        let log = LogStore::open(&dir.join("log")).map_err(internal)?;
+        let sm = StateMachine::open(&dir).map_err(internal)?;
+        let config = Config {
+            cluster_name: "shoal".into(),
+            heartbeat_interval: 250,
+            election_timeout_min: 1500,
+            election_timeout_max: 3000,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(internal)?;
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            network::Network::new(),
+            log,
+            sm.clone(),
+        )
+        .await
+        .map_err(internal)?;
+        let me = NodeInfo {
+            id,
+            host,
+            data_port,
+            admin_port,
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(internal)?;
+        tracing::info!(id, "metadata service started");
+        Ok(Arc::new(Manager {
+            dir,
+            raft,
+            sm,
+            me,
+            http,
+            rebalancer: rebalance::Rebalancer::default(),
+        }))
+    }
+
+    /// The HTTP client nodes talk to each other's admin ports with.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// This node as it introduces itself.
+    pub fn me(&self) -> &NodeInfo {
+        &self.me
+    }
+
+    /// Where the metadata lives (`data_dir/raft`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The Raft handle (for the RPC endpoints).
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// The applied metadata.
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.sm.current()
+    }
+
+    /// Every applied change, starting with the current state.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.sm.subscribe()
+    }
+
+    /// Whether this node is a member of a cluster (in the applied state).
+    pub fn is_member(&self) -> bool {
+        self.state().nodes.contains_key(&self.me.id)
+    }
+
+    /// This node's record for the state, with `membership`.
+    fn record(&self, membership: Membership) -> NodeRecord {
+        NodeRecord {
+            id: self.me.id,
+            host: self.me.host.clone(),
+            data_port: self.me.data_port,
+            admin_port: self.me.admin_port,
+            membership,
+        }
+    }
+
+    /// `(leader id, its admin address)` as this node last heard.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let id = metrics.current_leader?;
+        let addr = metrics
+            .membership_config
+            .membership()
+            .get_node(&id)?
+            .addr
+            .clone();
+        Some((id, addr))
+    }
+
+    /// Whether this node believes it leads.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// `voter`, `learner` or `leader` for each node in the Raft membership.
+    pub fn raft_roles(&self) -> BTreeMap<NodeId, &'static str> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let mut roles: BTreeMap<NodeId, &'static str> =
+            membership.learner_ids().map(|id| (id, "learner")).collect();
+        for id in membership.voter_ids() {
+            roles.insert(id, "voter");
+        }
+        if let Some(leader) = metrics.current_leader {
+            roles.insert(leader, "leader");
+        }
+        roles
+    }
+
+    /// The current Raft term.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// Starts a new cluster with this node as its only member (a no-op on a
+    /// node that already belongs to one), and records it as active.
+    pub async fn init_cluster(&self) -> Result<(), ManagerError> {
+        let initialized = self.raft.is_initialized().await.map_err(internal)?;
+        if !initialized {
+            let members = BTreeMap::from([(
+                self.me.id,
+                BasicNode {
+                    addr: self.admin_address(),
+                },
+            )]);
+            self.raft.initialize(members).await.map_err(internal)?;
+        }
+        // Wait for a leader, then make sure the state lists this node.
+        for _ in 0..100 {
+            if self.leader().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !self.is_member() && self.is_leader() {
+            self.write(Command::AddNode(self.record(Membership::Active)))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Asks the cluster at `url` (an admin URL) to add this node, retrying
+    /// until it answers; a no-op once this node is a member.
+    pub async fn join(&self, url: &str) -> Result<(), ManagerError> {
+        let url = format!("{}/controller/addNode", url.trim_end_matches('/'));
+        let mut last = String::new();
+        for _ in 0..120 {
+            if self.is_member() {
+                return Ok(());
+            }
+            let form = [("hostname", self.admin_address())];
+            match self.http.post(&url).form(&form).send().await {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) => {
+                    let status = r.status();
+                    last = format!("HTTP {status}: {}", r.text().await.unwrap_or_default());
+                    if status.is_client_error() {
+                        return Err(ManagerError::Internal(format!("join refused: {last}")));
+                    }
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(ManagerError::Unavailable(format!(
+            "could not join via {url}: {last}"
+        )))
+    }
+
+    fn admin_address(&self) -> String {
+        state::join_host_port(&self.me.host, self.me.admin_port)
+    }
+
+    /// Applies `command` through the log, on the leader, after confirming
+    /// a majority; returns the state's verdict.
+    pub async fn write(&self, command: Command) -> Result<(), ManagerError> {
+        self.confirm_quorum().await?;
+        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(command)).await {
+            Ok(Ok(response)) => response.data.map_err(ManagerError::Rejected),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(ManagerError::NotLeader(f.leader_node.map(|n| n.addr)))
+            }
+            Ok(Err(e)) => Err(internal(e)),
+            Err(_) => Err(ManagerError::Unavailable(format!(
+                "no majority acknowledged the change within {} s; it may still apply once \
+                 nodes return",
+                WRITE_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// Fails unless this node leads and a majority still follows it.
+    async fn confirm_quorum(&self) -> Result<(), ManagerError> {
+        if !self.is_leader() {
+            return Err(ManagerError::NotLeader(self.leader().map(|(_, a)| a)));
+        }
+        match tokio::time::timeout(QUORUM_CHECK, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                f,
+            )))) => Err(ManagerError::NotLeader(f.leader_node.map(|n| n.addr))),
+            Ok(Err(e)) => Err(ManagerError::Unavailable(format!(
+                "no majority of the cluster's voters is reachable ({e}); metadata changes are \
+                 refused"
+            ))),
+            Err(_) => Err(ManagerError::Unavailable(
+                "no majority of the cluster's voters is reachable; metadata changes are refused"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Leader side of `/controller/addNode`: asks the node at `hostname`
+    /// (its admin address) who it is, makes it a Raft learner, records it,
+    /// and promotes it to voter while there are fewer than
+    /// [`MAX_VOTERS`]. Idempotent for a node already added.
+    pub async fn add_node(&self, hostname: &str) -> Result<NodeRecord, ManagerError> {
+        self.confirm_quorum().await?;
+        let info: NodeInfo = self
+            .http
+            .get(format!("http://{hostname}/internal/nodeInfo"))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| {
+                ManagerError::Rejected(Rejection::Invalid(format!(
+                    "cannot reach a Shoal node at {hostname}: {e}"
+                )))
+            })?
+            .json()
+            .await
+            .map_err(|e| {
+                ManagerError::Rejected(Rejection::Invalid(format!(
+                    "{hostname} did not answer as a Shoal node: {e}"
+                )))
+            })?;
+        let state = self.state();
+        if let Some(existing) = state.nodes.get(&info.id) {
+            if existing.admin_port == info.admin_port && existing.data_port == info.data_port {
+                return Ok(existing.clone());
+            }
+        }
+        let membership = if state.buckets.is_empty() {
+            Membership::Active
+        } else {
+            Membership::InactiveAdded
+        };
+        let record = NodeRecord {
+            id: info.id,
+            host: info.host.clone(),
+            data_port: info.data_port,
+            admin_port: info.admin_port,
+            membership: state
+                .nodes
+                .get(&info.id)
+                .map_or(membership, |n| n.membership),
+        };
+        let node = BasicNode {
+            addr: record.admin_address(),
+        };
+        self.raft
+            .add_learner(info.id, node, true)
+            .await
+            .map_err(raft_write_error)?;
+        self.write(Command::AddNode(record.clone())).await?;
+        self.balance_voters().await?;
+        Ok(record)
+    }
+
+    /// Leader side of `/controller/ejectNode`: drops the node from the
+    /// state (refused while it holds vbuckets) and from Raft.
+    pub async fn eject_node(&self, id: NodeId) -> Result<(), ManagerError> {
+        self.write(Command::RemoveNode { id }).await?;
+        let voters: BTreeSet<NodeId> = self.voters();
+        let change = if voters.contains(&id) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(raft_write_error)?;
+        if voters.contains(&id) && id != self.me.id {
+            self.balance_voters().await?;
+        }
+        Ok(())
+    }
+
+    /// Leader side of `/controller/failOver`: takes node `id` out of every
+    /// membase bucket's map (promoting, per vbucket, a surviving replica)
+    /// — the one with the highest seqno among those that answer — and marks
+    /// it failed, in one log entry. Refused when a vbucket would
+    /// lose its last copy, unless `allow_unsafe`.
+    pub async fn fail_over(&self, id: NodeId, allow_unsafe: bool) -> Result<(), ManagerError> {
+        let state = self.state();
+        let node = state.nodes.get(&id).ok_or_else(|| {
+            ManagerError::Rejected(Rejection::NotFound(format!("no node with id {id}")))
+        })?;
+        if node.membership == Membership::InactiveFailed {
+            return Err(
+                Rejection::Conflict(format!("{} is already failed over", node.otp_node())).into(),
+            );
+        }
+        if !state.active_nodes().iter().any(|n| *n != id) {
+            return Err(Rejection::Conflict(format!(
+                "{} is the last active node; failing it over would leave no one to serve",
+                node.otp_node()
+            ))
+            .into());
+        }
+        let mut maps = BTreeMap::new();
+        for bucket in state.buckets.values() {
+            let (Some(map), Some(idx)) =
+                (bucket.map(), bucket.servers.iter().position(|s| *s == id))
+            else {
+                continue;
+            };
+            let Ok(idx) = u16::try_from(idx) else {
+                continue;
+            };
+            let seqnos = self.replica_seqnos(&state, bucket, id).await;
+            let outcome = shoal_vbmap::planner::fail_over(&map, idx, Some(&seqnos));
+            if !outcome.lost_vbuckets.is_empty() && !allow_unsafe {
+                return Err(Rejection::Conflict(format!(
+                    "failing over {} would lose every copy of {} vbuckets of bucket {:?} \
+                     (e.g. vbucket {}); pass allowUnsafe=true to do it anyway",
+                    node.otp_node(),
+                    outcome.lost_vbuckets.len(),
+                    bucket.spec.name,
+                    outcome.lost_vbuckets[0]
+                ))
+                .into());
+            }
+            maps.insert(bucket.spec.name.clone(), outcome.map.to_chains());
+        }
+        self.write(Command::FailOver { id, maps }).await
+    }
+
+    /// The high seqnos of `bucket`'s vbuckets on every server of its map
+    /// but `failed` that answers within a second, so failover
+    /// promotes the most up-to-date replica. A server that does not answer
+    /// ranks below every reported seqno.
+    async fn replica_seqnos(
+        &self,
+        state: &ClusterState,
+        bucket: &BucketRecord,
+        failed: NodeId,
+    ) -> shoal_vbmap::planner::ReplicaSeqnos {
+        let survivors = bucket
+            .servers
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| **id != failed);
+        let asks = survivors.map(|(idx, id)| {
+            let url = state.nodes.get(id).map(|n| {
+                format!(
+                    "http://{}/internal/seqnos/{}",
+                    n.admin_address(),
+                    bucket.spec.name
+                )
+            });
+            let http = self.http.clone();
+            async move {
+                let url = url?;
+                let reply = http
+                    .get(url)
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await
+                    .ok()?;
+                let pairs: Vec<(u16, u64)> = reply.error_for_status().ok()?.json().await.ok()?;
+                Some((u16::try_from(idx).ok()?, pairs))
+            }
+        });
+        let mut seqnos = shoal_vbmap::planner::ReplicaSeqnos::new();
+        for (server, pairs) in futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            for (vb, seqno) in pairs {
+                seqnos.insert((vb, server), seqno);
+            }
+        }
+        seqnos
+    }
+
+    fn voters(&self) -> BTreeSet<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    /// Promotes learners until there are [`MAX_VOTERS`] voters (or none
+    /// left to promote).
+    async fn balance_voters(&self) -> Result<(), ManagerError> {
+        let voters = self.voters();
+        let learners: Vec<NodeId> = {
+            let metrics = self.raft.metrics().borrow().clone();
+            metrics
+                .membership_config
+                .membership()
+                .learner_ids()
+                .collect()
+        };
+        let wanted = MAX_VOTERS.saturating_sub(voters.len());
+        let promote: BTreeSet<NodeId> = learners.into_iter().take(wanted).collect();
+        if promote.is_empty() {
+            return Ok(());
+        }
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(promote), false)
+            .await
+            .map_err(raft_write_error)?;
+        Ok(())
+    }
+
+    /// Stops Raft (node shutdown).
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ManagerError {
+    ManagerError::Internal(e.to_string())
+}
+
+fn raft_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ManagerError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            ManagerError::NotLeader(f.leader_node.map(|n| n.addr))
+        }
+        other => internal(other),
+    }
+}
