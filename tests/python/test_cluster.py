@@ -39,38 +39,25 @@ from bmemcached import Client as BinaryClient
 from pymemcache.client.base import Client as PyClient
 from pymemcache.exceptions import MemcacheServerError
 
-pytest.register_assert_rewrite("clusterfixtures", "proxyfixtures")
-
-from clusterfixtures import (  # noqa: E402
-    CONVERGE_DEADLINE_S,
-    BinaryConn,
-    ConfigStream,
-    Watch,
-    active_addr,
-    direct_get,
-    direct_set,
-    error_message,
-    fixed_ports,
-    node_id_of,
-    poll,
-    rest,
-    sasl_plain,
-    select_bucket,
-    summarize,
-    wait_data_ready,
-)
-from proxyfixtures import (  # noqa: E402
+from harness import figure
+from harness.cluster import CONVERGE_DEADLINE_S, active_addr, summarize, wait_data_ready
+from harness.poll import Watch, poll
+from harness.process import free_port
+from harness.rest import ConfigStream, error_message, node_id_of, rest
+from harness.wire import (
     OP_GET,
     OP_SET,
     STATUS_KEY_NOT_FOUND,
     STATUS_NOT_MY_VBUCKET,
     STATUS_OK,
+    BinaryConn,
+    addr_of,
+    direct_get,
+    direct_set,
+    sasl_plain,
+    select_bucket,
     store_extras,
 )
-
-# `module_cluster_harness`, `cluster_harness` and the report hook that
-# attaches every process's log to a failing test.
-pytest_plugins = ["clusterfixtures"]
 
 # python-binary-memcached 0.31.2 calls a deprecated urllib helper.
 pytestmark = pytest.mark.filterwarnings("ignore:urllib.parse.splitport:DeprecationWarning")
@@ -84,10 +71,6 @@ ELECTION_DEADLINE_S = 20.0
 KEEPALIVE_DEADLINE_S = 5.0
 # A change refused for want of a majority is answered within this.
 REFUSAL_DEADLINE_S = 15.0
-
-
-def figure(text):
-    print(f"[figure] {text}")
 
 
 def py_client(addr):
@@ -121,22 +104,22 @@ def get_all_wrong(c, values, batch=500):
 
 
 @pytest.fixture(scope="module")
-def shared(module_cluster_harness):
+def shared(module_harness):
     """Three nodes (one initialised the cluster, two joined) and bucket
     `default` with 64 vbuckets and one replica. Tests that change the
     cluster leave it as they found it."""
-    cluster = module_cluster_harness.cluster(3, prefix="shared")
+    cluster = module_harness.cluster(3, prefix="shared")
     cluster.create_bucket(cluster.nodes[0], "default", numVBuckets=VBUCKETS, replicaNumber=1)
     cluster.wait_bucket("default")
-    return SimpleNamespace(cluster=cluster, harness=module_cluster_harness)
+    return SimpleNamespace(cluster=cluster, harness=module_harness)
 
 
 # === shoal up ===
 
 
-def test_up_serves_10k_keys_and_keeps_them_across_a_restart(cluster_harness):
+def test_up_serves_10k_keys_and_keeps_them_across_a_restart(harness):
     started = time.monotonic()
-    up = cluster_harness.up(nodes=3, replicas=1).start()
+    up = harness.up(nodes=3, replicas=1).start()
     at_ready = warmup_states(up)
     figure(f"shoal up: ready after {time.monotonic() - started:.1f}s; nodes' warmup then: {at_ready}")
     values = {f"up:{i}": f"value {i} of shoal up".encode() for i in range(10_000)}
@@ -166,7 +149,7 @@ def test_up_serves_10k_keys_and_keeps_them_across_a_restart(cluster_harness):
 
     # Each sampled key is on the active the map names, and only there.
     config = configs[0]
-    servers = [tuple_addr(s) for s in vbmap["serverList"]]
+    servers = [addr_of(s) for s in vbmap["serverList"]]
     conns = {addr: BinaryConn(addr) for addr in servers}
     owners = set()
     try:
@@ -236,11 +219,6 @@ def warmup_states(up):
     return states
 
 
-def tuple_addr(text):
-    host, _, port = text.rpartition(":")
-    return (host, int(port))
-
-
 # === formation and membership ===
 
 
@@ -266,10 +244,10 @@ def test_formation_lists_three_active_nodes_and_one_leader(shared):
     assert len(set(ids)) == 3, f"node ids {ids}"
 
 
-def test_added_node_is_listed_everywhere_then_ejected(shared, cluster_harness):
+def test_added_node_is_listed_everywhere_then_ejected(shared, harness):
     cluster = shared.cluster
     assert cluster.nodes[0].bucket("default") is not None, "bucket default must exist for this test"
-    fourth = cluster_harness.node("bare-node").start()  # no --init-cluster, no --join
+    fourth = harness.node("bare-node").start()  # no --init-cluster, no --join
     via = cluster.followers()[0]
     r = via.post("/controller/addNode", {"hostname": fourth.hostname})
     assert r.status == 200, r.describe()
@@ -326,7 +304,7 @@ def check_membase_config(config, name, cluster, vbuckets, replicas):
     assert sorted(n["hostname"] for n in config["nodes"]) == sorted(n.hostname for n in cluster.nodes)
     vbmap = config["vBucketServerMap"]
     assert vbmap["hashAlgorithm"] == "CRC" and vbmap["numReplicas"] == replicas
-    assert sorted(vbmap["serverList"]) == sorted(n.data_str for n in cluster.nodes)
+    assert sorted(vbmap["serverList"]) == sorted(n.addr_str for n in cluster.nodes)
     assert len(vbmap["vBucketMap"]) == vbuckets
     for vb, chain in enumerate(vbmap["vBucketMap"]):
         assert len(chain) == replicas + 1 and len(set(chain)) == len(chain), f"vbucket {vb}: {chain}"
@@ -383,14 +361,14 @@ def test_bucket_created_via_follower_is_served_everywhere_then_deleted(shared):
     poll(Watch(refused), CONVERGE_DEADLINE_S, "SELECT_BUCKET and SASL PLAIN of deleted b2 to fail on every node")
 
 
-def test_proxy_serves_only_its_bucket(shared, cluster_harness):
+def test_proxy_serves_only_its_bucket(shared, harness):
     cluster = shared.cluster
     cluster.create_bucket(cluster.followers()[0], "b2p", numVBuckets=VBUCKETS, replicaNumber=1)
     config = cluster.wait_bucket("b2p")
     wait_data_ready(cluster.nodes, "b2p", config)
     urls = ",".join(n.admin_url for n in cluster.nodes)
-    proxy_b = cluster_harness.proxy("--cluster", urls, "--bucket", "b2p", name="proxy-b2p").wait_healthy()
-    proxy_d = cluster_harness.proxy("--cluster", urls, "--bucket", "default", name="proxy-default").wait_healthy()
+    proxy_b = harness.proxy("--cluster", urls, "--bucket", "b2p", name="proxy-b2p").wait_healthy()
+    proxy_d = harness.proxy("--cluster", urls, "--bucket", "default", name="proxy-default").wait_healthy()
     try:
         values = {f"b2p:{i}": f"value {i} in b2p".encode() for i in range(200)}
         wrong = set_and_get_all(proxy_b.addr, values)
@@ -436,15 +414,15 @@ def test_proxy_serves_only_its_bucket(shared, cluster_harness):
 
 
 @pytest.mark.parametrize("bucket", ["default", "other"])
-def test_proxy_recovers_when_its_bucket_is_recreated(cluster_harness, bucket):
+def test_proxy_recovers_when_its_bucket_is_recreated(harness, bucket):
     """Requests while the bucket is gone make the proxy open fresh node
     connections then, before the bucket is back; once it is recreated
     (and the proxy has its config) they must work again."""
-    cluster = cluster_harness.cluster(1, prefix=f"recreate-{bucket}")
+    cluster = harness.cluster(1, prefix=f"recreate-{bucket}")
     (node,) = cluster.nodes
     cluster.create_bucket(node, bucket, numVBuckets=VBUCKETS, replicaNumber=0)
     wait_data_ready(cluster.nodes, bucket, cluster.wait_bucket(bucket))
-    proxy = cluster_harness.proxy("--cluster", node.admin_url, "--bucket", bucket).wait_healthy()
+    proxy = harness.proxy("--cluster", node.admin_url, "--bucket", bucket).wait_healthy()
     c = py_client(proxy.addr)
     try:
         assert c.set("rc:before", b"old")
@@ -507,7 +485,7 @@ def test_memcached_bucket_is_a_ketama_config(shared):
     assert r.status == 200, r.describe()
     cluster.wait_bucket_gone("mc1")
 
-def test_proxy_serves_a_memcached_bucket_on_its_ketama_ring(shared, cluster_harness):
+def test_proxy_serves_a_memcached_bucket_on_its_ketama_ring(shared, harness):
     """The proxy follows a memcached bucket's config: keys placed on the
     ketama ring over the nodes, each stored only on the node the ring names."""
     cluster = shared.cluster
@@ -515,7 +493,7 @@ def test_proxy_serves_a_memcached_bucket_on_its_ketama_ring(shared, cluster_harn
     config = cluster.wait_bucket("mc2")
     wait_data_ready(cluster.nodes, "mc2", config)
     urls = ",".join(n.admin_url for n in cluster.nodes)
-    proxy = cluster_harness.proxy("--cluster", urls, "--bucket", "mc2", name="proxy-mc2").wait_healthy()
+    proxy = harness.proxy("--cluster", urls, "--bucket", "mc2", name="proxy-mc2").wait_healthy()
     try:
         values = {f"mc2:{i}": f"ketama {i}".encode() for i in range(300)}
         wrong = set_and_get_all(proxy.addr, values)
@@ -580,10 +558,10 @@ def test_stream_sends_config_then_keepalives_and_ends_when_bucket_deleted(shared
     cluster.wait_bucket_gone(name)
 
 
-def test_stream_sends_new_document_when_the_config_changes(cluster_harness):
+def test_stream_sends_new_document_when_the_config_changes(harness):
     """A memcached bucket spans the active nodes: ejecting one changes its
     config, which the stream must carry."""
-    cluster = cluster_harness.cluster(2, prefix="stream")
+    cluster = harness.cluster(2, prefix="stream")
     leader = cluster.leader()
     (other,) = cluster.followers()
     cluster.create_bucket(leader, "mc", bucketType="memcached", ramQuotaMB=16)
@@ -653,7 +631,7 @@ REST_ERRORS = [
 @pytest.fixture(scope="module")
 def dead_port():
     """A port nothing listens on."""
-    return fixed_ports(1)[0]
+    return free_port()
 
 
 @pytest.mark.parametrize("via", ["leader", "follower"])
@@ -707,8 +685,8 @@ def wait_new_leader(cluster, survivors, old_id):
     return poll(Watch(elected), ELECTION_DEADLINE_S, "the survivors to elect a new leader")
 
 
-def test_leader_failure_then_lost_majority(cluster_harness):
-    cluster = cluster_harness.cluster(3, prefix="lf")
+def test_leader_failure_then_lost_majority(harness):
+    cluster = harness.cluster(3, prefix="lf")
     old = cluster.leader()
     old_term = old.pools()["raftTerm"]
     survivors = [n for n in cluster.nodes if n is not old]
@@ -762,14 +740,14 @@ def test_leader_failure_then_lost_majority(cluster_harness):
     assert set(lists[cluster.nodes[0].name]) == {"after0", "after1", "final"}, f"buckets: {lists}"
 
 
-def test_proxy_follows_the_config_through_a_surviving_node(cluster_harness):
-    cluster = cluster_harness.cluster(3, prefix="pf")
+def test_proxy_follows_the_config_through_a_surviving_node(harness):
+    cluster = harness.cluster(3, prefix="pf")
     first, rest_nodes = cluster.nodes[0], cluster.nodes[1:]
     cluster.create_bucket(rest_nodes[0], "default", numVBuckets=VBUCKETS, replicaNumber=1)
     config = cluster.wait_bucket("default")
     wait_data_ready(cluster.nodes, "default", config)
     # The proxy is told about the first node only.
-    proxy = cluster_harness.proxy("--cluster", first.admin_url, "--bucket", "default").wait_healthy()
+    proxy = harness.proxy("--cluster", first.admin_url, "--bucket", "default").wait_healthy()
 
     def proxy_rev():
         status, body = proxy.http_get("/config")
@@ -834,20 +812,20 @@ def test_proxy_follows_the_config_through_a_surviving_node(cluster_harness):
 # === failover ===
 
 
-def test_failover_promotes_replicas_and_drops_the_failed_node(cluster_harness):
+def test_failover_promotes_replicas_and_drops_the_failed_node(harness):
     """A manual failover takes the node out of every chain in one map change
     (rev bumps, every vbucket keeps an active), marks it inactiveFailed, the
     failed node stops serving the bucket, and a proxy keeps working on the
     new map. A bucket without replicas refuses it (its vbuckets would have no
     copy left) unless allowUnsafe=true."""
-    cluster = cluster_harness.cluster(3, prefix="failover")
+    cluster = harness.cluster(3, prefix="failover")
     leader = cluster.leader()
     cluster.create_bucket(leader, "fo", numVBuckets=VBUCKETS, replicaNumber=1)
     before = cluster.wait_bucket("fo")
     wait_data_ready(cluster.nodes, "fo", before)
     victim = cluster.followers()[0]
     server_list = before["vBucketServerMap"]["serverList"]
-    victim_idx = server_list.index(victim.data_str)
+    victim_idx = server_list.index(victim.addr_str)
 
     cluster.create_bucket(leader, "fo0", numVBuckets=VBUCKETS, replicaNumber=0)
     wait_data_ready(cluster.nodes, "fo0", cluster.wait_bucket("fo0"))
@@ -898,17 +876,17 @@ def test_failover_promotes_replicas_and_drops_the_failed_node(cluster_harness):
     assert r.status == 409, f"a second failover of one node: {r.describe()}"
 
     survivors = ",".join(n.admin_url for n in cluster.nodes if n is not victim)
-    proxy = cluster_harness.proxy("--cluster", survivors, "--bucket", "fo", name="proxy-fo").wait_healthy()
+    proxy = harness.proxy("--cluster", survivors, "--bucket", "fo", name="proxy-fo").wait_healthy()
     values = {f"fo:{i}": f"after failover {i}".encode() for i in range(300)}
     wrong = set_and_get_all(proxy.addr, values)
     assert wrong == [], f"{len(wrong)} keys wrong through the proxy after the failover: {wrong[:10]}"
 
 
-def test_auto_failover_of_a_hung_node_and_no_stale_data_after_it_resumes(cluster_harness):
+def test_auto_failover_of_a_hung_node_and_no_stale_data_after_it_resumes(harness):
     """Auto-failover on (2 s): a node stopped with SIGSTOP is failed over by
     the leader; after SIGCONT it has dropped the bucket, so clients never
     read its stale vbuckets. The settings are validated and readable."""
-    cluster = cluster_harness.cluster(3, prefix="autofo")
+    cluster = harness.cluster(3, prefix="autofo")
     leader = cluster.leader()
     follower = cluster.followers()[0]
     for bad in ({"enabled": "maybe"}, {"enabled": "true", "timeout": "0"}, {"enabled": "true", "timeout": "x"}):
@@ -923,7 +901,7 @@ def test_auto_failover_of_a_hung_node_and_no_stale_data_after_it_resumes(cluster
     before = cluster.wait_bucket("afo")
     wait_data_ready(cluster.nodes, "afo", before)
     victim = follower
-    victim_idx = before["vBucketServerMap"]["serverList"].index(victim.data_str)
+    victim_idx = before["vBucketServerMap"]["serverList"].index(victim.addr_str)
     survivors = [n for n in cluster.nodes if n is not victim]
     stopped_at = time.monotonic()
     os.kill(victim.proc.pid, signal.SIGSTOP)

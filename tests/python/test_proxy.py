@@ -2,9 +2,9 @@
 libraries, all on loopback.
 
 The cluster manager's part is played by a config server in the test
-(`proxyfixtures.ConfigServer`): the test sets vbucket states on the nodes
-with SET_VBUCKET and publishes the bucket config the proxy streams, so it
-decides exactly when the map changes relative to the nodes' states.
+(`harness.configserver.ConfigServer`): the test sets vbucket states on the
+nodes with SET_VBUCKET and publishes the bucket config the proxy streams, so
+it decides exactly when the map changes relative to the nodes' states.
 
 - vbucket mode with four clients (pymemcache; pylibmc binary and ASCII;
   python-binary-memcached): every operation, and every key is on the node
@@ -39,11 +39,11 @@ import pytest
 from bmemcached import Client as BinaryClient
 from pymemcache.client.base import Client as PyClient
 
-# Assertions in the helpers get pytest's rewriting too (they are imported
-# here before `pytest_plugins` loads the module as a plugin).
-pytest.register_assert_rewrite("proxyfixtures")
-
-from proxyfixtures import (  # noqa: E402
+from harness import figure
+from harness.configserver import bucket_config
+from harness.poll import poll
+from harness.rest import STREAM_SEPARATOR
+from harness.wire import (
     HEADER,
     OP_APPEND,
     OP_GET,
@@ -53,21 +53,14 @@ from proxyfixtures import (  # noqa: E402
     STATUS_KEY_NOT_FOUND,
     STATUS_OK,
     STATUS_TEMPORARY_FAILURE,
-    STREAM_SEPARATOR,
     VB_ACTIVE,
     VB_DEAD,
     VB_REPLICA,
     BinaryConn,
-    bucket_config,
     encode_request,
-    poll,
     read_response,
     store_extras,
 )
-
-# The fixtures (`harness`, `module_harness`) and the report hook that
-# attaches every process's log to a failing test.
-pytest_plugins = ["proxyfixtures"]
 
 # python-binary-memcached 0.31.2 calls a deprecated urllib helper.
 pytestmark = pytest.mark.filterwarnings("ignore:urllib.parse.splitport:DeprecationWarning")
@@ -84,10 +77,6 @@ SHARED_RETRY_DEADLINE_MS = 5000
 KILL_RETRY_DEADLINE_MS = 2000
 
 
-def figure(text):
-    print(f"[figure] {text}")
-
-
 def py_client(proxy):
     return PyClient(proxy.addr, default_noreply=False, connect_timeout=10, timeout=15)
 
@@ -96,7 +85,7 @@ def py_client(proxy):
 def vb(module_harness):
     """Three nodes with 64 vbuckets, actives assigned round-robin, and a
     proxy streaming the map from the config server."""
-    cluster = module_harness.cluster(nodes=NODES, vbuckets=VBUCKETS)
+    cluster = module_harness.manual_cluster(nodes=NODES, vbuckets=VBUCKETS)
     cluster.assign_round_robin()
     proxy = module_harness.proxy(
         "--cluster", cluster.config_server.url, "--bucket", "default",
@@ -385,9 +374,9 @@ def copy_vbuckets(cluster, writers, vbuckets, src, dst, read_replica):
             vb = cluster.vbucket_of(key)
             if vb not in vbuckets:
                 continue
-            r = (src.get_replica if read_replica else src.get)(vb, key)
+            r = (src.binary_get_replica if read_replica else src.binary_get)(vb, key)
             if r.status == STATUS_OK:
-                dst.set(vb, key, r.value, flags=r.flags)
+                dst.binary_set(vb, key, r.value, flags=r.flags)
                 copied += 1
             else:
                 # Registered but not applied (it met NOT_MY_VBUCKET and is
@@ -571,7 +560,7 @@ class Steady(threading.Thread):
 
 
 def test_node_kill(harness):
-    cluster = harness.cluster(nodes=NODES, vbuckets=VBUCKETS)
+    cluster = harness.manual_cluster(nodes=NODES, vbuckets=VBUCKETS)
     cluster.assign_round_robin()
     proxy = harness.proxy("--cluster", cluster.config_server.url, "--retry-deadline-ms", KILL_RETRY_DEADLINE_MS)
     cluster.publish()
@@ -644,7 +633,7 @@ def test_node_kill(harness):
             cluster.nodes[new].set_vbucket(v, VB_ACTIVE)
             cluster.owner[v] = new
         for k in lost:
-            cluster.node_of(k).set(cluster.vbucket_of(k), k.encode(), values[k])
+            cluster.node_of(k).binary_set(cluster.vbucket_of(k), k.encode(), values[k])
         published = time.monotonic()
         cluster.publish()
         gets = {k: f.result() for k, f in waiting_gets.items()}

@@ -44,37 +44,34 @@ from types import SimpleNamespace
 import pytest
 from pymemcache.client.base import Client as PyClient
 
-pytest.register_assert_rewrite("clusterfixtures", "proxyfixtures")
-
-from clusterfixtures import (  # noqa: E402
-    CLIENT_TIMEOUT_S,
+from harness import figure
+from harness.cluster import (
     CONVERGE_DEADLINE_S,
-    BinaryConn,
-    MixedLoad,
-    Watch,
-    error_message,
     memberships,
-    node_id_of,
-    node_stats,
     otp_nodes,
-    pipelined,
-    poll,
-    read_back,
     rebalance_progress,
     rebalance_task,
-    select_bucket,
     start_rebalance,
     summarize,
-    versioned_value,
     wait_data_ready,
     wait_proxy_rev,
     wait_replicas_caught_up,
 )
-from proxyfixtures import OP_GET, OP_GET_REPLICA, STATUS_OK, addr_of, vbucket_of  # noqa: E402
-
-# `cluster_harness` and the report hook that attaches every process's log
-# to a failing test.
-pytest_plugins = ["clusterfixtures"]
+from harness.load import MixedLoad, read_back, versioned_value
+from harness.poll import Watch, poll
+from harness.rest import error_message, node_id_of
+from harness.wire import (
+    CLIENT_TIMEOUT_S,
+    OP_GET,
+    OP_GET_REPLICA,
+    STATUS_OK,
+    BinaryConn,
+    addr_of,
+    node_stats,
+    pipelined,
+    select_bucket,
+    vbucket_of,
+)
 
 BUCKET = "default"
 # Small maps keep the file's runtime down; 64 still moves dozens of
@@ -88,10 +85,6 @@ REPLICA_CATCH_UP_DEADLINE_S = 30.0
 # map (and again once an ejected node is killed): it serves on it.
 OPS_AFTER = 1000
 OPS_AFTER_DEADLINE_S = 30.0
-
-
-def figure(text):
-    print(f"[figure] {text}")
 
 
 # === setting up ===
@@ -246,8 +239,8 @@ def check_balanced(config, members, vbuckets=VBUCKETS):
     1 vbuckets. Returns ({node name: actives}, {node name: replicas})."""
     vbmap = config["vBucketServerMap"]
     servers = vbmap["serverList"]
-    assert sorted(servers) == sorted(n.data_str for n in members), (
-        f"rev {config['rev']}: serverList {servers}, the cluster is {sorted(n.data_str for n in members)}"
+    assert sorted(servers) == sorted(n.addr_str for n in members), (
+        f"rev {config['rev']}: serverList {servers}, the cluster is {sorted(n.addr_str for n in members)}"
     )
     assert sorted(n["hostname"] for n in config["nodes"]) == sorted(n.hostname for n in members), (
         f"rev {config['rev']}: the bucket's nodes are {[n['hostname'] for n in config['nodes']]}"
@@ -259,7 +252,7 @@ def check_balanced(config, members, vbuckets=VBUCKETS):
     assert bad == [], (
         f"rev {config['rev']}: {len(bad)} vbuckets without an active and a replica on another node: {bad[:10]}"
     )
-    by_server = {n.data_str: n.name for n in members}
+    by_server = {n.addr_str: n.name for n in members}
     actives = Counter(by_server[servers[chain[0]]] for chain in chains)
     replicas = Counter(by_server[servers[chain[1]]] for chain in chains)
     counts = {n.name: actives.get(n.name, 0) for n in members}
@@ -381,15 +374,15 @@ def check_load(load):
 # === tests ===
 
 
-def test_scale_out_under_load(cluster_harness):
-    cluster = cluster_harness.cluster(2, prefix="out")
+def test_scale_out_under_load(harness):
+    cluster = harness.cluster(2, prefix="out")
     first = list(cluster.nodes)
-    before, proxy = create_bucket_and_proxy(cluster_harness, cluster, "out", first)
+    before, proxy = create_bucket_and_proxy(harness, cluster, "out", first)
     values = load_keys(proxy, "out")
 
     load = MixedLoad(proxy.addr, values, seed=11).start()
     try:
-        added = [cluster_harness.node(f"out-{i}").start() for i in (2, 3)]  # bare: no --init-cluster, no --join
+        added = [harness.node(f"out-{i}").start() for i in (2, 3)]  # bare: no --init-cluster, no --join
         via = cluster.followers()[0]
         for node in added:
             r = via.post("/controller/addNode", {"hostname": node.hostname})
@@ -427,14 +420,14 @@ def test_scale_out_under_load(cluster_harness):
     wait_moved_copies_dropped(everyone, 2 * KEYS)
 
 
-def test_scale_in_under_load(cluster_harness):
-    cluster = cluster_harness.cluster(4, prefix="in")
+def test_scale_in_under_load(harness):
+    cluster = harness.cluster(4, prefix="in")
     leader = cluster.leader()
     victim, via = cluster.followers()[:2]  # not the Raft leader
     remaining = [n for n in cluster.nodes if n is not victim]
     # The proxy is told about the ejected node first: it must move on to
     # the others when that node leaves.
-    before, proxy = create_bucket_and_proxy(cluster_harness, cluster, "in", [victim] + remaining)
+    before, proxy = create_bucket_and_proxy(harness, cluster, "in", [victim] + remaining)
     values = load_keys(proxy, "in")
 
     load = MixedLoad(proxy.addr, values, seed=13).start()
@@ -469,16 +462,16 @@ def test_scale_in_under_load(cluster_harness):
     check_data(proxy, remaining, after, load)
 
 
-def test_swap_rebalance_under_load(cluster_harness):
+def test_swap_rebalance_under_load(harness):
     """Add one node and eject another in one rebalance, under load."""
-    cluster = cluster_harness.cluster(3, prefix="swap")
+    cluster = harness.cluster(3, prefix="swap")
     leader = cluster.leader()
     victim = cluster.followers()[0]
-    before, proxy = create_bucket_and_proxy(cluster_harness, cluster, "swap", list(cluster.nodes))
+    before, proxy = create_bucket_and_proxy(harness, cluster, "swap", list(cluster.nodes))
     values = load_keys(proxy, "swap")
     load = MixedLoad(proxy.addr, values, seed=19).start()
     try:
-        added = cluster_harness.node("swap-3").start()
+        added = harness.node("swap-3").start()
         add_node(cluster, leader, added)
         otps = otp_nodes(leader)
         members = [n for n in cluster.nodes if n is not victim]
@@ -494,11 +487,11 @@ def test_swap_rebalance_under_load(cluster_harness):
     check_data(proxy, members, after, load)
 
 
-def test_rebalance_moves_every_bucket(cluster_harness):
+def test_rebalance_moves_every_bucket(harness):
     """Every membase bucket is moved, one after another (the progress
     counts them), each ends balanced with every key readable through its
     proxy, and a memcached bucket spans the new nodes afterwards."""
-    cluster = cluster_harness.cluster(2, prefix="multi")
+    cluster = harness.cluster(2, prefix="multi")
     first = list(cluster.nodes)
     leader = cluster.leader()
     membase = {"default": 256, "b2": 64}
@@ -510,7 +503,7 @@ def test_rebalance_moves_every_bucket(cluster_harness):
     for name in membase:
         config = cluster.wait_bucket(name)
         wait_data_ready(cluster.nodes, name, config)
-        proxies[name] = cluster_harness.proxy("--cluster", urls, "--bucket", name, name=f"proxy-multi-{name}").wait_healthy()
+        proxies[name] = harness.proxy("--cluster", urls, "--bucket", name, name=f"proxy-multi-{name}").wait_healthy()
         wait_proxy_rev(proxies[name], config["rev"])
         written[name] = {f"{name}:{i}": f"{name}-value-{i}".encode() for i in range(2_000)}
         c = PyClient(proxies[name].addr, default_noreply=False, connect_timeout=10, timeout=CLIENT_TIMEOUT_S)
@@ -519,7 +512,7 @@ def test_rebalance_moves_every_bucket(cluster_harness):
         finally:
             c.close()
 
-    everyone, otps = add_two_and_start(cluster_harness, cluster, leader, "multi")
+    everyone, otps = add_two_and_start(harness, cluster, leader, "multi")
     totals = set()
 
     def finished(w):
@@ -552,8 +545,8 @@ def test_rebalance_moves_every_bucket(cluster_harness):
     poll(Watch(spans), CONVERGE_DEADLINE_S, "the memcached bucket to span all four nodes")
 
 
-def test_rebalance_rest_errors(cluster_harness):
-    cluster = cluster_harness.cluster(2, prefix="rberr")
+def test_rebalance_rest_errors(harness):
+    cluster = harness.cluster(2, prefix="rberr")
     leader = cluster.leader()
     (follower,) = cluster.followers()
     otps = otp_nodes(leader)
@@ -650,22 +643,22 @@ def bulk_up(proxy, prefix):
         bulk.close()
 
 
-def test_stop_and_restart_under_load(cluster_harness):
+def test_stop_and_restart_under_load(harness):
     """stopRebalance midway: the rebalance ends with an error saying it
     was stopped, no forward map is left, the batches it finished stay
     (the added nodes already serve some vbuckets); a second rebalance
     finishes the job with the same guarantees as an uninterrupted one."""
-    cluster = cluster_harness.cluster(2, prefix="stop")
+    cluster = harness.cluster(2, prefix="stop")
     first = list(cluster.nodes)
     # Two nodes each hold every key and the bulk (active or replica).
-    before, proxy = create_bucket_and_proxy(cluster_harness, cluster, "stop", first, ramQuotaMB=256)
+    before, proxy = create_bucket_and_proxy(harness, cluster, "stop", first, ramQuotaMB=256)
     values = load_keys(proxy, "stop")
     bulk_up(proxy, "stop")
 
     load = MixedLoad(proxy.addr, values, seed=13).start()
     try:
         leader = cluster.leader()
-        everyone, otps = add_two_and_start(cluster_harness, cluster, leader, "stop")
+        everyone, otps = add_two_and_start(harness, cluster, leader, "stop")
         added = everyone[-2:]
 
         def midway(w):
@@ -701,7 +694,7 @@ def test_stop_and_restart_under_load(cluster_harness):
 
 
 @pytest.mark.parametrize("victim_role", ["follower", "leader"])
-def test_node_failure_during_rebalance(cluster_harness, victim_role):
+def test_node_failure_during_rebalance(harness, victim_role):
     """kill -9 of a node while a rebalance builds its new copies — a
     follower, or the leader that drives the rebalance: the rebalance stops
     with an error that says why (naming the node, or the leader change,
@@ -709,9 +702,9 @@ def test_node_failure_during_rebalance(cluster_harness, victim_role):
     every copy it had; after failing the node over, a second rebalance
     (ejecting it) balances the rest and every acknowledged key is there."""
     prefix = "rbf" if victim_role == "follower" else "rbl"
-    cluster = cluster_harness.cluster(3, prefix=prefix)
+    cluster = harness.cluster(3, prefix=prefix)
     first = list(cluster.nodes)
-    before, proxy = create_bucket_and_proxy(cluster_harness, cluster, prefix, first, durability="majority")
+    before, proxy = create_bucket_and_proxy(harness, cluster, prefix, first, durability="majority")
     values = load_keys(proxy, prefix)
     bulk_up(proxy, prefix)
 
@@ -720,7 +713,7 @@ def test_node_failure_during_rebalance(cluster_harness, victim_role):
         leader = cluster.leader()
         victim = leader if victim_role == "leader" else cluster.followers()[0]
         survivors = [n for n in first if n is not victim]
-        added = cluster_harness.node(f"{prefix}-3").start()
+        added = harness.node(f"{prefix}-3").start()
         add_node(cluster, leader, added)
         otps = otp_nodes(leader)
         r = start_rebalance(leader, list(otps.values()), [])

@@ -22,7 +22,6 @@ unknown), so only acknowledged keys are held to "never lost". Figures are
 printed with `[figure]`; run with `-s` to see them.
 """
 
-import json
 import threading
 import time
 from collections import Counter, deque
@@ -31,31 +30,21 @@ from types import SimpleNamespace
 import pytest
 from pymemcache.client.base import Client as PyClient
 
-pytest.register_assert_rewrite("clusterfixtures", "proxyfixtures")
-
-from clusterfixtures import (  # noqa: E402
-    CONVERGE_DEADLINE_S,
-    START_DEADLINE_S,
-    BinaryConn,
-    Watch,
-    active_addr,
-    poll,
-    wait_data_ready,
-)
-from clusterfixtures import node_stats as bucket_stats  # noqa: E402
-from clusterfixtures import pipelined as bucket_pipelined  # noqa: E402
-from proxyfixtures import (  # noqa: E402
+from harness import figure
+from harness.cluster import active_addr, wait_data_ready, wait_proxy_rev
+from harness.poll import Watch, poll
+from harness.process import START_DEADLINE_S
+from harness.wire import (
     OP_GET,
     OP_GET_REPLICA,
     STATUS_NOT_MY_VBUCKET,
     STATUS_OK,
+    BinaryConn,
     addr_of,
     vbucket_of,
 )
-
-# `module_cluster_harness`, `cluster_harness` and the report hook that
-# attaches every process's log to a failing test.
-pytest_plugins = ["clusterfixtures"]
+from harness.wire import node_stats as bucket_stats
+from harness.wire import pipelined as bucket_pipelined
 
 # Small maps keep bucket creation and stream set-up cheap.
 VBUCKETS = 64
@@ -78,10 +67,6 @@ LAG_DEADLINE_S = 10.0
 CATCH_UP_DEADLINE_S = 30.0
 # Restart of the killed node (test_restart_without_failover).
 DOWN_FOR_S = 1.0
-
-
-def figure(text):
-    print(f"[figure] {text}")
 
 
 # === values ===
@@ -186,16 +171,6 @@ def start_cluster(harness, prefix, durability, auto_failover_s=None):
     proxy = harness.proxy("--cluster", urls, "--bucket", BUCKET, name=f"proxy-{prefix}").wait_healthy()
     wait_proxy_rev(proxy, config["rev"])
     return SimpleNamespace(cluster=cluster, config=config, proxy=proxy)
-
-
-def proxy_rev(proxy):
-    status, body = proxy.http_get("/config")
-    assert status == 200, f"proxy /config: HTTP {status} {body[:200]!r}"
-    return json.loads(body)["rev"]
-
-
-def wait_proxy_rev(proxy, rev, deadline_s=CONVERGE_DEADLINE_S):
-    poll(lambda: proxy_rev(proxy) >= rev, deadline_s, f"the proxy to use rev {rev} or later")
 
 
 def py_client(addr):
@@ -340,10 +315,10 @@ def wait_clean_streak(writers, after, what, deadline_s=RECOVERY_DEADLINE_S):
 
 
 @pytest.fixture(scope="module")
-def replicated(module_cluster_harness):
+def replicated(module_harness):
     """Three nodes, bucket `default` (64 vbuckets, 1 replica, durability
     none), a proxy, and 2,000 keys written through it."""
-    harness = module_cluster_harness
+    harness = module_harness
     setup = start_cluster(harness, "repl", "none")
     keys = [f"repl:{i}" for i in range(2000)]
     c = py_client(setup.proxy.addr)
@@ -368,7 +343,7 @@ def test_replica_receives_writes(replicated):
     # its high seqno, naming the map's replica.
     vbmap = config["vBucketServerMap"]
     for node in cluster.nodes:
-        index = vbmap["serverList"].index(node.data_str)
+        index = vbmap["serverList"].index(node.addr_str)
         s = stats[node.name]
         actives = [vb for vb, chain in enumerate(vbmap["vBucketMap"]) if chain[0] == index]
         assert int(s["replication_streams"]) == len(actives), (
@@ -377,11 +352,11 @@ def test_replica_receives_writes(replicated):
         assert int(s["replication_lag_max"]) == 0, f"{node.name}: lag_max {s['replication_lag_max']} with lag_total 0"
         for vb in actives:
             replica = vbmap["serverList"][vbmap["vBucketMap"][vb][1]]
-            (holder,) = [n for n in cluster.nodes if n.data_str == replica]
+            (holder,) = [n for n in cluster.nodes if n.addr_str == replica]
             acked = [k for k in s if k.startswith(f"vb_{vb}:") and k.endswith(":acked")]
             assert len(acked) == 1, f"{node.name}: vb {vb} has {len(acked)} `vb_{vb}:<replica>:acked` stats: {acked}"
             named = acked[0][len(f"vb_{vb}:") : -len(":acked")]
-            assert named in (holder.data_str, holder.hostname), (
+            assert named in (holder.addr_str, holder.hostname), (
                 f"{node.name}: {acked[0]} names {named!r}, the map's replica is {replica} (admin {holder.hostname})"
             )
             lag = s.get(f"vb_{vb}:{named}:lag")
@@ -446,7 +421,7 @@ def kill_under_load(harness, prefix, durability):
     victim = cluster.followers()[0]  # not the Raft leader: failover need not wait for an election
     survivors = [n for n in cluster.nodes if n is not victim]
     vbmap = before["vBucketServerMap"]
-    victim_idx = vbmap["serverList"].index(victim.data_str)
+    victim_idx = vbmap["serverList"].index(victim.addr_str)
     dead_vbs = {vb for vb, chain in enumerate(vbmap["vBucketMap"]) if chain[0] == victim_idx}
 
     writers = Writers(setup.proxy.addr, prefix).start()
@@ -468,7 +443,7 @@ def kill_under_load(harness, prefix, durability):
         chains = after["vBucketServerMap"]["vBucketMap"]
         new_list = after["vBucketServerMap"]["serverList"]
         assert all(c[0] >= 0 for c in chains), "a vbucket lost its active in the failover"
-        assert all(victim.data_str not in [new_list[i] for i in c if i >= 0] for c in chains), (
+        assert all(victim.addr_str not in [new_list[i] for i in c if i >= 0] for c in chains), (
             "the failed node is still in a chain"
         )
         wait_proxy_rev(setup.proxy, after["rev"])
@@ -495,16 +470,16 @@ def kill_under_load(harness, prefix, durability):
                            dead_vbs=dead_vbs, victim=victim)  # fmt: skip
 
 
-def test_kill_under_load_majority(cluster_harness):
-    run = kill_under_load(cluster_harness, "kmaj", "majority")
+def test_kill_under_load_majority(harness):
+    run = kill_under_load(harness, "kmaj", "majority")
     assert run.lost == [], (
         f"durability majority: {len(run.lost)} of {len(run.acked)} acknowledged writes lost after the failover "
         f"of {run.victim.name}: {run.lost[:10]}"
     )
 
 
-def test_kill_under_load_none(cluster_harness):
-    run = kill_under_load(cluster_harness, "knone", "none")
+def test_kill_under_load_none(harness):
+    run = kill_under_load(harness, "knone", "none")
     # A write acknowledged by the active before it replicated dies with it:
     # only the last moments before the kill (and writes in flight at it,
     # answered just after `killed_at` was taken) may be lost.
@@ -534,13 +509,13 @@ def test_kill_under_load_none(cluster_harness):
     )
 
 
-def test_restart_without_failover(cluster_harness):
+def test_restart_without_failover(harness):
     """kill -9 and restart (same data dir, same command line) within ~2 s,
     auto-failover off: the node warms up and serves again, every stream
     catches up, no acknowledged write is lost, and every replica holds every
     acknowledged value."""
     durability = "majorityAndPersistActive"
-    setup = start_cluster(cluster_harness, "rst", durability)
+    setup = start_cluster(harness, "rst", durability)
     cluster, config = setup.cluster, setup.config
     victim = cluster.followers()[0]
     flags = ("--init-cluster",) if victim is cluster.nodes[0] else ("--join", cluster.nodes[0].admin_url)
