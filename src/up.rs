@@ -64,6 +64,29 @@ impl Drop for Running {
 
 /// Runs the cluster until a signal arrives.
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
+    validate(&args)?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let exe = std::env::current_exe().context("finding the shoal binary")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut children, servers) = start_nodes(&exe, &args)?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    runtime.block_on(form_cluster(&client, &args, &servers))?;
+    let proxy_admin = args.port.checked_add(1).context("--port too high")?;
+    children.push(start_proxy(&exe, &args, &servers, proxy_admin)?);
+    runtime.block_on(wait_healthy(&client, proxy_admin))?;
+    print_endpoints(&args, &servers, proxy_admin);
+    let outcome = runtime.block_on(wait_for_signal_or_exit(&mut children));
+    stop_all(&mut children);
+    outcome
+}
+
+fn validate(args: &UpArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.nodes >= 1, "--nodes must be at least 1");
     anyhow::ensure!(
         args.vbuckets.is_power_of_two() && args.vbuckets <= 1 << 16,
@@ -74,13 +97,12 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         last_port <= u32::from(u16::MAX),
         "--base-port too high for --nodes"
     );
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("creating {}", args.dir.display()))?;
-    let exe = std::env::current_exe().context("finding the shoal binary")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    Ok(())
+}
 
+/// Starts every node (the first initialises the cluster, the others join
+/// it) and waits until each says it listens.
+fn start_nodes(exe: &Path, args: &UpArgs) -> anyhow::Result<(Vec<Running>, Vec<NodeAddress>)> {
     let mut children = Vec::new();
     let mut servers = Vec::new();
     for i in 0..args.nodes {
@@ -102,7 +124,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             node_args.push("--join".into());
             node_args.push(format!("http://127.0.0.1:{}", args.base_port + 1));
         }
-        let child = spawn(&exe, &args.dir.join(format!("node-{i}.log")), &node_args)?;
+        let child = spawn(exe, &args.dir.join(format!("node-{i}.log")), &node_args)?;
         children.push(Running {
             name: format!("node-{i}"),
             child,
@@ -112,20 +134,22 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     for running in children.iter_mut() {
         expect_ready_line(running)?;
     }
+    Ok((children, servers))
+}
 
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    runtime.block_on(form_cluster(&client, &args, &servers))?;
-
+/// Starts the proxy in front of `servers` and waits until it listens.
+fn start_proxy(
+    exe: &Path,
+    args: &UpArgs,
+    servers: &[NodeAddress],
+    proxy_admin: u16,
+) -> anyhow::Result<Running> {
     let cluster: Vec<String> = servers
         .iter()
         .map(|s| format!("http://127.0.0.1:{}", s.admin_port))
         .collect();
-    let proxy_admin = args.port.checked_add(1).context("--port too high")?;
-    let proxy = spawn(
-        &exe,
+    let child = spawn(
+        exe,
         &args.dir.join("proxy.log"),
         &[
             "proxy".into(),
@@ -137,15 +161,15 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             proxy_admin.to_string(),
         ],
     )?;
-    children.push(Running {
+    let mut proxy = Running {
         name: "proxy".into(),
-        child: proxy,
-    });
-    if let Some(proxy) = children.last_mut() {
-        expect_ready_line(proxy)?;
-    }
-    runtime.block_on(wait_healthy(&client, proxy_admin))?;
+        child,
+    };
+    expect_ready_line(&mut proxy)?;
+    Ok(proxy)
+}
 
+fn print_endpoints(args: &UpArgs, servers: &[NodeAddress], proxy_admin: u16) {
     println!(
         "proxy     127.0.0.1:{}   (memcached ASCII, meta and binary)",
         args.port
@@ -159,10 +183,6 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     println!("data      {}", args.dir.display());
     println!("ready");
-
-    let outcome = runtime.block_on(wait_for_signal_or_exit(&mut children));
-    stop_all(&mut children);
-    outcome
 }
 
 fn spawn(exe: &Path, log: &Path, args: &[String]) -> anyhow::Result<Child> {

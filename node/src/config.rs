@@ -1,4 +1,6 @@
 //! [`NodeConfig`]: everything a storage node needs to start, validated once.
+//! Plain data at the bottom of the node's layers: imports nothing of this
+//! crate.
 
 use std::net::IpAddr;
 use std::path::PathBuf;

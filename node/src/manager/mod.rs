@@ -20,11 +20,13 @@
 //! `node`.
 
 pub mod autofailover;
+mod hosted;
 mod network;
 pub mod rebalance;
 pub mod reconcile;
 pub mod state;
 mod store;
+mod takeover;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

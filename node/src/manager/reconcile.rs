@@ -10,38 +10,115 @@
 //! a vbucket's forward chain but not in its current one builds a replica
 //! (it streams from the current active). When the map then makes a node
 //! active for a vbucket it was streaming from another live node, it takes
-//! over: the vbucket stays pending (clients are told NOT_MY_VBUCKET and
-//! retry) until the old active has stopped being active and this node has
-//! everything it had, then becomes active — so no acknowledged write of
-//! the old active is left behind. A vbucket that moved away is dropped
-//! (memory and disk) once it has been dead for [`DROP_GRACE`] with no
-//! stream reading it.
+//! it over (`takeover`). A vbucket that moved away is dropped (memory and
+//! disk) once it has been dead for [`DROP_GRACE`] with no stream reading
+//! it.
 //!
 //! Reconciling is idempotent and level-triggered — it looks at the whole
 //! state, not the change — so a failed step is simply retried on the next
-//! change or after a short pause. The UUID of every bucket hosted here is
-//! kept in `raft/hosted.json`: a bucket deleted and created again under the
-//! same name (even while this node was down) has a new UUID, and its old
-//! data is deleted before the new bucket is created.
+//! change or after a short pause; a pass says what it could not do
+//! ([`ReconcileError`]) and the loop logs it. The UUID of every bucket
+//! hosted here is kept (`hosted`), so a bucket deleted and created again
+//! under the same name never inherits the old one's data.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use shoal_engine::VbucketState;
 use shoal_vbmap::map::VbucketMap;
 use tokio::sync::{watch, Notify};
 
-use shoal_engine::VbucketState;
-
+use super::hosted::Hosted;
 use super::state::{BucketRecord, ClusterState, Membership};
+use super::takeover::{take_over, TakeOver, Takeovers};
 use super::Manager;
-use crate::bucket::{Buckets, Durability, LiveBucket};
+use crate::bucket::{BucketError, Buckets, Durability, LiveBucket};
 use crate::cluster_view::ClusterView;
 use crate::replication::consumer::Replicator;
 
-/// How soon a failed reconcile is retried without a new change.
+/// How soon a pass that left work undone is retried without a new change.
 const RETRY: Duration = Duration::from_secs(2);
+
+/// How long a vbucket that moved away stays dead before its data is
+/// dropped: its last mutations must reach the node that took it over
+/// first (the takeover waits for them; this is far longer).
+const DROP_GRACE: Duration = Duration::from_secs(10);
+
+/// Why a pass could not do all it had to (the next pass tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// A bucket that is no longer hosted here could not be deleted.
+    #[error("bucket {bucket:?}: could not delete it: {source}")]
+    Delete {
+        /// The bucket.
+        bucket: String,
+        /// Why.
+        source: BucketError,
+    },
+    /// A bucket hosted here could not be created.
+    #[error("bucket {bucket:?}: could not create it: {source}")]
+    Create {
+        /// The bucket.
+        bucket: String,
+        /// Why.
+        source: BucketError,
+    },
+    /// Noting the bucket's UUID on disk failed (its data is not written
+    /// before that is done).
+    #[error("bucket {0:?}: could not record it as hosted here")]
+    Record(String),
+    /// The map's vbucket count is not the bucket's.
+    #[error("bucket {bucket:?}: the map has {map} vbuckets, the bucket {held}")]
+    VbucketCount {
+        /// The bucket.
+        bucket: String,
+        /// vbuckets in the map.
+        map: usize,
+        /// vbuckets in the bucket here.
+        held: usize,
+    },
+    /// A vbucket state could not be set (in memory or on disk).
+    #[error("bucket {bucket:?}: vbucket {vb}: could not set it {state:?}: {reason}")]
+    State {
+        /// The bucket.
+        bucket: String,
+        /// The vbucket.
+        vb: u16,
+        /// The state it should have had.
+        state: VbucketState,
+        /// Why.
+        reason: String,
+    },
+    /// Vbuckets that moved away could not be dropped.
+    #[error("bucket {bucket:?}: {count} vbuckets that moved away could not be dropped")]
+    Drop {
+        /// The bucket.
+        bucket: String,
+        /// How many.
+        count: usize,
+    },
+    /// A blocking task panicked or was cancelled.
+    #[error("bucket {0:?}: a background task failed")]
+    Task(String),
+    /// The metadata holds a bucket with no valid config (a bug).
+    #[error("bucket {0:?}: the metadata holds no valid config for it")]
+    NoConfig(String),
+}
+
+/// What a pass left undone: errors, and whether work is waiting for time
+/// to pass (vbuckets to drop after their grace).
+#[derive(Debug, Default)]
+struct Unfinished {
+    errors: Vec<ReconcileError>,
+    waiting: bool,
+}
+
+impl Unfinished {
+    fn is_empty(&self) -> bool {
+        self.errors.is_empty() && !self.waiting
+    }
+}
 
 /// Runs until `shutdown` flips.
 pub async fn run(
@@ -65,19 +142,17 @@ pub async fn run(
         replicator: &replicator,
         takeovers: &takeovers,
         dead_since: &dead_since,
-        again: std::sync::atomic::AtomicBool::new(false),
         kick: &kick,
         http: manager.http(),
     };
     loop {
         let state = changes.borrow_and_update().clone();
-        sides
-            .again
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-        let ok = reconcile(&manager, &sides, &state, &mut hosted).await
-            && !sides.again.load(std::sync::atomic::Ordering::Relaxed);
+        let unfinished = reconcile(manager.me().id, &sides, &state, &mut hosted).await;
+        for error in &unfinished.errors {
+            tracing::error!(%error, "reconcile");
+        }
         let pause = async {
-            if ok {
+            if unfinished.is_empty() {
                 std::future::pending::<()>().await;
             } else {
                 tokio::time::sleep(RETRY).await;
@@ -103,139 +178,128 @@ struct Sides<'a> {
     replicator: &'a Replicator,
     takeovers: &'a Takeovers,
     dead_since: &'a DeadSince,
-    /// Set by a pass that left work for later (vbuckets to drop).
-    again: std::sync::atomic::AtomicBool,
     /// Runs the loop again (a takeover finished).
     kick: &'a Arc<Notify>,
     http: &'a reqwest::Client,
 }
-
-/// How long a vbucket that moved away stays dead before its data is
-/// dropped: its last mutations must reach the node that took it over
-/// first (the takeover waits for them; this is far longer).
-const DROP_GRACE: Duration = Duration::from_secs(10);
 
 /// Since when each vbucket with data has been dead here, by (bucket,
 /// vbucket).
 #[derive(Debug, Default)]
 struct DeadSince(Mutex<BTreeMap<(String, u16), Instant>>);
 
-/// Takeovers in progress, by (bucket, vbucket), and the lock that orders
-/// the two writers of vbucket states: a pass applying its plan and a
-/// takeover activating what it took over. Without it a pass planned just
-/// before an activation would turn the fresh active back to pending.
-#[derive(Debug, Default, Clone)]
-struct Takeovers {
-    running: Arc<Mutex<BTreeSet<(String, u16)>>>,
-    state_writes: Arc<Mutex<()>>,
-}
-
-impl Takeovers {
-    /// Marks `vbs` as being taken over; returns those that were not yet.
-    fn start(&self, bucket: &str, vbs: Vec<u16>) -> Vec<u16> {
-        let mut set = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        vbs.into_iter()
-            .filter(|vb| set.insert((bucket.to_string(), *vb)))
-            .collect()
-    }
-
-    fn finish(&self, bucket: &str, vb: u16) {
-        let mut set = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        set.remove(&(bucket.to_string(), vb));
-    }
-
-    /// Held while vbucket states are read and written.
-    fn write_states(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.state_writes.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// One pass; returns whether every step succeeded.
+/// One pass over the whole state, as node `me`.
 async fn reconcile(
-    manager: &Manager,
+    me: u64,
     sides: &Sides<'_>,
     state: &ClusterState,
     hosted: &mut Hosted,
-) -> bool {
-    let Sides {
-        buckets,
-        view,
-        replicator,
-        ..
-    } = *sides;
-    let me = manager.me().id;
+) -> Unfinished {
     let Some(record) = state.nodes.get(&me) else {
         if !state.nodes.is_empty() {
             // A cluster exists and this node is not (or no longer) in it:
             // whatever it holds is not the cluster's.
             hosted.forget_all();
-            replicator.stop_all();
-            return drop_all(buckets, view).await;
+            sides.replicator.stop_all();
+            return drop_all(sides.buckets, sides.view).await;
         }
-        return true;
+        return Unfinished::default();
     };
-    let mut ok = true;
-    view.retain(|name| state.buckets.contains_key(name));
-    // Local buckets and data the state does not want here, or wants with
-    // another UUID (a new bucket under an old name).
-    let mut names = buckets.names();
+    sides.view.retain(|name| state.buckets.contains_key(name));
+    let mut unfinished = drop_unwanted(me, record.membership, sides, state, hosted).await;
+    for bucket in state.buckets.values() {
+        // A bucket hosted here is published only once this node serves it
+        // as the config says, so whoever reads the config here can use it.
+        if hosts(record.membership, bucket, me) {
+            let name = &bucket.spec.name;
+            if !hosted.record(name, &bucket.uuid) {
+                unfinished.errors.push(ReconcileError::Record(name.clone()));
+                continue;
+            }
+            match host(sides, state, bucket, me).await {
+                Ok(waiting) => unfinished.waiting |= waiting,
+                Err(error) => {
+                    unfinished.errors.push(error);
+                    continue;
+                }
+            }
+        }
+        match state.bucket_config(bucket) {
+            Some(config) => {
+                let rev = config.rev.unwrap_or(0);
+                sides.view.publish(&bucket.spec.name, rev, config.to_json());
+            }
+            None => unfinished
+                .errors
+                .push(ReconcileError::NoConfig(bucket.spec.name.clone())),
+        }
+    }
+    unfinished
+}
+
+/// Deletes the local buckets (and data left on disk) the state does not
+/// want here, or wants with another UUID (a new bucket under an old name).
+async fn drop_unwanted(
+    me: u64,
+    membership: Membership,
+    sides: &Sides<'_>,
+    state: &ClusterState,
+    hosted: &mut Hosted,
+) -> Unfinished {
+    let mut unfinished = Unfinished::default();
+    let mut names = sides.buckets.names();
     names.extend(hosted.uuids.keys().cloned());
     names.sort();
     names.dedup();
     for name in names {
         let keep = state.buckets.get(&name).is_some_and(|b| {
-            hosts(record.membership, b, me) && hosted.uuids.get(&name).is_none_or(|u| *u == b.uuid)
+            hosts(membership, b, me) && hosted.uuids.get(&name).is_none_or(|u| *u == b.uuid)
         });
-        if !keep {
-            tracing::info!(bucket = %name, "deleting bucket no longer hosted here");
-            replicator.stop_bucket(&name);
-            match buckets.delete(&name).await {
-                Ok(_) => hosted.forget(&name),
-                Err(error) => {
-                    tracing::error!(%error, bucket = %name, "could not delete bucket");
-                    ok = false;
-                }
-            }
-        }
-    }
-    for bucket in state.buckets.values() {
-        // A bucket hosted here is published only once this node serves it
-        // as the config says, so whoever reads the config here can use it.
-        if hosts(record.membership, bucket, me)
-            && (!hosted.record(&bucket.spec.name, &bucket.uuid)
-                || !host(sides, state, bucket, me).await)
-        {
-            ok = false;
+        if keep {
             continue;
         }
-        match state.bucket_config(bucket) {
-            Some(config) => {
-                view.publish(&bucket.spec.name, config.rev.unwrap_or(0), config.to_json())
-            }
-            None => {
-                tracing::warn!(bucket = %bucket.spec.name, "metadata holds a bucket with no valid config")
-            }
+        tracing::info!(bucket = %name, "deleting bucket no longer hosted here");
+        sides.replicator.stop_bucket(&name);
+        match sides.buckets.delete(&name).await {
+            Ok(_) => hosted.forget(&name),
+            Err(source) => unfinished.errors.push(ReconcileError::Delete {
+                bucket: name,
+                source,
+            }),
         }
     }
-    ok
+    unfinished
 }
 
-/// Creates `bucket` here if needed, sets its vbucket states from the map
-/// and points its replication at the map; returns whether all worked.
-async fn host(sides: &Sides<'_>, state: &ClusterState, bucket: &BucketRecord, me: u64) -> bool {
-    let ctx = match sides.buckets.create(bucket.spec.clone()).await {
-        Ok(ctx) => ctx,
-        Err(error) => {
-            tracing::error!(%error, bucket = %bucket.spec.name, "could not create bucket");
-            return false;
-        }
-    };
+/// Creates `bucket` here if needed, sets its vbucket states from the map,
+/// points its durability and replication at the map and starts the
+/// takeovers it calls for. Returns whether vbuckets are waiting to be
+/// dropped.
+async fn host(
+    sides: &Sides<'_>,
+    state: &ClusterState,
+    bucket: &BucketRecord,
+    me: u64,
+) -> Result<bool, ReconcileError> {
+    let name = &bucket.spec.name;
+    let live = sides
+        .buckets
+        .create(bucket.spec.clone())
+        .await
+        .map_err(|source| ReconcileError::Create {
+            bucket: name.clone(),
+            source,
+        })?;
     let Some(map) = bucket.map() else {
-        return true;
+        return Ok(false);
     };
-    if map.num_vbuckets() != ctx.engine.config().num_vbuckets {
-        tracing::error!(bucket = %bucket.spec.name, "the map's vbucket count is not the bucket's");
-        return false;
+    let held = live.engine.config().num_vbuckets;
+    if map.num_vbuckets() != held {
+        return Err(ReconcileError::VbucketCount {
+            bucket: name.clone(),
+            map: map.num_vbuckets(),
+            held,
+        });
     }
     let forward = bucket
         .forward
@@ -250,57 +314,74 @@ async fn host(sides: &Sides<'_>, state: &ClusterState, bucket: &BucketRecord, me
         sides.replicator,
         state,
         bucket,
-        &ctx,
+        &live,
         &map,
         forward.as_ref(),
         index,
     );
-    let name = bucket.spec.name.clone();
-    let driven = {
-        let (ctx, states, takeovers) = (ctx.clone(), plan.states.clone(), sides.takeovers.clone());
-        tokio::task::spawn_blocking(move || {
-            let _writing = takeovers.write_states();
-            for (vb, want) in states {
-                let current = ctx.engine.vbucket_state(vb);
-                if want == VbucketState::Pending && current == Some(VbucketState::Active) {
-                    // Planned as a takeover that has finished since.
-                    continue;
-                }
-                if current != Some(want) {
-                    ctx.set_vbucket_state(vb, want)
-                        .map_err(|e| format!("vbucket {vb}: {e}"))?;
-                }
-            }
-            Ok::<(), String>(())
-        })
-        .await
-    };
-    match driven {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => {
-            tracing::error!(%error, bucket = %name, "could not set vbucket states");
-            return false;
-        }
-        Err(_) => return false,
-    }
-    let dropped_all = drop_moved_away(sides.dead_since, &ctx, &plan.states).await;
-    ctx.durability.set_level(bucket.spec.durability);
-    ctx.durability.set_expects_replicas(map.num_replicas() > 0);
+    apply_states(sides.takeovers, &live, &plan.states).await?;
+    let waiting = drop_moved_away(sides.dead_since, &live, &plan.states).await?;
+    live.durability.set_level(bucket.spec.durability);
+    live.durability.set_expects_replicas(map.num_replicas() > 0);
     for (vb, replicas) in plan.replicas {
-        ctx.durability.set_replicas(vb, replicas);
+        live.durability.set_replicas(vb, replicas);
     }
     let ack_persisted = bucket.spec.durability == Durability::PersistToMajority;
     sides
         .replicator
-        .set_streams(ctx.clone(), plan.sources, ack_persisted);
-    for (source_admin, vbs) in plan.takeovers {
-        let vbs = sides.takeovers.start(&bucket.spec.name, vbs);
+        .set_streams(live.clone(), plan.sources, ack_persisted);
+    start_takeovers(sides, &live, plan.takeovers);
+    Ok(waiting)
+}
+
+/// Sets every vbucket's state as planned (on a blocking thread: state
+/// changes are synced to disk), under the takeovers' state-write lock.
+async fn apply_states(
+    takeovers: &Takeovers,
+    live: &Arc<LiveBucket>,
+    states: &[(u16, VbucketState)],
+) -> Result<(), ReconcileError> {
+    let (live, states, takeovers) = (live.clone(), states.to_vec(), takeovers.clone());
+    let name = live.name.clone();
+    tokio::task::spawn_blocking(move || {
+        let _writing = takeovers.write_states();
+        for (vb, want) in states {
+            let current = live.engine.vbucket_state(vb);
+            if want == VbucketState::Pending && current == Some(VbucketState::Active) {
+                // Planned as a takeover that has finished since.
+                continue;
+            }
+            if current != Some(want) {
+                live.set_vbucket_state(vb, want)
+                    .map_err(|e| ReconcileError::State {
+                        bucket: live.name.clone(),
+                        vb,
+                        state: want,
+                        reason: e.to_string(),
+                    })?;
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|_| ReconcileError::Task(name))?
+}
+
+/// Starts a takeover task per old active for the vbuckets not already
+/// being taken over.
+fn start_takeovers(
+    sides: &Sides<'_>,
+    live: &Arc<LiveBucket>,
+    takeovers: BTreeMap<String, Vec<u16>>,
+) {
+    for (source_admin, vbs) in takeovers {
+        let vbs = sides.takeovers.start(&live.name, vbs);
         if vbs.is_empty() {
             continue;
         }
-        tracing::info!(bucket = %bucket.spec.name, from = %source_admin, vbuckets = vbs.len(), "taking over vbuckets");
+        tracing::info!(bucket = %live.name, from = %source_admin, vbuckets = vbs.len(), "taking over vbuckets");
         tokio::spawn(take_over(TakeOver {
-            ctx: ctx.clone(),
+            ctx: live.clone(),
             http: sides.http.clone(),
             source_admin,
             vbs,
@@ -308,37 +389,29 @@ async fn host(sides: &Sides<'_>, state: &ClusterState, bucket: &BucketRecord, me
             kick: sides.kick.clone(),
         }));
     }
-    if !dropped_all {
-        // Vbuckets still waiting to be dropped: come back later (the loop
-        // retries a pass that is not ok).
-        sides
-            .again
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-    true
 }
 
 /// Drops the data of vbuckets that are dead here (they moved away) once
 /// they have been for [`DROP_GRACE`] and no stream reads them; returns
-/// false while some are waiting.
+/// whether some are still waiting for that.
 async fn drop_moved_away(
     dead_since: &DeadSince,
-    ctx: &Arc<LiveBucket>,
+    live: &Arc<LiveBucket>,
     states: &[(u16, VbucketState)],
-) -> bool {
+) -> Result<bool, ReconcileError> {
     let now = Instant::now();
     let mut due = Vec::new();
     let mut waiting = false;
     {
         let mut since = dead_since.0.lock().unwrap_or_else(|e| e.into_inner());
         for &(vb, want) in states {
-            let key = (ctx.name.clone(), vb);
-            if want != VbucketState::Dead || !ctx.engine.holds_data(vb) {
+            let key = (live.name.clone(), vb);
+            if want != VbucketState::Dead || !live.engine.holds_data(vb) {
                 since.remove(&key);
                 continue;
             }
             let first = *since.entry(key).or_insert(now);
-            if now.duration_since(first) >= DROP_GRACE && !ctx.engine.has_cursors(vb) {
+            if now.duration_since(first) >= DROP_GRACE && !live.engine.has_cursors(vb) {
                 due.push(vb);
             } else {
                 waiting = true;
@@ -346,24 +419,30 @@ async fn drop_moved_away(
         }
     }
     if due.is_empty() {
-        return !waiting;
+        return Ok(waiting);
     }
-    tracing::info!(bucket = %ctx.name, vbuckets = due.len(), "dropping vbuckets that moved away");
+    tracing::info!(bucket = %live.name, vbuckets = due.len(), "dropping vbuckets that moved away");
     let job = {
-        let (ctx, due) = (ctx.clone(), due.clone());
+        let live = live.clone();
         tokio::task::spawn_blocking(move || {
             due.into_iter()
                 .filter(|vb| {
                     // Checked again: the map may have changed meanwhile.
-                    ctx.engine.vbucket_state(*vb) == Some(VbucketState::Dead)
-                        && !ctx.engine.has_cursors(*vb)
-                        && ctx.delete_vbucket(*vb).is_err()
+                    live.engine.vbucket_state(*vb) == Some(VbucketState::Dead)
+                        && !live.engine.has_cursors(*vb)
+                        && live.delete_vbucket(*vb).is_err()
                 })
                 .count()
         })
     };
-    let failed = job.await.unwrap_or(1);
-    !waiting && failed == 0
+    match job.await {
+        Ok(0) => Ok(waiting),
+        Ok(count) => Err(ReconcileError::Drop {
+            bucket: live.name.clone(),
+            count,
+        }),
+        Err(_) => Err(ReconcileError::Task(live.name.clone())),
+    }
 }
 
 /// What one bucket's vbuckets should be on this node.
@@ -453,167 +532,24 @@ fn plan(
     plan
 }
 
-/// A takeover of `vbs` from the node at `source_admin`.
-struct TakeOver {
-    ctx: Arc<LiveBucket>,
-    http: reqwest::Client,
-    source_admin: String,
-    vbs: Vec<u16>,
-    takeovers: Takeovers,
-    kick: Arc<Notify>,
-}
-
-/// How often a takeover asks the old active where it is.
-const TAKEOVER_POLL: Duration = Duration::from_millis(20);
-
-/// How long the old active may be unreachable before its vbuckets are
-/// taken over without its last word (it is down: whatever it did not
-/// stream is lost with it, as in a failover).
-const TAKEOVER_UNREACHABLE: Duration = Duration::from_secs(5);
-
-/// How long a takeover waits for the old active to give its vbuckets up.
-const TAKEOVER_DEADLINE: Duration = Duration::from_secs(30);
-
-/// Activates each vbucket once the old active no longer is and this node
-/// has reached the old active's high seqno, then runs the loop again.
-async fn take_over(job: TakeOver) {
-    let TakeOver {
-        ctx,
-        http,
-        source_admin,
-        mut vbs,
-        takeovers,
-        kick,
-    } = job;
-    let url = format!("http://{source_admin}/internal/vbuckets/{}", ctx.name);
-    let started = Instant::now();
-    let mut reached = Instant::now();
-    while !vbs.is_empty() && !ctx.is_deleted() {
-        let reply = http.get(&url).timeout(Duration::from_secs(1)).send().await;
-        let states: Option<Vec<(u16, u32, u64)>> = match reply {
-            Ok(r) if r.status().is_success() => r.json().await.ok(),
-            _ => None,
-        };
-        let give_up = started.elapsed() > TAKEOVER_DEADLINE;
-        let mut ready = Vec::new();
-        match states {
-            Some(states) => {
-                reached = Instant::now();
-                for &vb in &vbs {
-                    let Some(&(_, st, high)) = states.iter().find(|s| s.0 == vb) else {
-                        ready.push(vb);
-                        continue;
-                    };
-                    let released = st != VbucketState::Active.to_wire();
-                    let caught_up = ctx.engine.high_seqno(vb).unwrap_or(0) >= high;
-                    if (released && caught_up) || give_up {
-                        ready.push(vb);
-                    }
-                }
-            }
-            None if reached.elapsed() > TAKEOVER_UNREACHABLE || give_up => {
-                tracing::warn!(bucket = %ctx.name, from = %source_admin, "old active unreachable: taking over without it");
-                ready = vbs.clone();
-            }
-            None => {}
-        }
-        if !ready.is_empty() {
-            let activate = {
-                let (ctx, ready, takeovers) = (ctx.clone(), ready.clone(), takeovers.clone());
-                tokio::task::spawn_blocking(move || {
-                    let _writing = takeovers.write_states();
-                    for vb in ready {
-                        if ctx.engine.vbucket_state(vb) == Some(VbucketState::Pending) {
-                            let _ = ctx.set_vbucket_state(vb, VbucketState::Active);
-                        }
-                    }
-                })
-            };
-            let _ = activate.await;
-            vbs.retain(|vb| !ready.contains(vb));
-            for vb in ready {
-                takeovers.finish(&ctx.name, vb);
-            }
-            kick.notify_one();
-        }
-        if !vbs.is_empty() {
-            tokio::time::sleep(TAKEOVER_POLL).await;
-        }
-    }
-    for vb in vbs {
-        takeovers.finish(&ctx.name, vb);
-    }
-    kick.notify_one();
-}
-
 /// Whether a node with `membership` and id `me` hosts `bucket`.
 fn hosts(membership: Membership, bucket: &BucketRecord, me: u64) -> bool {
     membership == Membership::Active && bucket.servers.contains(&me)
 }
 
-async fn drop_all(buckets: &Buckets, view: &ClusterView) -> bool {
-    let mut ok = true;
+/// Drops every bucket here: this node is not a member of the cluster.
+async fn drop_all(buckets: &Buckets, view: &ClusterView) -> Unfinished {
+    let mut unfinished = Unfinished::default();
     view.retain(|_| false);
     view.forget_adopted();
     for name in buckets.names() {
         tracing::info!(bucket = %name, "not a member of the cluster: deleting bucket");
-        if let Err(error) = buckets.delete(&name).await {
-            tracing::error!(%error, bucket = %name, "could not delete bucket");
-            ok = false;
+        if let Err(source) = buckets.delete(&name).await {
+            unfinished.errors.push(ReconcileError::Delete {
+                bucket: name,
+                source,
+            });
         }
     }
-    ok
-}
-
-/// The UUIDs of the buckets hosted here, kept across restarts.
-#[derive(Debug)]
-struct Hosted {
-    path: PathBuf,
-    uuids: BTreeMap<String, String>,
-}
-
-impl Hosted {
-    fn load(dir: &Path) -> Hosted {
-        let path = dir.join("hosted.json");
-        let uuids = std::fs::read(&path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
-        Hosted { path, uuids }
-    }
-
-    /// Notes that bucket `name` with `uuid` is hosted here, durably, before
-    /// any of its data is written; returns whether that worked.
-    fn record(&mut self, name: &str, uuid: &str) -> bool {
-        if self.uuids.get(name).is_some_and(|u| u == uuid) {
-            return true;
-        }
-        self.uuids.insert(name.to_string(), uuid.to_string());
-        self.save()
-    }
-
-    fn forget(&mut self, name: &str) {
-        if self.uuids.remove(name).is_some() {
-            self.save();
-        }
-    }
-
-    fn forget_all(&mut self) {
-        if !self.uuids.is_empty() {
-            self.uuids.clear();
-            self.save();
-        }
-    }
-
-    fn save(&self) -> bool {
-        let tmp = self.path.with_extension("json.tmp");
-        let result = serde_json::to_vec(&self.uuids)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &self.path));
-        if let Err(error) = &result {
-            tracing::error!(%error, "could not record the hosted buckets");
-        }
-        result.is_ok()
-    }
+    unfinished
 }

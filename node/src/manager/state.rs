@@ -225,167 +225,196 @@ impl ClusterState {
     /// nothing.
     pub fn apply(&mut self, index: u64, command: Command) -> Result<(), Rejection> {
         match command {
-            Command::AddNode(node) => {
-                if let Some(other) = self
-                    .nodes
-                    .values()
-                    .find(|n| n.id != node.id && n.admin_address() == node.admin_address())
-                {
-                    return Err(Rejection::Conflict(format!(
-                        "{} is already node {}",
-                        node.admin_address(),
-                        other.otp_node()
-                    )));
-                }
-                let became_active = node.membership == Membership::Active;
-                self.nodes.insert(node.id, node);
-                if became_active {
-                    self.refresh_memcached_buckets(index);
-                }
-                Ok(())
-            }
-            Command::SetMembership { id, membership } => {
-                let node = self.nodes.get_mut(&id).ok_or_else(|| no_node(id))?;
-                node.membership = membership;
-                self.refresh_memcached_buckets(index);
-                Ok(())
-            }
-            Command::RemoveNode { id } => {
-                let node = self.nodes.get(&id).ok_or_else(|| no_node(id))?;
-                if let Some(b) = self
-                    .buckets
-                    .values()
-                    .find(|b| b.spec.kind == BucketKind::Membase && holds_vbuckets(b, id))
-                {
-                    return Err(Rejection::Conflict(format!(
-                        "{} holds vbuckets of bucket {:?}; rebalance it out or fail it over first",
-                        node.otp_node(),
-                        b.spec.name
-                    )));
-                }
-                self.nodes.remove(&id);
-                self.refresh_memcached_buckets(index);
-                Ok(())
-            }
-            Command::CreateBucket(mut bucket) => {
-                if self.buckets.contains_key(&bucket.spec.name) {
-                    return Err(Rejection::Conflict(format!(
-                        "bucket {:?} already exists",
-                        bucket.spec.name
-                    )));
-                }
-                if let Some(id) = bucket
-                    .servers
-                    .iter()
-                    .find(|id| !self.nodes.contains_key(id))
-                {
-                    return Err(no_node(*id));
-                }
-                if bucket.spec.kind == BucketKind::Membase && bucket.map().is_none() {
-                    return Err(Rejection::Invalid(format!(
-                        "bucket {:?}: the vbucket map does not fit its servers",
-                        bucket.spec.name
-                    )));
-                }
-                bucket.rev = index;
-                if bucket.spec.kind == BucketKind::Memcached {
-                    bucket.servers = self.active_nodes();
-                }
-                self.buckets.insert(bucket.spec.name.clone(), bucket);
-                Ok(())
-            }
+            Command::AddNode(node) => self.add_node(index, node),
+            Command::SetMembership { id, membership } => self.set_membership(index, id, membership),
+            Command::RemoveNode { id } => self.remove_node(index, id),
+            Command::CreateBucket(bucket) => self.create_bucket(index, bucket),
             Command::DeleteBucket { name } => match self.buckets.remove(&name) {
                 Some(_) => Ok(()),
                 None => Err(no_bucket(&name)),
             },
-            Command::FailOver { id, maps } => {
-                if !self.nodes.contains_key(&id) {
-                    return Err(no_node(id));
-                }
-                let mut next = self.buckets.clone();
-                for (name, chains) in maps {
-                    let bucket = next.get_mut(&name).ok_or_else(|| no_bucket(&name))?;
-                    let candidate = BucketRecord {
-                        chains,
-                        forward: None,
-                        rev: index,
-                        ..bucket.clone()
-                    };
-                    if candidate.map().is_none() {
-                        return Err(Rejection::Invalid(format!(
-                            "bucket {name:?}: the failover map does not fit its servers"
-                        )));
-                    }
-                    *bucket = candidate;
-                }
-                if let Some(b) = next
-                    .values()
-                    .find(|b| b.spec.kind == BucketKind::Membase && holds_vbuckets(b, id))
-                {
-                    return Err(Rejection::Invalid(format!(
-                        "the failover map of bucket {:?} still names the failed node",
-                        b.spec.name
-                    )));
-                }
-                self.buckets = next;
-                if let Some(node) = self.nodes.get_mut(&id) {
-                    node.membership = Membership::InactiveFailed;
-                }
-                self.refresh_memcached_buckets(index);
-                Ok(())
-            }
-            Command::SetAutoFailover(settings) => {
-                if !(MIN_AUTO_FAILOVER_S..=MAX_AUTO_FAILOVER_S).contains(&settings.timeout_s) {
-                    return Err(Rejection::Invalid(format!(
-                        "timeout must be {MIN_AUTO_FAILOVER_S} to {MAX_AUTO_FAILOVER_S} seconds"
-                    )));
-                }
-                self.auto_failover = settings;
-                Ok(())
-            }
+            Command::FailOver { id, maps } => self.fail_over(index, id, maps),
+            Command::SetAutoFailover(settings) => self.set_auto_failover(settings),
             Command::SetBucketMap {
                 name,
                 servers,
                 chains,
                 forward,
-            } => {
-                if let Some(id) = servers.iter().find(|id| !self.nodes.contains_key(id)) {
-                    return Err(no_node(*id));
-                }
-                let bucket = self
-                    .buckets
-                    .get_mut(&name)
-                    .ok_or_else(|| no_bucket(&name))?;
-                let candidate = BucketRecord {
-                    servers,
-                    chains,
-                    forward,
-                    rev: index,
-                    ..bucket.clone()
-                };
-                if candidate.spec.kind != BucketKind::Membase || candidate.map().is_none() {
-                    return Err(Rejection::Invalid(format!(
-                        "bucket {name:?}: the vbucket map does not fit its servers"
-                    )));
-                }
-                *bucket = candidate;
-                Ok(())
-            }
-            Command::ClearForward { name } => {
-                let bucket = self
-                    .buckets
-                    .get_mut(&name)
-                    .ok_or_else(|| no_bucket(&name))?;
-                if bucket.forward.is_some() {
-                    let (servers, chains) = compact(&bucket.servers, &bucket.chains);
-                    bucket.servers = servers;
-                    bucket.chains = chains;
-                    bucket.forward = None;
-                    bucket.rev = index;
-                }
-                Ok(())
-            }
+            } => self.set_bucket_map(index, &name, servers, chains, forward),
+            Command::ClearForward { name } => self.clear_forward(index, &name),
         }
+    }
+
+    fn add_node(&mut self, index: u64, node: NodeRecord) -> Result<(), Rejection> {
+        if let Some(other) = self
+            .nodes
+            .values()
+            .find(|n| n.id != node.id && n.admin_address() == node.admin_address())
+        {
+            return Err(Rejection::Conflict(format!(
+                "{} is already node {}",
+                node.admin_address(),
+                other.otp_node()
+            )));
+        }
+        let became_active = node.membership == Membership::Active;
+        self.nodes.insert(node.id, node);
+        if became_active {
+            self.refresh_memcached_buckets(index);
+        }
+        Ok(())
+    }
+
+    fn set_membership(
+        &mut self,
+        index: u64,
+        id: NodeId,
+        membership: Membership,
+    ) -> Result<(), Rejection> {
+        let node = self.nodes.get_mut(&id).ok_or_else(|| no_node(id))?;
+        node.membership = membership;
+        self.refresh_memcached_buckets(index);
+        Ok(())
+    }
+
+    fn remove_node(&mut self, index: u64, id: NodeId) -> Result<(), Rejection> {
+        let node = self.nodes.get(&id).ok_or_else(|| no_node(id))?;
+        if let Some(b) = self
+            .buckets
+            .values()
+            .find(|b| b.spec.kind == BucketKind::Membase && holds_vbuckets(b, id))
+        {
+            return Err(Rejection::Conflict(format!(
+                "{} holds vbuckets of bucket {:?}; rebalance it out or fail it over first",
+                node.otp_node(),
+                b.spec.name
+            )));
+        }
+        self.nodes.remove(&id);
+        self.refresh_memcached_buckets(index);
+        Ok(())
+    }
+
+    fn create_bucket(&mut self, index: u64, mut bucket: BucketRecord) -> Result<(), Rejection> {
+        if self.buckets.contains_key(&bucket.spec.name) {
+            return Err(Rejection::Conflict(format!(
+                "bucket {:?} already exists",
+                bucket.spec.name
+            )));
+        }
+        if let Some(id) = bucket
+            .servers
+            .iter()
+            .find(|id| !self.nodes.contains_key(id))
+        {
+            return Err(no_node(*id));
+        }
+        if bucket.spec.kind == BucketKind::Membase && bucket.map().is_none() {
+            return Err(Rejection::Invalid(format!(
+                "bucket {:?}: the vbucket map does not fit its servers",
+                bucket.spec.name
+            )));
+        }
+        bucket.rev = index;
+        if bucket.spec.kind == BucketKind::Memcached {
+            bucket.servers = self.active_nodes();
+        }
+        self.buckets.insert(bucket.spec.name.clone(), bucket);
+        Ok(())
+    }
+
+    /// Marks node `id` failed and gives every membase bucket in `maps` its
+    /// new chains, all or nothing.
+    fn fail_over(
+        &mut self,
+        index: u64,
+        id: NodeId,
+        maps: BTreeMap<String, Vec<Vec<i64>>>,
+    ) -> Result<(), Rejection> {
+        if !self.nodes.contains_key(&id) {
+            return Err(no_node(id));
+        }
+        let mut next = self.buckets.clone();
+        for (name, chains) in maps {
+            let bucket = next.get_mut(&name).ok_or_else(|| no_bucket(&name))?;
+            let candidate = BucketRecord {
+                chains,
+                forward: None,
+                rev: index,
+                ..bucket.clone()
+            };
+            if candidate.map().is_none() {
+                return Err(Rejection::Invalid(format!(
+                    "bucket {name:?}: the failover map does not fit its servers"
+                )));
+            }
+            *bucket = candidate;
+        }
+        if let Some(b) = next
+            .values()
+            .find(|b| b.spec.kind == BucketKind::Membase && holds_vbuckets(b, id))
+        {
+            return Err(Rejection::Invalid(format!(
+                "the failover map of bucket {:?} still names the failed node",
+                b.spec.name
+            )));
+        }
+        self.buckets = next;
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.membership = Membership::InactiveFailed;
+        }
+        self.refresh_memcached_buckets(index);
+        Ok(())
+    }
+
+    fn set_auto_failover(&mut self, settings: AutoFailover) -> Result<(), Rejection> {
+        if !(MIN_AUTO_FAILOVER_S..=MAX_AUTO_FAILOVER_S).contains(&settings.timeout_s) {
+            return Err(Rejection::Invalid(format!(
+                "timeout must be {MIN_AUTO_FAILOVER_S} to {MAX_AUTO_FAILOVER_S} seconds"
+            )));
+        }
+        self.auto_failover = settings;
+        Ok(())
+    }
+
+    fn set_bucket_map(
+        &mut self,
+        index: u64,
+        name: &str,
+        servers: Vec<NodeId>,
+        chains: Vec<Vec<i64>>,
+        forward: Option<Vec<Vec<i64>>>,
+    ) -> Result<(), Rejection> {
+        if let Some(id) = servers.iter().find(|id| !self.nodes.contains_key(id)) {
+            return Err(no_node(*id));
+        }
+        let bucket = self.buckets.get_mut(name).ok_or_else(|| no_bucket(name))?;
+        let candidate = BucketRecord {
+            servers,
+            chains,
+            forward,
+            rev: index,
+            ..bucket.clone()
+        };
+        if candidate.spec.kind != BucketKind::Membase || candidate.map().is_none() {
+            return Err(Rejection::Invalid(format!(
+                "bucket {name:?}: the vbucket map does not fit its servers"
+            )));
+        }
+        *bucket = candidate;
+        Ok(())
+    }
+
+    fn clear_forward(&mut self, index: u64, name: &str) -> Result<(), Rejection> {
+        let bucket = self.buckets.get_mut(name).ok_or_else(|| no_bucket(name))?;
+        if bucket.forward.is_some() {
+            let (servers, chains) = compact(&bucket.servers, &bucket.chains);
+            bucket.servers = servers;
+            bucket.chains = chains;
+            bucket.forward = None;
+            bucket.rev = index;
+        }
+        Ok(())
     }
 
     /// Ids of the active nodes, ascending.

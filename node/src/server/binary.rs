@@ -23,6 +23,7 @@ use super::stats;
 use super::Flow;
 use crate::bucket::{BucketKind, LiveBucket};
 use crate::version::VERSION;
+use shoal_engine::VbucketId;
 use shoal_engine::{
     resolve_exptime, ArithCreate, ArithOp, ArithRequest, EngineError, Hit, StoreMode, StoreRequest,
     VbucketState,
@@ -42,20 +43,20 @@ pub(super) fn execute(
     let h = &req.header;
     match h.opcode {
         Opcode::Noop | Opcode::Verbosity => {
-            reply(out, h, Status::OK, 0, &[], &[], &[]);
+            Reply::ok(h).write(out);
             Flow::Read
         }
         Opcode::Version => {
-            reply(out, h, Status::OK, 0, &[], &[], VERSION.as_bytes());
+            Reply::ok(h).value(VERSION.as_bytes()).write(out);
             Flow::Read
         }
         Opcode::Quit => {
-            reply(out, h, Status::OK, 0, &[], &[], &[]);
+            Reply::ok(h).write(out);
             Flow::Close
         }
         Opcode::QuitQ => Flow::Close,
         Opcode::SaslListMechs => {
-            reply(out, h, Status::OK, 0, &[], &[], PLAIN);
+            Reply::ok(h).value(PLAIN).write(out);
             Flow::Read
         }
         Opcode::SaslAuth => {
@@ -68,35 +69,35 @@ pub(super) fn execute(
                 .flatten();
             match user {
                 Some(user) if session.select(user) => {
-                    reply(out, h, Status::OK, 0, &[], &[], b"Authenticated")
+                    Reply::ok(h).value(b"Authenticated").write(out)
                 }
-                _ => status_reply(out, h, Status::AUTH_ERROR),
+                _ => Reply::error(h, Status::AUTH_ERROR).write(out),
             }
             Flow::Read
         }
         // PLAIN completes in one step: there is nothing to continue.
         Opcode::SaslStep => {
-            status_reply(out, h, Status::AUTH_ERROR);
+            Reply::error(h, Status::AUTH_ERROR).write(out);
             Flow::Read
         }
         Opcode::SelectBucket => {
             // Couchbase answers an unknown bucket "not found" and keeps the
             // connection on the bucket it had.
             if session.select(req.key.of(frame)) {
-                reply(out, h, Status::OK, 0, &[], &[], &[]);
+                Reply::ok(h).write(out);
             } else {
-                status_reply(out, h, Status::KEY_NOT_FOUND);
+                Reply::error(h, Status::KEY_NOT_FOUND).write(out);
             }
             Flow::Read
         }
         Opcode::Other(_) => {
-            status_reply(out, h, Status::UNKNOWN_COMMAND);
+            Reply::error(h, Status::UNKNOWN_COMMAND).write(out);
             Flow::Read
         }
         _ => match session.bucket() {
-            Some(ctx) => execute_on(ctx, frame, req, out),
+            Some(bucket) => execute_on(bucket, frame, req, out),
             None => {
-                status_reply(out, h, Status::NO_BUCKET);
+                Reply::error(h, Status::NO_BUCKET).write(out);
                 Flow::Read
             }
         },
@@ -111,31 +112,49 @@ fn plain_user(message: &[u8]) -> Option<&[u8]> {
     (parts.next().is_none() && !user.is_empty()).then_some(user)
 }
 
-/// Runs a command that needs a bucket on `ctx`.
-fn execute_on(ctx: &LiveBucket, frame: &[u8], req: &Request, out: &mut BytesMut) -> Flow {
-    let now = ctx.clock.now();
-    let h = &req.header;
+/// One request against one bucket: what every verb below needs.
+struct Call<'a> {
+    bucket: &'a LiveBucket,
+    frame: &'a [u8],
+    req: &'a Request,
+    /// The request's key, sliced from `frame`.
+    key: &'a [u8],
+    /// The vbucket the key is served from (the header's, or the key's own
+    /// on a standalone node or memcached bucket).
+    vb: VbucketId,
+    /// The bucket's clock, read once per request.
+    now: u32,
+}
+
+impl Call<'_> {
+    fn header(&self) -> &RequestHeader {
+        &self.req.header
+    }
+}
+
+/// Runs a command that needs a bucket on `bucket`.
+fn execute_on(bucket: &LiveBucket, frame: &[u8], req: &Request, out: &mut BytesMut) -> Flow {
     let key = req.key.of(frame);
-    let vb = ctx.route(h.vbucket, key);
-    let quiet = h.opcode.is_quiet();
-    match h.opcode {
+    let call = Call {
+        bucket,
+        frame,
+        req,
+        key,
+        vb: bucket.route(req.header.vbucket, key),
+        now: bucket.clock.now(),
+    };
+    match req.header.opcode {
         Opcode::Get | Opcode::GetQ | Opcode::GetK | Opcode::GetKQ => {
-            let result = ctx.get(vb, key, now);
-            retrieval_reply(out, h, key, result);
+            let result = bucket.get(call.vb, key, call.now);
+            retrieval_reply(out, call.header(), key, result);
             Flow::Read
         }
         Opcode::Gat | Opcode::GatQ | Opcode::GatK | Opcode::GatKQ | Opcode::Touch => {
-            let exptime = match req.extras {
-                Extras::Touch { exptime } => resolve_exptime(exptime.0, now),
-                _ => 0,
-            };
-            let result = ctx.with_resident(vb, key, now, || ctx.engine.gat(vb, key, exptime, now));
-            retrieval_reply(out, h, key, result);
-            Flow::Wrote
+            touch(&call, out)
         }
         Opcode::GetReplica => {
-            let result = ctx.get_replica(vb, key, now);
-            retrieval_reply(out, h, key, result);
+            let result = bucket.get_replica(call.vb, key, call.now);
+            retrieval_reply(out, call.header(), key, result);
             Flow::Read
         }
         Opcode::Set
@@ -147,158 +166,193 @@ fn execute_on(ctx: &LiveBucket, frame: &[u8], req: &Request, out: &mut BytesMut)
         | Opcode::Append
         | Opcode::AppendQ
         | Opcode::Prepend
-        | Opcode::PrependQ => {
-            let (flags, exptime) = match req.extras {
-                Extras::Store { flags, exptime } => (flags, resolve_exptime(exptime.0, now)),
-                _ => (0, 0),
-            };
-            let mode = match h.opcode.non_quiet() {
-                Opcode::Add => StoreMode::Add,
-                Opcode::Replace => StoreMode::Replace,
-                Opcode::Append => StoreMode::Append,
-                Opcode::Prepend => StoreMode::Prepend,
-                _ => StoreMode::Set,
-            };
-            let store = StoreRequest {
-                mode,
-                // The one copy of a write: the item owns its bytes rather
-                // than pinning the connection's read buffer.
-                key: Bytes::copy_from_slice(key),
-                value: Bytes::copy_from_slice(req.value.of(frame)),
-                flags,
-                exptime,
-                cas: h.cas,
-            };
-            match ctx.with_resident(vb, key, now, || ctx.engine.store(vb, &store, now)) {
-                Ok(m) if quiet => {
-                    let _ = m;
-                }
-                Ok(m) => reply(out, h, Status::OK, m.cas, &[], &[], &[]),
-                // memcached's binary protocol words a refused add or replace
-                // by its cause (`complete_update_bin`): ADD on a present key
-                // is "exists", REPLACE on a missing one is "not found";
-                // only append/prepend say "not stored".
-                Err(EngineError::NotStored) if mode == StoreMode::Add => {
-                    status_reply(out, h, Status::KEY_EXISTS)
-                }
-                Err(EngineError::NotStored) if mode == StoreMode::Replace => {
-                    status_reply(out, h, Status::KEY_NOT_FOUND)
-                }
-                Err(e) => error_reply(out, h, e),
-            }
-            Flow::Wrote
-        }
-        Opcode::Delete | Opcode::DeleteQ => {
-            match ctx.engine.delete(vb, key, h.cas, now) {
-                Ok(_) if quiet => {}
-                // memcached answers a delete with CAS 0: the tombstone's CAS
-                // is internal (replication), not a version a client can use.
-                Ok(_) => reply(out, h, Status::OK, 0, &[], &[], &[]),
-                Err(e) => error_reply(out, h, e),
-            }
-            Flow::Wrote
-        }
+        | Opcode::PrependQ => store(&call, out),
+        Opcode::Delete | Opcode::DeleteQ => delete(&call, out),
         Opcode::Increment | Opcode::IncrementQ | Opcode::Decrement | Opcode::DecrementQ => {
-            let (delta, initial, raw_exptime) = match req.extras {
-                Extras::Arith {
-                    delta,
-                    initial,
-                    exptime,
-                } => (delta, initial, u32::try_from(exptime.0).unwrap_or(u32::MAX)),
-                _ => (0, 0, u32::MAX),
-            };
-            let arith = ArithRequest {
-                key: Bytes::copy_from_slice(key),
-                op: match h.opcode.non_quiet() {
-                    Opcode::Increment => ArithOp::Incr,
-                    _ => ArithOp::Decr,
-                },
-                delta,
-                create: ArithCreate::from_binary(initial, raw_exptime, now),
-                cas: h.cas,
-            };
-            match ctx.with_resident(vb, key, now, || ctx.engine.arith(vb, &arith, now)) {
-                Ok(_) if quiet => {}
-                Ok(o) => reply(out, h, Status::OK, o.cas, &[], &[], &counter_value(o.value)),
-                Err(e) => error_reply(out, h, e),
-            }
-            Flow::Wrote
+            arith(&call, out)
         }
-        Opcode::Flush | Opcode::FlushQ => {
-            let deadline = match req.extras {
-                Extras::Flush {
-                    exptime: Some(exptime),
-                } if exptime.0 > 0 => resolve_exptime(exptime.0, now),
-                _ => 0,
-            };
-            match ctx.flush_all(deadline, now) {
-                Ok(()) if quiet => {}
-                Ok(()) => reply(out, h, Status::OK, 0, &[], &[], &[]),
-                Err(e) => error_reply(out, h, e),
-            }
-            Flow::Wrote
-        }
-        Opcode::Stat => {
-            let known = stats::write(ctx, key, |name, value| {
-                reply(
-                    out,
-                    h,
-                    Status::OK,
-                    0,
-                    &[],
-                    name.as_bytes(),
-                    value.as_bytes(),
-                );
-            });
-            if known {
-                reply(out, h, Status::OK, 0, &[], &[], &[]);
-            } else {
-                status_reply(out, h, Status::KEY_NOT_FOUND);
-            }
-            Flow::Read
-        }
-        // A memcached bucket's one vbucket is always active: there is
-        // nothing for the cluster manager to move.
-        Opcode::SetVbucket | Opcode::DelVbucket if ctx.kind == BucketKind::Memcached => {
-            status_reply(out, h, Status::NOT_SUPPORTED);
-            Flow::Read
-        }
-        Opcode::SetVbucket => {
-            let state = match req.extras {
-                Extras::SetVbucket { state } => engine_state(state),
-                _ => None,
-            };
-            match state {
-                Some(state) => match ctx.set_vbucket_state(h.vbucket, state) {
-                    Ok(()) => reply(out, h, Status::OK, 0, &[], &[], &[]),
-                    Err(e) => error_reply(out, h, e),
-                },
-                None => status_reply(out, h, Status::INVALID_ARGUMENTS),
-            }
-            Flow::Read
-        }
-        Opcode::GetVbucket => {
-            match ctx.engine.vbucket_state(h.vbucket) {
-                Some(state) => {
-                    let wire = WireState::from_u32(state.to_wire()).unwrap_or(WireState::Dead);
-                    reply(out, h, Status::OK, 0, &[], &[], &vbucket_state_value(wire));
-                }
-                None => status_reply(out, h, Status::NOT_MY_VBUCKET),
-            }
-            Flow::Read
-        }
-        Opcode::DelVbucket => {
-            match ctx.delete_vbucket(h.vbucket) {
-                Ok(()) => reply(out, h, Status::OK, 0, &[], &[], &[]),
-                Err(e) => error_reply(out, h, e),
-            }
-            Flow::Read
-        }
+        Opcode::Flush | Opcode::FlushQ => flush(&call, out),
+        Opcode::Stat => stat(&call, out),
+        Opcode::SetVbucket | Opcode::GetVbucket | Opcode::DelVbucket => vbucket_command(&call, out),
         _ => {
-            status_reply(out, h, Status::NOT_SUPPORTED);
+            Reply::error(call.header(), Status::NOT_SUPPORTED).write(out);
             Flow::Read
         }
     }
+}
+
+/// GAT, GATK, TOUCH and their quiet forms: a new expiry, and the value
+/// back (but for TOUCH).
+fn touch(call: &Call, out: &mut BytesMut) -> Flow {
+    let (bucket, vb, key, now) = (call.bucket, call.vb, call.key, call.now);
+    let exptime = match call.req.extras {
+        Extras::Touch { exptime } => resolve_exptime(exptime.0, now),
+        _ => 0,
+    };
+    let result = bucket.with_resident(vb, key, now, || bucket.engine.gat(vb, key, exptime, now));
+    retrieval_reply(out, call.header(), key, result);
+    Flow::Wrote
+}
+
+/// SET, ADD, REPLACE, APPEND, PREPEND and their quiet forms.
+fn store(call: &Call, out: &mut BytesMut) -> Flow {
+    let (bucket, vb, key, now, h) = (call.bucket, call.vb, call.key, call.now, call.header());
+    let (flags, exptime) = match call.req.extras {
+        Extras::Store { flags, exptime } => (flags, resolve_exptime(exptime.0, now)),
+        _ => (0, 0),
+    };
+    let mode = match h.opcode.non_quiet() {
+        Opcode::Add => StoreMode::Add,
+        Opcode::Replace => StoreMode::Replace,
+        Opcode::Append => StoreMode::Append,
+        Opcode::Prepend => StoreMode::Prepend,
+        _ => StoreMode::Set,
+    };
+    let request = StoreRequest {
+        mode,
+        // The one copy of a write: the item owns its bytes rather than
+        // pinning the connection's read buffer.
+        key: Bytes::copy_from_slice(key),
+        value: Bytes::copy_from_slice(call.req.value.of(call.frame)),
+        flags,
+        exptime,
+        cas: h.cas,
+    };
+    match bucket.with_resident(vb, key, now, || bucket.engine.store(vb, &request, now)) {
+        Ok(_) if h.opcode.is_quiet() => {}
+        Ok(m) => Reply::ok(h).cas(m.cas).write(out),
+        // memcached's binary protocol words a refused add or replace by its
+        // cause (`complete_update_bin`): ADD on a present key is "exists",
+        // REPLACE on a missing one is "not found"; only append/prepend say
+        // "not stored".
+        Err(EngineError::NotStored) if mode == StoreMode::Add => {
+            Reply::error(h, Status::KEY_EXISTS).write(out)
+        }
+        Err(EngineError::NotStored) if mode == StoreMode::Replace => {
+            Reply::error(h, Status::KEY_NOT_FOUND).write(out)
+        }
+        Err(e) => Reply::engine_error(h, e).write(out),
+    }
+    Flow::Wrote
+}
+
+/// DELETE and DELETEQ.
+fn delete(call: &Call, out: &mut BytesMut) -> Flow {
+    let h = call.header();
+    match call
+        .bucket
+        .engine
+        .delete(call.vb, call.key, h.cas, call.now)
+    {
+        Ok(_) if h.opcode.is_quiet() => {}
+        // memcached answers a delete with CAS 0: the tombstone's CAS is
+        // internal (replication), not a version a client can use.
+        Ok(_) => Reply::ok(h).write(out),
+        Err(e) => Reply::engine_error(h, e).write(out),
+    }
+    Flow::Wrote
+}
+
+/// INCREMENT, DECREMENT and their quiet forms.
+fn arith(call: &Call, out: &mut BytesMut) -> Flow {
+    let (bucket, vb, key, now, h) = (call.bucket, call.vb, call.key, call.now, call.header());
+    let (delta, initial, raw_exptime) = match call.req.extras {
+        Extras::Arith {
+            delta,
+            initial,
+            exptime,
+        } => (delta, initial, u32::try_from(exptime.0).unwrap_or(u32::MAX)),
+        _ => (0, 0, u32::MAX),
+    };
+    let request = ArithRequest {
+        key: Bytes::copy_from_slice(key),
+        op: match h.opcode.non_quiet() {
+            Opcode::Increment => ArithOp::Incr,
+            _ => ArithOp::Decr,
+        },
+        delta,
+        create: ArithCreate::from_binary(initial, raw_exptime, now),
+        cas: h.cas,
+    };
+    match bucket.with_resident(vb, key, now, || bucket.engine.arith(vb, &request, now)) {
+        Ok(_) if h.opcode.is_quiet() => {}
+        Ok(o) => Reply::ok(h)
+            .cas(o.cas)
+            .value(&counter_value(o.value))
+            .write(out),
+        Err(e) => Reply::engine_error(h, e).write(out),
+    }
+    Flow::Wrote
+}
+
+/// FLUSH and FLUSHQ, now or at the extras' expiry.
+fn flush(call: &Call, out: &mut BytesMut) -> Flow {
+    let h = call.header();
+    let deadline = match call.req.extras {
+        Extras::Flush {
+            exptime: Some(exptime),
+        } if exptime.0 > 0 => resolve_exptime(exptime.0, call.now),
+        _ => 0,
+    };
+    match call.bucket.flush_all(deadline, call.now) {
+        Ok(()) if h.opcode.is_quiet() => {}
+        Ok(()) => Reply::ok(h).write(out),
+        Err(e) => Reply::engine_error(h, e).write(out),
+    }
+    Flow::Wrote
+}
+
+/// STAT: one reply per stat of the group the key names, then an empty one.
+fn stat(call: &Call, out: &mut BytesMut) -> Flow {
+    let h = call.header();
+    let known = stats::write(call.bucket, call.key, |name, value| {
+        Reply::ok(h)
+            .key(name.as_bytes())
+            .value(value.as_bytes())
+            .write(out);
+    });
+    if known {
+        Reply::ok(h).write(out);
+    } else {
+        Reply::error(h, Status::KEY_NOT_FOUND).write(out);
+    }
+    Flow::Read
+}
+
+/// SET_VBUCKET, GET_VBUCKET and DEL_VBUCKET: what the cluster manager
+/// drives a node with, on the vbucket the header names.
+fn vbucket_command(call: &Call, out: &mut BytesMut) -> Flow {
+    let (bucket, h) = (call.bucket, call.header());
+    match h.opcode {
+        // A memcached bucket's one vbucket is always active: there is
+        // nothing for the cluster manager to move.
+        Opcode::SetVbucket | Opcode::DelVbucket if bucket.kind == BucketKind::Memcached => {
+            Reply::error(h, Status::NOT_SUPPORTED).write(out);
+        }
+        Opcode::SetVbucket => {
+            let state = match call.req.extras {
+                Extras::SetVbucket { state } => VbucketState::from_wire(state.to_u32()),
+                _ => None,
+            };
+            match state.map(|state| bucket.set_vbucket_state(h.vbucket, state)) {
+                Some(Ok(())) => Reply::ok(h).write(out),
+                Some(Err(e)) => Reply::engine_error(h, e).write(out),
+                None => Reply::error(h, Status::INVALID_ARGUMENTS).write(out),
+            }
+        }
+        Opcode::GetVbucket => match bucket.engine.vbucket_state(h.vbucket) {
+            Some(state) => {
+                let wire = WireState::from_u32(state.to_wire()).unwrap_or(WireState::Dead);
+                Reply::ok(h).value(&vbucket_state_value(wire)).write(out);
+            }
+            None => Reply::error(h, Status::NOT_MY_VBUCKET).write(out),
+        },
+        _ => match bucket.delete_vbucket(h.vbucket) {
+            Ok(()) => Reply::ok(h).write(out),
+            Err(e) => Reply::engine_error(h, e).write(out),
+        },
+    }
+    Flow::Read
 }
 
 /// The reply of the GET/GAT/TOUCH family: flags as extras, the key for
@@ -315,24 +369,28 @@ fn retrieval_reply(
             let extras = flags_extras(hit.flags);
             let key = if op.reply_has_key() { key } else { &[] };
             let value: &[u8] = if op == Opcode::Touch { &[] } else { &hit.value };
-            reply(out, h, Status::OK, hit.cas, &extras, key, value);
+            Reply::ok(h)
+                .cas(hit.cas)
+                .extras(&extras)
+                .key(key)
+                .value(value)
+                .write(out);
         }
         Err(EngineError::NotFound) if h.opcode.is_quiet() => {}
         Err(EngineError::NotFound) if op.reply_has_key() => {
             // memcached's GETK miss carries the key (and no message) so a
             // pipelining client can tell which request missed.
-            reply(out, h, Status::KEY_NOT_FOUND, 0, &[], key, &[]);
+            Reply::ok(h)
+                .status(Status::KEY_NOT_FOUND)
+                .key(key)
+                .write(out);
         }
-        Err(e) => error_reply(out, h, e),
+        Err(e) => Reply::engine_error(h, e).write(out),
     }
 }
 
-fn engine_state(state: WireState) -> Option<VbucketState> {
-    VbucketState::from_wire(state.to_u32())
-}
-
 /// The status for an engine refusal.
-pub(super) fn status_of(e: EngineError) -> Status {
+fn status_of(e: EngineError) -> Status {
     match e {
         EngineError::NotFound => Status::KEY_NOT_FOUND,
         EngineError::Exists => Status::KEY_EXISTS,
@@ -345,32 +403,76 @@ pub(super) fn status_of(e: EngineError) -> Status {
     }
 }
 
-fn error_reply(out: &mut BytesMut, h: &RequestHeader, e: EngineError) {
-    status_reply(out, h, status_of(e));
-}
+// === impl Reply ===
 
-/// An error reply with memcached's message as its body.
-fn status_reply(out: &mut BytesMut, h: &RequestHeader, status: Status) {
-    reply(out, h, status, 0, &[], &[], status.message().as_bytes());
-}
-
-fn reply(
-    out: &mut BytesMut,
-    h: &RequestHeader,
+/// One response frame, built from its request's header: status, CAS,
+/// extras, key and value default to OK, 0 and empty.
+#[derive(Clone, Copy)]
+struct Reply<'a> {
+    header: &'a RequestHeader,
     status: Status,
     cas: u64,
-    extras: &[u8],
-    key: &[u8],
-    value: &[u8],
-) {
-    let fields = ResponseFields {
-        cas,
-        ..ResponseFields::reply_to(h, status)
-    };
-    // Cannot fail: keys, extras and values here are bounded by the parser's
-    // limits, far inside the header's length fields.
-    if encode_response(out, &fields, extras, key, value).is_err() {
-        tracing::error!(opcode = %h.opcode, "reply too large to encode");
+    extras: &'a [u8],
+    key: &'a [u8],
+    value: &'a [u8],
+}
+
+impl<'a> Reply<'a> {
+    /// An empty success reply to `header`.
+    fn ok(header: &'a RequestHeader) -> Reply<'a> {
+        Reply {
+            header,
+            status: Status::OK,
+            cas: 0,
+            extras: &[],
+            key: &[],
+            value: &[],
+        }
+    }
+
+    /// An error reply with memcached's message for `status` as its body.
+    fn error(header: &'a RequestHeader, status: Status) -> Reply<'a> {
+        Reply::ok(header)
+            .status(status)
+            .value(status.message().as_bytes())
+    }
+
+    /// The error reply for an engine refusal.
+    fn engine_error(header: &'a RequestHeader, e: EngineError) -> Reply<'a> {
+        Reply::error(header, status_of(e))
+    }
+
+    fn status(self, status: Status) -> Reply<'a> {
+        Reply { status, ..self }
+    }
+
+    fn cas(self, cas: u64) -> Reply<'a> {
+        Reply { cas, ..self }
+    }
+
+    fn extras(self, extras: &'a [u8]) -> Reply<'a> {
+        Reply { extras, ..self }
+    }
+
+    fn key(self, key: &'a [u8]) -> Reply<'a> {
+        Reply { key, ..self }
+    }
+
+    fn value(self, value: &'a [u8]) -> Reply<'a> {
+        Reply { value, ..self }
+    }
+
+    /// Appends the frame to `out`.
+    fn write(self, out: &mut BytesMut) {
+        let fields = ResponseFields {
+            cas: self.cas,
+            ..ResponseFields::reply_to(self.header, self.status)
+        };
+        // Cannot fail: keys, extras and values here are bounded by the
+        // parser's limits, far inside the header's length fields.
+        if encode_response(out, &fields, self.extras, self.key, self.value).is_err() {
+            tracing::error!(opcode = %self.header.opcode, "reply too large to encode");
+        }
     }
 }
 

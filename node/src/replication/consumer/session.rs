@@ -27,6 +27,15 @@ use super::Link;
 use shoal_engine::mutation::{Mutation, MutationKind, VbucketId};
 use shoal_engine::{EngineError, VbucketState};
 
+/// What a mutation and a deletion share: where it goes and under which
+/// seqno and CAS.
+struct Change<'a> {
+    vbucket: VbucketId,
+    opaque: u32,
+    seqno: u64,
+    cas: u64,
+    key: &'a [u8],
+}
 /// Connecting, and the SASL exchange, must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -266,36 +275,11 @@ impl<'a> Session<'a> {
                 self.on_reply(h.opcode, h.status, h.opaque)?;
             }
             DcpMessage::StreamAccepted { opaque, log } => {
-                if let Some(vb) = self.requested(opaque) {
-                    let entries = log
-                        .entries(frame)
-                        .map(|e| (e.vbucket_uuid, e.seqno))
-                        .collect();
-                    ctx.adopt_failover_log(vb, entries);
-                    self.streams.insert(vb, VbStream::Open { opaque });
-                    self.acks.open(vb, opaque);
-                    // Acknowledge what this copy holds at once: a replica
-                    // that is already caught up (an old active handing
-                    // over, a restart) receives no mutation to trigger it,
-                    // and its active's writes must not wait for one.
-                    self.acks.applied(vb);
-                }
+                let entries = log.entries(frame).map(|e| (e.vbucket_uuid, e.seqno));
+                self.on_accepted(opaque, entries.collect());
             }
             DcpMessage::StreamRollback { opaque, seqno } => {
-                if let Some(vb) = self.requested(opaque) {
-                    link.counters.rollbacks.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(bucket = %ctx.name, source = %link.source, vb, seqno, "replica diverged from its active; rolling back to 0");
-                    match ctx.rollback_vbucket(vb).await {
-                        Ok(()) => {
-                            self.acks.reset(vb);
-                            self.request(wbuf, vb, 0, 0);
-                        }
-                        Err(error) => {
-                            tracing::warn!(bucket = %ctx.name, vb, %error, "rollback failed; retrying");
-                            self.retry(vb, STREAM_RETRY);
-                        }
-                    }
-                }
+                self.on_rollback(wbuf, opaque, seqno).await;
             }
             DcpMessage::SnapshotMarker(marker) => {
                 if self.is_open(marker.vbucket, marker.opaque) {
@@ -308,40 +292,33 @@ impl<'a> Session<'a> {
             }
             DcpMessage::Mutation(m) => {
                 let f = m.fields;
-                if !self.is_open(f.vbucket, f.opaque) {
-                    return Ok(Handled::Done);
-                }
-                // The engine keeps key and value: each gets its own
-                // allocation rather than pinning the read buffer (which
-                // would also make the memory accounting lie).
-                let mutation = Mutation {
-                    vbucket: f.vbucket,
-                    seqno: f.by_seqno,
-                    key: Bytes::copy_from_slice(m.key.of(frame)),
-                    cas: f.cas,
-                    time: ctx.clock.now(),
-                    kind: MutationKind::Set {
-                        value: Bytes::copy_from_slice(m.value.of(frame)),
-                        flags: f.flags,
-                        exptime: f.expiration,
-                    },
+                let kind = MutationKind::Set {
+                    // The engine keeps the value: its own allocation
+                    // rather than pinning the read buffer (which would
+                    // also make the memory accounting lie).
+                    value: Bytes::copy_from_slice(m.value.of(frame)),
+                    flags: f.flags,
+                    exptime: f.expiration,
                 };
-                return Ok(self.apply(wbuf, f.opaque, &mutation));
+                let change = Change {
+                    vbucket: f.vbucket,
+                    opaque: f.opaque,
+                    seqno: f.by_seqno,
+                    cas: f.cas,
+                    key: m.key.of(frame),
+                };
+                return Ok(self.apply_change(wbuf, change, kind));
             }
             DcpMessage::Deletion(d) | DcpMessage::Expiration(d) => {
                 let f = d.fields;
-                if !self.is_open(f.vbucket, f.opaque) {
-                    return Ok(Handled::Done);
-                }
-                let mutation = Mutation {
+                let change = Change {
                     vbucket: f.vbucket,
+                    opaque: f.opaque,
                     seqno: f.by_seqno,
-                    key: Bytes::copy_from_slice(d.key.of(frame)),
                     cas: f.cas,
-                    time: ctx.clock.now(),
-                    kind: MutationKind::Delete,
+                    key: d.key.of(frame),
                 };
-                return Ok(self.apply(wbuf, f.opaque, &mutation));
+                return Ok(self.apply_change(wbuf, change, MutationKind::Delete));
             }
             DcpMessage::StreamEnd {
                 vbucket,
@@ -382,6 +359,61 @@ impl<'a> Session<'a> {
             }
         }
         Ok(Handled::Done)
+    }
+
+    /// STREAM_REQ accepted: adopt the active's failover log and open the
+    /// stream.
+    fn on_accepted(&mut self, opaque: u32, log: Vec<(u64, u64)>) {
+        let Some(vb) = self.requested(opaque) else {
+            return;
+        };
+        self.link.ctx.adopt_failover_log(vb, log);
+        self.streams.insert(vb, VbStream::Open { opaque });
+        self.acks.open(vb, opaque);
+        // Acknowledge what this copy holds at once: a replica that is
+        // already caught up (an old active handing over, a restart)
+        // receives no mutation to trigger it, and its active's writes must
+        // not wait for one.
+        self.acks.applied(vb);
+    }
+
+    /// STREAM_REQ answered "rollback": this copy's history diverged from
+    /// the active's; empty it and stream from 0.
+    async fn on_rollback(&mut self, wbuf: &mut BytesMut, opaque: u32, seqno: u64) {
+        let Some(vb) = self.requested(opaque) else {
+            return;
+        };
+        let link = self.link;
+        link.counters.rollbacks.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(bucket = %link.ctx.name, source = %link.source, vb, seqno, "replica diverged from its active; rolling back to 0");
+        match link.ctx.rollback_vbucket(vb).await {
+            Ok(()) => {
+                self.acks.reset(vb);
+                self.request(wbuf, vb, 0, 0);
+            }
+            Err(error) => {
+                tracing::warn!(bucket = %link.ctx.name, vb, %error, "rollback failed; retrying");
+                self.retry(vb, STREAM_RETRY);
+            }
+        }
+    }
+
+    /// A mutation, deletion or expiration of an open stream, applied with
+    /// the active's seqno and CAS.
+    fn apply_change(&mut self, wbuf: &mut BytesMut, change: Change, kind: MutationKind) -> Handled {
+        if !self.is_open(change.vbucket, change.opaque) {
+            return Handled::Done;
+        }
+        let mutation = Mutation {
+            vbucket: change.vbucket,
+            seqno: change.seqno,
+            // Its own allocation, as for values.
+            key: Bytes::copy_from_slice(change.key),
+            cas: change.cas,
+            time: self.link.ctx.clock.now(),
+            kind,
+        };
+        self.apply(wbuf, change.opaque, &mutation)
     }
 
     /// An untyped reply: OPEN's, CONTROL's, or a refused STREAM_REQ.
