@@ -1,5 +1,8 @@
 //! [`ProxyConfig`]: the proxy's settings (the `shoal proxy` flags), checked
 //! once by [`ProxyConfig::validate`].
+//!
+//! Layer 1: may import `downstream` and `stats`. Must not import: `routing`,
+//! `shared`, `watcher`, `session`, `admin`, `server`.
 
 use std::net::IpAddr;
 use std::time::Duration;

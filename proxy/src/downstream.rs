@@ -11,6 +11,8 @@
 //! matching needed. A connection that breaks, times out or receives a reply
 //! nobody asked for is dropped, never reused, and every batch on it learns
 //! whether it was sent ([`DownstreamError`] says which are safe to retry).
+//!
+//! Layer 0, a leaf: imports nothing from the rest of the proxy.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -402,28 +404,8 @@ async fn serve(
         // against twemproxy's 0.12).
         tokio::task::yield_now().await;
         wbuf.clear();
-        let mut pending = queued;
-        loop {
-            wbuf.extend_from_slice(&pending.batch.frames);
-            // Hand the batch to the reader before its bytes can be answered.
-            let flight = InFlight {
-                first: pending.batch.first,
-                terminator: pending.batch.terminator,
-                replies: Vec::new(),
-                reply: pending.reply,
-            };
-            if let Err(unsent) = flight_tx.send(flight) {
-                // The reader is gone: this batch never left.
-                let _ = unsent.0.reply.send(Err(DownstreamError::NotSent));
-                return;
-            }
-            if wbuf.len() >= WRITE_COALESCE {
-                break;
-            }
-            match rx.try_recv() {
-                Ok(q) => pending = q,
-                Err(_) => break,
-            }
+        if !coalesce(queued, rx, &flight_tx, &mut wbuf) {
+            return;
         }
         if write_all(&mut write, &wbuf).await.is_err() {
             break;
@@ -434,6 +416,40 @@ async fn serve(
     drop(flight_tx);
     drop(write);
     let _ = reader.await;
+}
+
+/// Appends `first` and the batches queued behind it, up to about
+/// [`WRITE_COALESCE`] bytes, to `wbuf`, handing each to the reader before
+/// its bytes can be answered. False when the reader is gone (the
+/// connection is dead, and the batch in hand was failed as never sent).
+fn coalesce(
+    first: Queued,
+    rx: &mut mpsc::Receiver<Queued>,
+    flights: &mpsc::UnboundedSender<InFlight>,
+    wbuf: &mut BytesMut,
+) -> bool {
+    let mut pending = first;
+    loop {
+        wbuf.extend_from_slice(&pending.batch.frames);
+        let flight = InFlight {
+            first: pending.batch.first,
+            terminator: pending.batch.terminator,
+            replies: Vec::new(),
+            reply: pending.reply,
+        };
+        if let Err(unsent) = flights.send(flight) {
+            // The reader is gone: this batch never left.
+            let _ = unsent.0.reply.send(Err(DownstreamError::NotSent));
+            return false;
+        }
+        if wbuf.len() >= WRITE_COALESCE {
+            return true;
+        }
+        match rx.try_recv() {
+            Ok(q) => pending = q,
+            Err(_) => return true,
+        }
+    }
 }
 
 async fn write_all(write: &mut OwnedWriteHalf, bytes: &[u8]) -> std::io::Result<()> {
@@ -449,48 +465,8 @@ async fn read_replies(
     let mut queue: VecDeque<InFlight> = VecDeque::new();
     let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
     let failure = loop {
-        // Pick up every batch the writer has registered.
-        while let Ok(f) = flights.try_recv() {
-            queue.push_back(f);
-        }
-        // Parse every complete reply.
-        let mut broken = None;
-        loop {
-            match parse_response(&rbuf, &config.limits) {
-                Ok(Some((response, used))) => {
-                    let frame = rbuf.split_to(used).freeze();
-                    if queue.is_empty() {
-                        while let Ok(f) = flights.try_recv() {
-                            queue.push_back(f);
-                        }
-                    }
-                    let Some(front) = queue.front_mut() else {
-                        // A reply nobody asked for: this connection cannot
-                        // be trusted any more.
-                        broken = Some(DownstreamError::Lost);
-                        break;
-                    };
-                    let opaque = response.header.opaque;
-                    if opaque.wrapping_sub(front.first) > front.terminator.wrapping_sub(front.first)
-                    {
-                        broken = Some(DownstreamError::Lost);
-                        break;
-                    }
-                    front.replies.push(Reply { frame, response });
-                    if opaque == front.terminator {
-                        if let Some(done) = queue.pop_front() {
-                            let _ = done.reply.send(Ok(done.replies));
-                        }
-                    }
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    broken = Some(DownstreamError::Lost);
-                    break;
-                }
-            }
-        }
-        if let Some(e) = broken {
+        take_registered(&mut flights, &mut queue);
+        if let Err(e) = match_replies(&mut rbuf, &mut queue, &mut flights, &config.limits) {
             break e;
         }
         rbuf.reserve(READ_BUFFER / 4);
@@ -514,10 +490,55 @@ async fn read_replies(
         }
     };
     flights.close();
+    take_registered(&mut flights, &mut queue);
+    for f in queue {
+        let _ = f.reply.send(Err(failure));
+    }
+}
+
+/// Moves every batch the writer has registered to the back of `queue`.
+fn take_registered(
+    flights: &mut mpsc::UnboundedReceiver<InFlight>,
+    queue: &mut VecDeque<InFlight>,
+) {
     while let Ok(f) = flights.try_recv() {
         queue.push_back(f);
     }
-    for f in queue {
-        let _ = f.reply.send(Err(failure));
+}
+
+/// Hands every complete reply in `rbuf` to the batch at the front of
+/// `queue`, completing the batch at its terminator. An error means the
+/// connection can no longer be trusted: a reply that does not parse, or
+/// one nobody asked for.
+fn match_replies(
+    rbuf: &mut BytesMut,
+    queue: &mut VecDeque<InFlight>,
+    flights: &mut mpsc::UnboundedReceiver<InFlight>,
+    limits: &Limits,
+) -> Result<(), DownstreamError> {
+    loop {
+        let Some((response, used)) =
+            parse_response(rbuf, limits).map_err(|_| DownstreamError::Lost)?
+        else {
+            return Ok(());
+        };
+        let frame = rbuf.split_to(used).freeze();
+        if queue.is_empty() {
+            take_registered(flights, queue);
+        }
+        let Some(front) = queue.front_mut() else {
+            // A reply nobody asked for.
+            return Err(DownstreamError::Lost);
+        };
+        let opaque = response.header.opaque;
+        if opaque.wrapping_sub(front.first) > front.terminator.wrapping_sub(front.first) {
+            return Err(DownstreamError::Lost);
+        }
+        front.replies.push(Reply { frame, response });
+        if opaque == front.terminator {
+            if let Some(done) = queue.pop_front() {
+                let _ = done.reply.send(Ok(done.replies));
+            }
+        }
     }
 }

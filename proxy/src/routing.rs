@@ -9,6 +9,9 @@
 //! request path (reusing the pools of servers that stay) and swapped in with
 //! one `store`; configs with a revision not newer than the held one are
 //! ignored.
+//!
+//! Layer 1: may import `downstream` and `stats`. Must not import: `config`,
+//! `shared`, `watcher`, `session`, `admin`, `server`.
 
 use std::sync::Arc;
 

@@ -1,66 +1,28 @@
-//! [`Proxy`]: binds the client and admin ports, starts the map source
-//! (config watcher or static ring), accepts clients, and drains on
+//! [`Proxy`]: the wiring. Binds the client and admin ports, builds the
+//! [`Shared`] state, starts the map source (config watcher or static ring)
+//! and the admin port, accepts clients into sessions, and drains on
 //! shutdown — `/health` turns 503, no new clients, in-flight requests
 //! finish, then it returns.
+//!
+//! Layer 4, the top: the wiring, the one module that may import every
+//! other one. Must not import: nothing is above it; instead, no other
+//! module may import it, so what the lower layers need from here reaches
+//! them as a value, a channel or a callback ([`Shared`], the shutdown
+//! `watch`).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify, Semaphore};
+use shoal_accept::ConnectionCap;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{MapSource, ProxyConfig};
-use crate::routing::MapStore;
-use crate::stats::ProxyStats;
-
-/// What every part of the proxy shares.
-#[derive(Debug)]
-pub struct Shared {
-    /// The validated settings.
-    pub config: ProxyConfig,
-    /// The current map.
-    pub maps: MapStore,
-    /// Counters.
-    pub stats: ProxyStats,
-    /// Set when shutdown begins (`/health` answers 503).
-    pub draining: AtomicBool,
-    /// Woken when a request learns the map is stale (NOT_MY_VBUCKET): the
-    /// watcher then fetches a fresh config at once instead of waiting for
-    /// the stream.
-    pub refresh: Notify,
-}
-
-impl Shared {
-    /// State for a proxy with `config`, holding the empty map (static maps
-    /// are installed by [`Proxy::start`]; harnesses may install their own).
-    pub fn new(config: ProxyConfig) -> Arc<Shared> {
-        Arc::new(Shared {
-            maps: MapStore::new(downstream_config(&config)),
-            stats: ProxyStats::default(),
-            draining: AtomicBool::new(false),
-            refresh: Notify::new(),
-            config,
-        })
-    }
-}
-
-/// The downstream settings of a proxy with `config`: in vbucket mode the
-/// bucket is selected on every node connection, `default` included — a
-/// connection only starts on `default` if the node had it when the
-/// connection was accepted, and the bucket may be created or re-created
-/// later.
-fn downstream_config(config: &ProxyConfig) -> crate::downstream::DownstreamConfig {
-    let mut downstream = config.downstream.clone();
-    if let MapSource::Cluster { bucket, .. } = &config.source {
-        if downstream.bucket.is_none() {
-            downstream.bucket = Some(bucket.clone());
-        }
-    }
-    downstream
-}
+use crate::shared::Shared;
+use crate::{admin, watcher};
 
 /// A running proxy.
 #[derive(Debug)]
@@ -70,7 +32,7 @@ pub struct Proxy {
     admin_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    connections: Arc<Semaphore>,
+    connections: ConnectionCap,
 }
 
 impl Proxy {
@@ -89,23 +51,23 @@ impl Proxy {
                 shared.maps.install_static(servers.clone(), weights);
             }
             MapSource::Cluster { .. } => {
-                tasks.push(tokio::spawn(crate::watcher::run(
+                tasks.push(tokio::spawn(watcher::run(
                     shared.clone(),
                     shutdown_rx.clone(),
                 )));
             }
         }
-        tasks.push(tokio::spawn(crate::admin::serve(
+        tasks.push(tokio::spawn(admin::serve(
             admin_listener,
             shared.clone(),
             shutdown_rx.clone(),
         )));
-        let connections = Arc::new(Semaphore::new(shared.config.max_connections));
-        tasks.push(tokio::spawn(accept_loop(
+        let connections = ConnectionCap::new(shared.config.max_connections);
+        tasks.push(tokio::spawn(shoal_accept::accept_loop(
             listener,
-            shared.clone(),
             connections.clone(),
-            shutdown_rx,
+            shutdown_rx.clone(),
+            serve_clients(shared.clone(), shutdown_rx),
         )));
         tracing::info!(%data_addr, %admin_addr, "proxy listening");
         Ok(Proxy {
@@ -148,60 +110,32 @@ impl Proxy {
     pub async fn shutdown(self, grace: Duration) {
         self.shared.draining.store(true, Ordering::Release);
         let _ = self.shutdown.send(true);
-        let all = u32::try_from(self.shared.config.max_connections).unwrap_or(u32::MAX);
-        let _ = tokio::time::timeout(grace, self.connections.acquire_many(all)).await;
+        self.connections.drain(grace).await;
         for task in self.tasks {
             task.abort();
         }
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// Serves every accepted client in a session, counting it.
+fn serve_clients(
     shared: Arc<Shared>,
-    connections: Arc<Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-            _ = shutdown.changed() => return,
-        };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => return,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                backoff = Duration::from_millis(5);
-                shared
-                    .stats
-                    .total_connections
-                    .fetch_add(1, Ordering::Relaxed);
-                shared
-                    .stats
-                    .curr_connections
-                    .fetch_add(1, Ordering::Relaxed);
-                let shared = shared.clone();
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    crate::session::serve(stream, shared.clone(), shutdown).await;
-                    shared
-                        .stats
-                        .curr_connections
-                        .fetch_sub(1, Ordering::Relaxed);
-                    drop(permit);
-                });
-            }
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-        }
+    shutdown: watch::Receiver<bool>,
+) -> impl FnMut(TcpStream, SocketAddr) -> BoxedConnection {
+    move |stream, _peer| {
+        let stats = &shared.stats;
+        stats.total_connections.fetch_add(1, Ordering::Relaxed);
+        stats.curr_connections.fetch_add(1, Ordering::Relaxed);
+        let (shared, shutdown) = (shared.clone(), shutdown.clone());
+        Box::pin(async move {
+            crate::session::serve(stream, shared.clone(), shutdown).await;
+            shared
+                .stats
+                .curr_connections
+                .fetch_sub(1, Ordering::Relaxed);
+        })
     }
 }
+
+/// A connection's future, boxed so the closure above has a nameable type.
+type BoxedConnection = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;

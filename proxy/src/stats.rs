@@ -2,6 +2,8 @@
 //! retries, NOT_MY_VBUCKET replies, multi-get keys it could not fetch, and a
 //! latency histogram with power-of-two microsecond buckets (no allocation,
 //! one atomic add per request).
+//!
+//! Layer 0, a leaf: imports nothing from the rest of the proxy.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -33,6 +35,84 @@ pub struct ProxyStats {
     /// Request latency histogram (see [`LATENCY_BUCKETS`]).
     pub latency: [AtomicU64; LATENCY_BUCKETS],
 }
+
+/// One counter of [`ProxyStats`], with the name each report gives it.
+#[derive(Debug)]
+pub struct Counter {
+    /// Its name in `stats proxy`.
+    pub stat: &'static str,
+    /// Its Prometheus family on `/metrics`.
+    pub metric: &'static str,
+    /// True when it goes down as well as up (a gauge); otherwise it only
+    /// grows.
+    pub gauge: bool,
+    /// What it counts (the family's `# HELP`).
+    pub help: &'static str,
+    /// Reads it.
+    pub read: fn(&ProxyStats) -> &AtomicU64,
+}
+
+/// Every counter of [`ProxyStats`] but the latency histogram, in the order
+/// the reports list them: both `stats proxy` and `/metrics` read this table,
+/// so a new counter is added here once.
+pub const COUNTERS: [Counter; 8] = [
+    Counter {
+        stat: "proxy_curr_connections",
+        metric: "shoal_proxy_current_connections",
+        gauge: true,
+        help: "Client connections open now.",
+        read: |s| &s.curr_connections,
+    },
+    Counter {
+        stat: "proxy_total_connections",
+        metric: "shoal_proxy_connections_total",
+        gauge: false,
+        help: "Client connections accepted since start.",
+        read: |s| &s.total_connections,
+    },
+    Counter {
+        stat: "proxy_requests",
+        metric: "shoal_proxy_requests_total",
+        gauge: false,
+        help: "Client requests answered.",
+        read: |s| &s.requests,
+    },
+    Counter {
+        stat: "proxy_errors",
+        metric: "shoal_proxy_errors_total",
+        gauge: false,
+        help: "Client requests answered with an error the proxy produced.",
+        read: |s| &s.errors,
+    },
+    Counter {
+        stat: "proxy_retries",
+        metric: "shoal_proxy_retries_total",
+        gauge: false,
+        help: "Requests sent again (NOT_MY_VBUCKET, node down, lost idempotent request).",
+        read: |s| &s.retries,
+    },
+    Counter {
+        stat: "proxy_not_my_vbucket",
+        metric: "shoal_proxy_not_my_vbucket_total",
+        gauge: false,
+        help: "NOT_MY_VBUCKET replies received from nodes.",
+        read: |s| &s.not_my_vbucket,
+    },
+    Counter {
+        stat: "proxy_multiget_missing_keys",
+        metric: "shoal_proxy_multiget_missing_keys_total",
+        gauge: false,
+        help: "Multi-get keys left out because their node stayed unreachable.",
+        read: |s| &s.multiget_missing_keys,
+    },
+    Counter {
+        stat: "proxy_protocol_errors",
+        metric: "shoal_proxy_protocol_errors_total",
+        gauge: false,
+        help: "Client requests that could not be parsed.",
+        read: |s| &s.protocol_errors,
+    },
+];
 
 impl ProxyStats {
     /// Adds one request's latency to the histogram.
@@ -75,6 +155,35 @@ impl ProxyStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_cover_every_field_once() {
+        let stats = ProxyStats::default();
+        for (i, counter) in COUNTERS.iter().enumerate() {
+            (counter.read)(&stats).store(i as u64 + 1, Ordering::Relaxed);
+        }
+        let fields = [
+            &stats.curr_connections,
+            &stats.total_connections,
+            &stats.requests,
+            &stats.errors,
+            &stats.retries,
+            &stats.not_my_vbucket,
+            &stats.multiget_missing_keys,
+            &stats.protocol_errors,
+        ];
+        let mut seen: Vec<u64> = fields.iter().map(|f| f.load(Ordering::Relaxed)).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (1..=COUNTERS.len() as u64).collect::<Vec<_>>());
+        let mut names: Vec<&str> = COUNTERS.iter().map(|c| c.stat).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            COUNTERS.len(),
+            "a `stats proxy` name is used twice"
+        );
+    }
 
     #[test]
     fn histogram_buckets_by_power_of_two() {

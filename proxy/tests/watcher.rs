@@ -4,9 +4,17 @@
 //!
 //! The servers list data ports nobody listens on: the map store gives each
 //! server an idle pool, which connects only when a request needs it.
+//!
+//! These tests run on real time: the watcher talks HTTP over real loopback
+//! sockets, and a paused clock jumps to the next timer whenever the runtime
+//! parks — IO readiness does not hold it back — so a response still in
+//! flight would meet an expired connect or liveness timeout. The exact
+//! waits are checked on paused time where no socket is involved: the
+//! backoff schedule in `watcher::backoff`'s unit tests, and
+//! `static_source_returns_at_once` below.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,12 +24,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use shoal_proxy::downstream::DownstreamConfig;
-use shoal_proxy::routing::MapStore;
-use shoal_proxy::stats::ProxyStats;
 use shoal_proxy::watcher::{self, WatcherSettings};
 use shoal_proxy::{MapSource, ProxyConfig, Shared};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// How long any awaited condition may take before the test fails.
@@ -159,18 +164,12 @@ fn slowly(document: &str) -> Vec<Step> {
 }
 
 fn shared(urls: Vec<String>) -> Arc<Shared> {
-    Arc::new(Shared {
-        config: ProxyConfig {
-            source: MapSource::Cluster {
-                urls,
-                bucket: "default".into(),
-            },
-            ..ProxyConfig::default()
+    Shared::new(ProxyConfig {
+        source: MapSource::Cluster {
+            urls,
+            bucket: "default".into(),
         },
-        maps: MapStore::new(DownstreamConfig::default()),
-        stats: ProxyStats::default(),
-        draining: AtomicBool::new(false),
-        refresh: Notify::new(),
+        ..ProxyConfig::default()
     })
 }
 
@@ -328,13 +327,15 @@ async fn unreachable_and_failing_nodes_are_skipped() {
     watcher.stop().await;
 }
 
+// Real time (see the module doc); the length of each pause is checked on
+// paused time in `watcher::backoff`'s tests, so the pauses here are short.
 #[tokio::test]
 async fn backs_off_while_every_node_fails_then_recovers() {
     let server = ConfigServer::start(slowly(&config(5, &[], "127.0.0.1:1"))).await;
     server.set_status(StatusCode::SERVICE_UNAVAILABLE);
     let settings = WatcherSettings {
-        min_backoff: Duration::from_millis(50),
-        max_backoff: Duration::from_millis(200),
+        min_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
         ..WatcherSettings::default()
     };
     let started = tokio::time::Instant::now();
@@ -342,16 +343,18 @@ async fn backs_off_while_every_node_fails_then_recovers() {
     let deadline = started + PATIENCE;
     while server.streams.load(Ordering::SeqCst) < 4 {
         assert!(tokio::time::Instant::now() < deadline, "no retries");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // Three pauses before the fourth attempt: 50 + 100 + 200 ms.
-    assert!(started.elapsed() >= Duration::from_millis(350));
+    // Three pauses before the fourth attempt: 5 + 10 + 20 ms at least.
+    assert!(started.elapsed() >= Duration::from_millis(35));
     assert_eq!(watcher.rev(), None);
     server.set_status(StatusCode::OK);
     watcher.until_rev(5).await;
     watcher.stop().await;
 }
 
+// Real time (see the module doc): the silence is measured on a real HTTP
+// stream, and the switch to B needs B's socket to make progress.
 #[tokio::test]
 async fn silent_stream_is_abandoned_after_the_liveness_timeout() {
     // A sends one config and then nothing, not even keep-alives.
@@ -409,17 +412,15 @@ async fn refresh_fetches_once_without_dropping_the_stream() {
     watcher.stop().await;
 }
 
-#[tokio::test]
+// No socket: on paused time the timeout would fire at once, with no real
+// wait, if the watcher did not return by itself.
+#[tokio::test(start_paused = true)]
 async fn static_source_returns_at_once() {
-    let shared = Arc::new(Shared {
-        config: ProxyConfig::default(),
-        maps: MapStore::new(DownstreamConfig::default()),
-        stats: ProxyStats::default(),
-        draining: AtomicBool::new(false),
-        refresh: Notify::new(),
-    });
     let (_stop, rx) = watch::channel(false);
-    tokio::time::timeout(Duration::from_secs(1), watcher::run(shared, rx))
+    let run = watcher::run(Shared::new(ProxyConfig::default()), rx);
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(1), run)
         .await
         .expect("nothing to watch");
+    assert_eq!(started.elapsed(), Duration::ZERO, "no time passed");
 }

@@ -2,16 +2,18 @@
 //! format, version 0.0.4
 //! (<https://prometheus.io/docs/instrumenting/exposition_formats/>).
 //!
-//! Every family is declared in one table or one call below, so the test at
+//! Every family is declared in one table (the proxy-wide counters in
+//! [`COUNTERS`], shared with `stats proxy`) or one call below, so the test at
 //! the bottom can check that no two share a name (STYLE rule 27).
 
 use std::collections::BTreeMap;
 use std::fmt::{Display, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::downstream::NodeStats;
-use crate::stats::{ProxyStats, LATENCY_BUCKETS};
-use crate::Shared;
+use crate::downstream::{NodePool, NodeStats};
+use crate::routing::Routing;
+use crate::shared::Shared;
+use crate::stats::{ProxyStats, COUNTERS, LATENCY_BUCKETS};
 
 /// The `Content-Type` of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -33,65 +35,6 @@ impl Kind {
         }
     }
 }
-
-/// A proxy-wide metric read from one [`ProxyStats`] field.
-struct ProxyMetric {
-    name: &'static str,
-    kind: Kind,
-    help: &'static str,
-    read: fn(&ProxyStats) -> &AtomicU64,
-}
-
-const PROXY_METRICS: [ProxyMetric; 8] = [
-    ProxyMetric {
-        name: "shoal_proxy_current_connections",
-        kind: Kind::Gauge,
-        help: "Client connections open now.",
-        read: |s| &s.curr_connections,
-    },
-    ProxyMetric {
-        name: "shoal_proxy_connections_total",
-        kind: Kind::Counter,
-        help: "Client connections accepted since start.",
-        read: |s| &s.total_connections,
-    },
-    ProxyMetric {
-        name: "shoal_proxy_requests_total",
-        kind: Kind::Counter,
-        help: "Client requests answered.",
-        read: |s| &s.requests,
-    },
-    ProxyMetric {
-        name: "shoal_proxy_errors_total",
-        kind: Kind::Counter,
-        help: "Client requests answered with an error the proxy produced.",
-        read: |s| &s.errors,
-    },
-    ProxyMetric {
-        name: "shoal_proxy_retries_total",
-        kind: Kind::Counter,
-        help: "Requests sent again (NOT_MY_VBUCKET, node down, lost idempotent request).",
-        read: |s| &s.retries,
-    },
-    ProxyMetric {
-        name: "shoal_proxy_not_my_vbucket_total",
-        kind: Kind::Counter,
-        help: "NOT_MY_VBUCKET replies received from nodes.",
-        read: |s| &s.not_my_vbucket,
-    },
-    ProxyMetric {
-        name: "shoal_proxy_multiget_missing_keys_total",
-        kind: Kind::Counter,
-        help: "Multi-get keys left out because their node stayed unreachable.",
-        read: |s| &s.multiget_missing_keys,
-    },
-    ProxyMetric {
-        name: "shoal_proxy_protocol_errors_total",
-        kind: Kind::Counter,
-        help: "Client requests that could not be parsed.",
-        read: |s| &s.protocol_errors,
-    },
-];
 
 /// A per-node metric read from one [`NodeStats`] field.
 struct NodeMetric {
@@ -144,18 +87,33 @@ const DRAINING: &str = "shoal_proxy_draining";
 /// The whole `/metrics` page.
 pub fn render(shared: &Shared) -> String {
     let mut out = Exposition::default();
-    let stats = &shared.stats;
-    for metric in &PROXY_METRICS {
-        out.family(metric.name, metric.kind, metric.help);
+    render_counters(&mut out, &shared.stats);
+    render_latency(&mut out, &shared.stats);
+    let routing = shared.maps.snapshot();
+    render_map(&mut out, &routing, shared.draining.load(Ordering::Acquire));
+    render_nodes(&mut out, &routing);
+    out.text
+}
+
+/// The proxy-wide counters and gauges of [`COUNTERS`].
+fn render_counters(out: &mut Exposition, stats: &ProxyStats) {
+    for counter in &COUNTERS {
+        let kind = if counter.gauge {
+            Kind::Gauge
+        } else {
+            Kind::Counter
+        };
+        out.family(counter.metric, kind, counter.help);
         out.sample(
-            metric.name,
+            counter.metric,
             &[],
-            (metric.read)(stats).load(Ordering::Relaxed),
+            (counter.read)(stats).load(Ordering::Relaxed),
         );
     }
-    render_latency(&mut out, stats);
+}
 
-    let routing = shared.maps.snapshot();
+/// The map in use, and whether the proxy is draining.
+fn render_map(out: &mut Exposition, routing: &Routing, draining: bool) {
     out.family(
         MAP_READY,
         Kind::Gauge,
@@ -181,15 +139,14 @@ pub fn render(shared: &Shared) -> String {
         Kind::Gauge,
         "1 while the proxy drains for shutdown.",
     );
-    out.sample(
-        DRAINING,
-        &[],
-        u8::from(shared.draining.load(Ordering::Acquire)),
-    );
+    out.sample(DRAINING, &[], u8::from(draining));
+}
 
+/// The per-node series of [`NODE_METRICS`] and [`NODE_DOWN`].
+fn render_nodes(out: &mut Exposition, routing: &Routing) {
     // One series per address: a map that lists a server twice has two
     // pools for it, whose counters add up.
-    let mut nodes: BTreeMap<String, Vec<&crate::downstream::NodePool>> = BTreeMap::new();
+    let mut nodes: BTreeMap<String, Vec<&NodePool>> = BTreeMap::new();
     for pool in &routing.pools {
         nodes.entry(pool.addr().to_string()).or_default().push(pool);
     }
@@ -212,7 +169,6 @@ pub fn render(shared: &Shared) -> String {
         let down = pools.iter().any(|p| p.is_down());
         out.sample(NODE_DOWN, &[("node", node)], u8::from(down));
     }
-    out.text
 }
 
 /// The latency histogram, from [`ProxyStats`]'s power-of-two buckets.
@@ -310,25 +266,16 @@ fn escape_label_value(out: &mut String, value: &str) {
 #[cfg(test)]
 mod tests {
     use std::collections::{HashMap, HashSet};
-    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
     use std::time::Duration;
 
     use shoal_vbmap::config::ServerAddr;
-    use tokio::sync::Notify;
 
     use super::*;
-    use crate::downstream::DownstreamConfig;
-    use crate::routing::MapStore;
-    use crate::ProxyConfig;
+    use crate::config::ProxyConfig;
 
-    fn shared() -> Shared {
-        Shared {
-            config: ProxyConfig::default(),
-            maps: MapStore::new(DownstreamConfig::default()),
-            stats: ProxyStats::default(),
-            draining: AtomicBool::new(false),
-            refresh: Notify::new(),
-        }
+    fn shared() -> Arc<Shared> {
+        Shared::new(ProxyConfig::default())
     }
 
     /// One parsed sample line.
@@ -466,9 +413,9 @@ mod tests {
 
     #[test]
     fn metric_names_are_unique() {
-        let mut names: Vec<&str> = PROXY_METRICS
+        let mut names: Vec<&str> = COUNTERS
             .iter()
-            .map(|m| m.name)
+            .map(|c| c.metric)
             .chain(NODE_METRICS.iter().map(|m| m.name))
             .chain([
                 NODE_DOWN,

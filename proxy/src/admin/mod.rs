@@ -7,6 +7,9 @@
 //!
 //! Modules:
 //! - `metrics`: the Prometheus text rendering.
+//!
+//! Layer 3: may import `shared` and the layers below it. Must not import:
+//! `watcher`, `session`, `server`.
 
 mod metrics;
 
@@ -24,7 +27,7 @@ use tokio::sync::watch;
 
 use crate::config::MapSource;
 use crate::routing::Locator;
-use crate::Shared;
+use crate::shared::Shared;
 
 pub use metrics::{render as render_metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 
@@ -38,7 +41,7 @@ const NO_MAP: &str = "no cluster map yet";
 /// Keeps serving through a drain — `/health` answers 503 as soon as
 /// [`Shared::draining`] is set — and stops accepting once the `shutdown`
 /// sender is dropped (the drain is over), letting requests in progress
-/// finish. [`crate::Proxy::shutdown`] aborts the task sooner if needed.
+/// finish. The proxy's shutdown aborts the task sooner if needed.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -144,16 +147,10 @@ fn push_json_string(out: &mut String, text: &str) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicBool;
-
     use shoal_vbmap::config::{BucketConfig, ServerAddr};
-    use tokio::sync::Notify;
 
     use super::*;
-    use crate::downstream::DownstreamConfig;
-    use crate::routing::MapStore;
-    use crate::stats::ProxyStats;
-    use crate::ProxyConfig;
+    use crate::config::ProxyConfig;
 
     /// A running admin port over fresh shared state.
     struct Admin {
@@ -166,13 +163,7 @@ mod tests {
 
     impl Admin {
         async fn start(config: ProxyConfig) -> Admin {
-            let shared = Arc::new(Shared {
-                maps: MapStore::new(DownstreamConfig::default()),
-                stats: ProxyStats::default(),
-                draining: AtomicBool::new(false),
-                refresh: Notify::new(),
-                config,
-            });
+            let shared = Shared::new(config);
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());
             let (tx, rx) = watch::channel(false);

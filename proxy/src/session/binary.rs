@@ -6,15 +6,27 @@
 //! go to every node; vbucket and replication opcodes are not the proxy's to
 //! forward.
 
+use std::sync::atomic::Ordering;
+
 use bytes::{Bytes, BytesMut};
 use shoal_protocol::binary::{
     encode_response, Opcode, Request, RequestHeader, ResponseFields, Status,
 };
 
-use super::ascii::merged_stats;
-use super::call::{fan_out, keyed, CallError, Plain};
-use super::{proxy_stats, Outcome, VERSION};
-use crate::Shared;
+use super::call::{flush_all, keyed, CallError, Plain};
+use super::{report, Outcome, VERSION};
+use crate::downstream::Reply;
+use crate::shared::Shared;
+
+/// What a keyed request does to its item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// Reads it (or only refreshes its TTL): idempotent, so it may be sent
+    /// again after a lost connection; quiet, it is silent on a miss.
+    Read,
+    /// Changes it: never sent twice; quiet, it is silent on success.
+    Write,
+}
 
 /// Runs one binary request parsed from `frame`, appending its reply to `out`.
 pub(super) async fn execute(
@@ -24,114 +36,29 @@ pub(super) async fn execute(
     out: &mut BytesMut,
 ) -> Outcome {
     let h = &req.header;
-    let base = h.opcode.non_quiet();
-    let quiet = h.opcode.is_quiet();
-    match base {
+    match h.opcode.non_quiet() {
         Opcode::Get
         | Opcode::GetK
         | Opcode::Gat
         | Opcode::GatK
         | Opcode::Touch
-        | Opcode::GetReplica
-        | Opcode::Set
+        | Opcode::GetReplica => forward(shared, frame, req, Access::Read, out).await,
+        Opcode::Set
         | Opcode::Add
         | Opcode::Replace
         | Opcode::Append
         | Opcode::Prepend
         | Opcode::Delete
         | Opcode::Increment
-        | Opcode::Decrement => {
-            let key = req.key.of(frame);
-            let request = Plain {
-                opcode: base,
-                cas: h.cas,
-                extras: req.extras_span().of(frame),
-                key,
-                value: req.value.of(frame),
-            };
-            let read = matches!(
-                base,
-                Opcode::Get
-                    | Opcode::GetK
-                    | Opcode::Gat
-                    | Opcode::GatK
-                    | Opcode::Touch
-                    | Opcode::GetReplica
-            );
-            match keyed(shared, key, &request, read).await {
-                Ok(reply) => {
-                    let status = reply.response.header.status;
-                    let silent = quiet
-                        && if read {
-                            status == Status::KEY_NOT_FOUND
-                        } else {
-                            status == Status::OK
-                        };
-                    if !silent {
-                        let fields = ResponseFields {
-                            opcode: h.opcode,
-                            status,
-                            data_type: reply.response.header.data_type,
-                            opaque: h.opaque,
-                            cas: reply.response.header.cas,
-                        };
-                        let r = &reply.response;
-                        let _ = encode_response(
-                            out,
-                            &fields,
-                            r.extras.of(&reply.frame),
-                            r.key.of(&reply.frame),
-                            r.value.of(&reply.frame),
-                        );
-                    }
-                }
-                Err(e) => call_error(shared, out, h, e),
-            }
-        }
+        | Opcode::Decrement => forward(shared, frame, req, Access::Write, out).await,
         Opcode::Noop => local(out, h, Status::OK, &[], &[]),
         Opcode::Version => local(out, h, Status::OK, &[], VERSION.as_bytes()),
         Opcode::Verbosity => local(out, h, Status::OK, &[], &[]),
         Opcode::SaslListMechs => local(out, h, Status::OK, &[], b"PLAIN"),
         Opcode::SaslAuth | Opcode::SaslStep => local(out, h, Status::OK, &[], b"Authenticated"),
-        Opcode::Flush => {
-            let request = Plain {
-                opcode: Opcode::Flush,
-                cas: 0,
-                extras: req.extras_span().of(frame),
-                key: &[],
-                value: &[],
-            };
-            let ok = fan_out(shared, &request).await.iter().all(|r| {
-                r.as_ref().is_ok_and(|frames| {
-                    frames
-                        .iter()
-                        .all(|f| f.response.header.status == Status::OK)
-                })
-            });
-            match (ok, quiet) {
-                (true, true) => {}
-                (true, false) => local(out, h, Status::OK, &[], &[]),
-                (false, _) => status_reply(shared, out, h, Status::TEMPORARY_FAILURE),
-            }
-        }
+        Opcode::Flush => flush(shared, frame, req, out).await,
         Opcode::Stat => {
-            let group = req.key.of(frame);
-            let stats: Vec<(Vec<u8>, Vec<u8>)> = if group == b"proxy" {
-                proxy_stats(shared)
-                    .into_iter()
-                    .map(|(n, v)| (n.into_bytes(), v.into_bytes()))
-                    .collect()
-            } else {
-                let request = Plain {
-                    opcode: Opcode::Stat,
-                    cas: 0,
-                    extras: &[],
-                    key: group,
-                    value: &[],
-                };
-                merged_stats(fan_out(shared, &request).await)
-            };
-            for (name, value) in stats {
+            for (name, value) in report::stats(shared, req.key.of(frame)).await {
                 local(out, h, Status::OK, &name, &value);
             }
             local(out, h, Status::OK, &[], &[]);
@@ -147,6 +74,70 @@ pub(super) async fn execute(
     Outcome::Continue
 }
 
+/// A keyed request: sent non-quiet to the key's node, its reply relayed
+/// under the client's opcode and opaque unless the quiet opcode the client
+/// used asks for silence.
+async fn forward(
+    shared: &Shared,
+    frame: &Bytes,
+    req: &Request,
+    access: Access,
+    out: &mut BytesMut,
+) {
+    let h = &req.header;
+    let key = req.key.of(frame);
+    let request = Plain {
+        opcode: h.opcode.non_quiet(),
+        cas: h.cas,
+        extras: req.extras_span().of(frame),
+        key,
+        value: req.value.of(frame),
+    };
+    let reply = match keyed(shared, key, &request, access == Access::Read).await {
+        Ok(reply) => reply,
+        Err(e) => return call_error(shared, out, h, e),
+    };
+    let status = reply.response.header.status;
+    let silent = h.opcode.is_quiet()
+        && match access {
+            Access::Read => status == Status::KEY_NOT_FOUND,
+            Access::Write => status == Status::OK,
+        };
+    if !silent {
+        relay(out, h, &reply);
+    }
+}
+
+/// `reply` from a node, as the answer to the client's request `h`.
+fn relay(out: &mut BytesMut, h: &RequestHeader, reply: &Reply) {
+    let r = &reply.response;
+    let fields = ResponseFields {
+        opcode: h.opcode,
+        status: r.header.status,
+        data_type: r.header.data_type,
+        opaque: h.opaque,
+        cas: r.header.cas,
+    };
+    let _ = encode_response(
+        out,
+        &fields,
+        r.extras.of(&reply.frame),
+        r.key.of(&reply.frame),
+        r.value.of(&reply.frame),
+    );
+}
+
+/// FLUSH (FLUSHQ): every node; quiet, it is silent on success.
+async fn flush(shared: &Shared, frame: &Bytes, req: &Request, out: &mut BytesMut) {
+    let h = &req.header;
+    let ok = flush_all(shared, req.extras_span().of(frame)).await;
+    match (ok, h.opcode.is_quiet()) {
+        (true, true) => {}
+        (true, false) => local(out, h, Status::OK, &[], &[]),
+        (false, _) => status_reply(shared, out, h, Status::TEMPORARY_FAILURE),
+    }
+}
+
 /// A reply made by the proxy itself.
 fn local(out: &mut BytesMut, h: &RequestHeader, status: Status, key: &[u8], value: &[u8]) {
     let _ = encode_response(out, &ResponseFields::reply_to(h, status), &[], key, value);
@@ -154,10 +145,7 @@ fn local(out: &mut BytesMut, h: &RequestHeader, status: Status, key: &[u8], valu
 
 fn status_reply(shared: &Shared, out: &mut BytesMut, h: &RequestHeader, status: Status) {
     if status != Status::UNKNOWN_COMMAND && status != Status::NOT_SUPPORTED {
-        shared
-            .stats
-            .errors
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared.stats.errors.fetch_add(1, Ordering::Relaxed);
     }
     local(out, h, status, &[], status.message().as_bytes());
 }
@@ -168,10 +156,7 @@ fn call_error(shared: &Shared, out: &mut BytesMut, h: &RequestHeader, e: CallErr
         // Not "temporary failure": a client would retry it, and the write
         // may already have been applied.
         CallError::OutcomeUnknown => {
-            shared
-                .stats
-                .errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shared.stats.errors.fetch_add(1, Ordering::Relaxed);
             local(
                 out,
                 h,

@@ -1,6 +1,6 @@
 //! Talking to nodes on a request's behalf: one keyed request with the retry
 //! rules ([`keyed`]), a multi-key get spread over nodes ([`multi_get`]), and
-//! a request sent to every node ([`fan_out`]).
+//! a request sent to every node ([`fan_out`], [`flush_all`]).
 //!
 //! Retry rules (better than moxi, which swallowed NOT_MY_VBUCKET on quiet
 //! writes and turned exhausted retries into misses): NOT_MY_VBUCKET → try
@@ -11,6 +11,7 @@
 //! deadline with [`CallError::Unavailable`]; an error is never reported as
 //! a miss.
 
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -20,8 +21,9 @@ use shoal_protocol::binary::{encode_request, Opcode, RequestFields, Status, HEAD
 use shoal_vbmap::{ServerIdx, VbucketId};
 use tokio::time::Instant;
 
-use crate::downstream::{Batch, DownstreamError, Pending, Reply};
-use crate::Shared;
+use crate::downstream::{Batch, DownstreamError, NodePool, Pending, Reply};
+use crate::routing::Routing;
+use crate::shared::Shared;
 
 /// Multi-gets up to this many keys find duplicates by scanning.
 const SCAN_DEDUP_MAX: usize = 32;
@@ -67,6 +69,19 @@ pub struct Plain<'a> {
     pub value: &'a [u8],
 }
 
+impl<'a> Plain<'a> {
+    /// A request for `key` with `extras`, no CAS and no value.
+    pub fn new(opcode: Opcode, key: &'a [u8], extras: &'a [u8]) -> Plain<'a> {
+        Plain {
+            opcode,
+            cas: 0,
+            extras,
+            key,
+            value: &[],
+        }
+    }
+}
+
 impl Encode for Plain<'_> {
     fn encode(&self, out: &mut BytesMut, vbucket: VbucketId, opaque: u32) {
         let fields = RequestFields {
@@ -109,15 +124,7 @@ pub async fn keyed(
             wait_for_map(&mut changes, deadline).await?;
             continue;
         };
-        let opaque = pool.opaques(1);
-        let mut frame = BytesMut::new();
-        request.encode(&mut frame, route.vbucket, opaque);
-        let batch = Batch {
-            frames: frame.freeze(),
-            first: opaque,
-            terminator: opaque,
-        };
-        match pool.call(batch).await {
+        match pool.call(single(&pool, request, route.vbucket)).await {
             Ok(mut replies) => {
                 let Some(reply) = replies.pop() else {
                     return Err(CallError::Unavailable);
@@ -150,6 +157,18 @@ pub async fn keyed(
     }
 }
 
+/// `request` alone in a batch for `pool`, addressed to `vbucket`.
+fn single(pool: &NodePool, request: &impl Encode, vbucket: VbucketId) -> Batch {
+    let opaque = pool.opaques(1);
+    let mut frame = BytesMut::new();
+    request.encode(&mut frame, vbucket, opaque);
+    Batch {
+        frames: frame.freeze(),
+        first: opaque,
+        terminator: opaque,
+    }
+}
+
 /// Waits for a map newer than the one `changes` last saw, up to `deadline`.
 async fn wait_for_map(
     changes: &mut tokio::sync::watch::Receiver<u64>,
@@ -172,39 +191,6 @@ pub enum KeyResult {
     Failed(CallError),
 }
 
-/// Marks "no key" in [`Slot::next`] and "no batch" in [`Slot::group`].
-const NONE: usize = usize::MAX;
-
-/// One key of a multi-get: where it goes and how its batch treated it.
-#[derive(Debug)]
-struct Slot {
-    /// The key's first occurrence (itself unless it repeats an earlier key).
-    first: usize,
-    /// The batch (index into the groups) that fetches it, or [`NONE`].
-    group: usize,
-    /// The next key of the same batch, or [`NONE`]: the batches are lists
-    /// threaded through the slots, not a vector per node.
-    next: usize,
-    /// Its vbucket (the key is hashed once).
-    vbucket: VbucketId,
-    /// Its batch asked for a retry (NOT_MY_VBUCKET or another error).
-    retrying: bool,
-}
-
-/// The keys of a multi-get bound for one node.
-#[derive(Debug)]
-struct Group {
-    server: ServerIdx,
-    /// The first and last key of the batch, in the client's order.
-    first: usize,
-    last: usize,
-    /// Opaque of key `first`; key `i` is tagged `base + (i - first)`, so a
-    /// reply finds its key with one subtraction.
-    base: u32,
-    /// The batch on its connection, or `None` if it could not be queued.
-    sent: Option<Pending>,
-}
-
 /// Gets many keys: one batch per node, all nodes at once, of quiet GETKQs
 /// (or GATKQs, with `extras`) whose last request is the non-quiet twin
 /// (GETK/GATK): its reply, hit or miss, ends the batch, so no NOOP fence
@@ -219,191 +205,256 @@ pub async fn multi_get(
     extras: &[u8],
 ) -> Vec<KeyResult> {
     let routing = shared.maps.snapshot();
-    // Per key, its first occurrence (duplicates are fetched once). A short
-    // list is scanned: cheaper than hashing every key.
-    let mut slots: Vec<Slot> = Vec::with_capacity(keys.len());
-    let mut first_of: FxHashMap<&[u8], usize> = FxHashMap::default();
-    for (i, key) in keys.iter().enumerate() {
-        let first = if keys.len() <= SCAN_DEDUP_MAX {
-            keys[..i].iter().position(|k| k == key).unwrap_or(i)
-        } else {
-            *first_of.entry(key).or_insert(i)
-        };
-        slots.push(Slot {
-            first,
-            group: NONE,
-            next: NONE,
-            vbucket: 0,
-            retrying: false,
-        });
-    }
-    let mut results: Vec<Option<KeyResult>> = (0..keys.len()).map(|_| None).collect();
-    let mut retry: Vec<usize> = Vec::new();
+    let mut get = MultiGet::plan(&routing, keys, extras.len());
+    get.send(&routing, quiet_opcode, extras).await;
+    get.collect(shared).await;
+    get.retry(shared, quiet_opcode.non_quiet(), extras).await;
+    get.finish()
+}
 
-    // Group distinct keys per server, hashing each key once. Few servers
-    // per request: a list beats a map.
-    let mut groups: Vec<Group> = Vec::new();
-    let mut frames_len = 0usize;
-    for (i, key) in keys.iter().enumerate() {
-        if slots[i].first != i {
-            continue;
-        }
-        let route = routing.route(key);
-        slots[i].vbucket = route.vbucket;
-        let server = match route.server {
-            Some(server) if routing.pool(server).is_some() => server,
-            _ => {
-                retry.push(i);
-                continue;
-            }
+/// One key of a multi-get's plan.
+#[derive(Clone, Copy, Debug)]
+struct KeyPlan {
+    /// The key's first occurrence in the client's list (itself unless it
+    /// repeats an earlier key): a repeat is not fetched again, it shares
+    /// the first occurrence's result.
+    first: usize,
+    /// Its vbucket (the key is hashed once).
+    vbucket: VbucketId,
+    /// The batch that fetches it: set only on the first occurrence of a key
+    /// the map places on a node.
+    batch: Option<usize>,
+}
+
+/// The keys of a multi-get bound for one node.
+#[derive(Debug)]
+struct NodeBatch {
+    server: ServerIdx,
+    /// Its keys: a range of [`MultiGet::by_batch`].
+    keys: Range<usize>,
+    /// Opaque of the batch's first key; its `n`th key is tagged `base + n`,
+    /// so a reply finds its key with one subtraction.
+    base: u32,
+    /// The batch on its connection, or `None` if it could not be queued.
+    sent: Option<Pending>,
+}
+
+/// A multi-get on its way: planned, sent, collected, retried, finished.
+#[derive(Debug)]
+struct MultiGet<'k> {
+    /// The client's keys, in its order.
+    keys: &'k [&'k [u8]],
+    /// Per key of `keys`, what the plan made of it.
+    plans: Vec<KeyPlan>,
+    /// The keys to fetch (indices into `keys`), batch after batch, each
+    /// batch's keys in the client's order.
+    by_batch: Vec<usize>,
+    /// One per node, in the order their first key came.
+    batches: Vec<NodeBatch>,
+    /// Bytes of every batch's frames, so they are encoded into one buffer.
+    frames_len: usize,
+    /// Per key of `keys`: a miss until a reply or a retry says otherwise
+    /// (a quiet miss sends no reply).
+    results: Vec<KeyResult>,
+    /// Keys to fetch again one by one: no node in the map for them, their
+    /// batch failed, or their node answered NOT_MY_VBUCKET or an error.
+    stragglers: Vec<usize>,
+}
+
+// === impl MultiGet ===
+
+impl<'k> MultiGet<'k> {
+    /// Finds each key's first occurrence, routes each distinct key once and
+    /// groups the keys by node.
+    fn plan(routing: &Routing, keys: &'k [&'k [u8]], extras_len: usize) -> MultiGet<'k> {
+        let mut get = MultiGet {
+            keys,
+            plans: Vec::with_capacity(keys.len()),
+            by_batch: Vec::new(),
+            batches: Vec::new(),
+            frames_len: 0,
+            results: vec![KeyResult::Miss; keys.len()],
+            stragglers: Vec::new(),
         };
-        frames_len += HEADER_LEN + extras.len() + key.len();
-        match groups.iter().position(|g| g.server == server) {
-            Some(g) => {
-                let last = groups[g].last;
-                slots[last].next = i;
-                groups[g].last = i;
-                slots[i].group = g;
+        // A short list is scanned for repeats: cheaper than hashing every
+        // key.
+        let mut first_of: FxHashMap<&[u8], usize> = FxHashMap::default();
+        for (i, &key) in keys.iter().enumerate() {
+            let first = if keys.len() <= SCAN_DEDUP_MAX {
+                keys[..i].iter().position(|&k| k == key).unwrap_or(i)
+            } else {
+                *first_of.entry(key).or_insert(i)
+            };
+            let mut plan = KeyPlan {
+                first,
+                vbucket: 0,
+                batch: None,
+            };
+            if first == i {
+                let route = routing.route(key);
+                plan.vbucket = route.vbucket;
+                match route.server.filter(|&s| routing.pool(s).is_some()) {
+                    Some(server) => {
+                        plan.batch = Some(get.count_into_batch(server));
+                        get.frames_len += HEADER_LEN + extras_len + key.len();
+                    }
+                    None => get.stragglers.push(i),
+                }
+            }
+            get.plans.push(plan);
+        }
+        get.lay_out_batches();
+        get
+    }
+
+    /// Counts one more key for `server`'s batch, opened if it is the first;
+    /// returns the batch. Few servers per request: a list beats a map.
+    fn count_into_batch(&mut self, server: ServerIdx) -> usize {
+        // While planning, a batch's `keys.end` counts its keys.
+        match self.batches.iter().position(|b| b.server == server) {
+            Some(b) => {
+                self.batches[b].keys.end += 1;
+                b
             }
             None => {
-                slots[i].group = groups.len();
-                groups.push(Group {
+                self.batches.push(NodeBatch {
                     server,
-                    first: i,
-                    last: i,
+                    keys: 0..1,
                     base: 0,
                     sent: None,
                 });
+                self.batches.len() - 1
             }
         }
     }
 
-    // Encode every batch into one buffer and queue each on its node before
-    // waiting for any: the nodes work in parallel.
-    let mut frames = BytesMut::with_capacity(frames_len);
-    let non_quiet = quiet_opcode.non_quiet();
-    for group in &mut groups {
-        let Some(pool) = routing.pool(group.server) else {
-            continue;
-        };
-        let span = u32::try_from(group.last - group.first).unwrap_or(u32::MAX - 1);
-        group.base = pool.opaques(span + 1);
-        let mut i = group.first;
-        while i != NONE {
-            Plain {
-                opcode: if i == group.last {
+    /// Gives each batch its range of `by_batch` (from the counts) and fills
+    /// it with the batch's keys in the client's order: a counting sort, one
+    /// pass over the keys, no list per node.
+    fn lay_out_batches(&mut self) {
+        let mut start = 0;
+        for batch in &mut self.batches {
+            let len = batch.keys.end;
+            batch.keys = start..start;
+            start += len;
+        }
+        self.by_batch = vec![0; start];
+        for (i, plan) in self.plans.iter().enumerate() {
+            if let Some(b) = plan.batch {
+                let keys = &mut self.batches[b].keys;
+                self.by_batch[keys.end] = i;
+                keys.end += 1;
+            }
+        }
+    }
+
+    /// Encodes every batch into one buffer and queues each on its node
+    /// before waiting for any: the nodes work in parallel.
+    async fn send(&mut self, routing: &Routing, quiet_opcode: Opcode, extras: &[u8]) {
+        let mut frames = BytesMut::with_capacity(self.frames_len);
+        let non_quiet = quiet_opcode.non_quiet();
+        for batch in &mut self.batches {
+            let Some(pool) = routing.pool(batch.server) else {
+                continue;
+            };
+            let keys = &self.by_batch[batch.keys.clone()];
+            let len = u32::try_from(keys.len()).unwrap_or(u32::MAX);
+            batch.base = pool.opaques(len);
+            for (n, &i) in keys.iter().enumerate() {
+                let opcode = if n + 1 == keys.len() {
                     non_quiet
                 } else {
                     quiet_opcode
-                },
-                cas: 0,
-                extras,
-                key: keys[i],
-                value: &[],
+                };
+                Plain::new(opcode, self.keys[i], extras).encode(
+                    &mut frames,
+                    self.plans[i].vbucket,
+                    batch.base.wrapping_add(n as u32),
+                );
             }
-            .encode(
-                &mut frames,
-                slots[i].vbucket,
-                group.base.wrapping_add((i - group.first) as u32),
-            );
-            i = slots[i].next;
+            let frames = Batch {
+                frames: frames.split().freeze(),
+                first: batch.base,
+                terminator: batch.base.wrapping_add(len - 1),
+            };
+            batch.sent = pool.send(frames).await.ok();
         }
-        let batch = Batch {
-            frames: frames.split().freeze(),
-            first: group.base,
-            terminator: group.base.wrapping_add(span),
-        };
-        group.sent = pool.send(batch).await.ok();
     }
 
-    // Collect each node's replies: quiet misses send none, so a key with
-    // no reply in a completed batch is a miss.
-    for (g, group) in groups.iter_mut().enumerate() {
-        let outcome = match group.sent.take() {
-            Some(pending) => pending.replies().await,
-            None => Err(DownstreamError::NotSent),
-        };
-        match outcome {
-            Ok(replies) => {
-                for reply in replies {
-                    let offset = reply.response.header.opaque.wrapping_sub(group.base);
-                    let i = group.first.saturating_add(offset as usize);
-                    // The connection checked the opaque is within the
-                    // batch; a key of another batch would be a node bug.
-                    match slots.get(i) {
-                        Some(slot) if slot.group == g && slot.first == i => {}
-                        _ => continue,
-                    }
-                    let status = reply.response.header.status;
-                    if status == Status::OK {
-                        results[i] = Some(KeyResult::Hit(reply));
-                    } else if status != Status::KEY_NOT_FOUND {
+    /// Collects each node's replies: a hit is kept; quiet misses send none,
+    /// so a key with no reply in a completed batch stays a miss; any other
+    /// answer, or a failed batch, sends the key to the retries.
+    async fn collect(&mut self, shared: &Shared) {
+        for batch in &mut self.batches {
+            let keys = &self.by_batch[batch.keys.clone()];
+            let outcome = match batch.sent.take() {
+                Some(pending) => pending.replies().await,
+                None => Err(DownstreamError::NotSent),
+            };
+            let Ok(replies) = outcome else {
+                self.stragglers.extend_from_slice(keys);
+                continue;
+            };
+            for reply in replies {
+                let n = reply.response.header.opaque.wrapping_sub(batch.base);
+                // The connection checked the opaque is within the batch; a
+                // key of another batch would be a node bug.
+                let Some(&i) = keys.get(n as usize) else {
+                    continue;
+                };
+                match reply.response.header.status {
+                    Status::OK => self.results[i] = KeyResult::Hit(reply),
+                    Status::KEY_NOT_FOUND => {}
+                    status => {
                         if status == Status::NOT_MY_VBUCKET {
                             shared.stats.not_my_vbucket.fetch_add(1, Ordering::Relaxed);
                         }
-                        retry.push(i);
-                        slots[i].retrying = true;
+                        self.stragglers.push(i);
                     }
-                }
-                let mut i = group.first;
-                while i != NONE {
-                    if results[i].is_none() && !slots[i].retrying {
-                        results[i] = Some(KeyResult::Miss);
-                    }
-                    i = slots[i].next;
-                }
-            }
-            Err(_) => {
-                let mut i = group.first;
-                while i != NONE {
-                    retry.push(i);
-                    i = slots[i].next;
                 }
             }
         }
     }
 
-    // Stragglers: one keyed (idempotent) get each, concurrently.
-    if !retry.is_empty() {
-        if retry.len() > 1 {
+    /// Fetches the stragglers with one keyed (idempotent) get each,
+    /// concurrently.
+    async fn retry(&mut self, shared: &Shared, opcode: Opcode, extras: &[u8]) {
+        if self.stragglers.is_empty() {
+            return;
+        }
+        // Several keys to retry: the map is likely stale, so ask the
+        // watcher for a fresh one at once.
+        if self.stragglers.len() > 1 {
             shared.refresh.notify_one();
         }
+        let keys = self.keys;
         let retried = futures_util::future::join_all(
-            retry
+            self.stragglers
                 .iter()
-                .map(|&i| async move { (i, get_one(shared, keys[i], non_quiet, extras).await) }),
+                .map(|&i| async move { (i, get_one(shared, keys[i], opcode, extras).await) }),
         )
         .await;
         for (i, result) in retried {
-            results[i] = Some(result);
+            self.results[i] = result;
         }
     }
 
-    // Duplicates share their first occurrence's result (which comes
-    // earlier, so it is already in place).
-    for i in 0..keys.len() {
-        let first = slots[i].first;
-        if first != i {
-            results[i] = results[first].clone();
+    /// The results in the client's order, repeats sharing their first
+    /// occurrence's result.
+    fn finish(mut self) -> Vec<KeyResult> {
+        for (i, plan) in self.plans.iter().enumerate() {
+            if plan.first != i {
+                self.results[i] = self.results[plan.first].clone();
+            }
         }
+        self.results
     }
-    results
-        .into_iter()
-        .map(|r| r.unwrap_or(KeyResult::Miss))
-        .collect()
 }
 
 /// Gets one key with a plain (non-quiet) GET/GETK/GAT/GATK, idempotent,
 /// under [`keyed`]'s retry rules.
 pub async fn get_one(shared: &Shared, key: &[u8], opcode: Opcode, extras: &[u8]) -> KeyResult {
-    let request = Plain {
-        opcode,
-        cas: 0,
-        extras,
-        key,
-        value: &[],
-    };
-    match keyed(shared, key, &request, true).await {
+    match keyed(shared, key, &Plain::new(opcode, key, extras), true).await {
         Ok(reply) if reply.response.header.status == Status::OK => KeyResult::Hit(reply),
         Ok(reply) if reply.response.header.status == Status::KEY_NOT_FOUND => KeyResult::Miss,
         Ok(_) => KeyResult::Failed(CallError::Unavailable),
@@ -424,14 +475,7 @@ pub async fn fan_out(
         request.encode(&mut frames, 0, opaque);
         // STAT answers with many frames ended by an empty one; a NOOP after
         // it makes the end unambiguous for every opcode.
-        Plain {
-            opcode: Opcode::Noop,
-            cas: 0,
-            extras: &[],
-            key: &[],
-            value: &[],
-        }
-        .encode(&mut frames, 0, opaque.wrapping_add(1));
+        Plain::new(Opcode::Noop, &[], &[]).encode(&mut frames, 0, opaque.wrapping_add(1));
         pool.call(Batch {
             frames: frames.freeze(),
             first: opaque,
@@ -444,4 +488,80 @@ pub async fn fan_out(
         })
     });
     futures_util::future::join_all(calls).await
+}
+
+/// Sends FLUSH (with `extras`: its delay, if any) to every node; true when
+/// every node answered OK.
+pub async fn flush_all(shared: &Shared, extras: &[u8]) -> bool {
+    let request = Plain::new(Opcode::Flush, &[], extras);
+    fan_out(shared, &request).await.iter().all(|node| {
+        node.as_ref().is_ok_and(|replies| {
+            replies
+                .iter()
+                .all(|reply| reply.response.header.status == Status::OK)
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_vbmap::config::ServerAddr;
+
+    use super::*;
+    use crate::config::ProxyConfig;
+
+    /// A multi-get of `count` keys cycling over 25 names (so `count` > 25
+    /// repeats some) on a static ring of three servers nobody listens on:
+    /// planning never connects.
+    async fn planned(count: usize, check: impl Fn(&Routing, &[&[u8]], &MultiGet<'_>)) {
+        let shared = Shared::new(ProxyConfig::default());
+        let servers = (1..=3)
+            .map(|port| ServerAddr::parse(&format!("127.0.0.1:{port}")).unwrap())
+            .collect();
+        shared.maps.install_static(servers, &[]);
+        let routing = shared.maps.snapshot();
+        let names: Vec<String> = (0..count).map(|i| format!("key{}", i % 25)).collect();
+        let keys: Vec<&[u8]> = names.iter().map(|n| n.as_bytes()).collect();
+        let get = MultiGet::plan(&routing, &keys, 4);
+        check(&routing, &keys, &get);
+    }
+
+    #[tokio::test]
+    async fn plan_fetches_each_distinct_key_once_in_its_nodes_batch_in_client_order() {
+        // 10 keys take the scanning path, 40 the hashing one.
+        for count in [10, 40] {
+            planned(count, |routing, keys, get| {
+                let distinct: Vec<usize> = (0..keys.len())
+                    .filter(|&i| !keys[..i].contains(&keys[i]))
+                    .collect();
+                for (i, plan) in get.plans.iter().enumerate() {
+                    assert_eq!(keys[plan.first], keys[i]);
+                    assert_eq!(plan.first == i, distinct.contains(&i));
+                }
+                let mut fetched = Vec::new();
+                let mut servers = Vec::new();
+                for batch in &get.batches {
+                    let batch_keys = &get.by_batch[batch.keys.clone()];
+                    assert!(batch_keys.windows(2).all(|w| w[0] < w[1]), "client order");
+                    for &i in batch_keys {
+                        assert_eq!(routing.route(keys[i]).server, Some(batch.server));
+                    }
+                    fetched.extend_from_slice(batch_keys);
+                    servers.push(batch.server);
+                }
+                fetched.sort_unstable();
+                assert_eq!(fetched, distinct, "every distinct key, once");
+                servers.sort_unstable();
+                servers.dedup();
+                assert_eq!(servers.len(), get.batches.len(), "one batch per node");
+                let frames: usize = distinct
+                    .iter()
+                    .map(|&i| HEADER_LEN + 4 + keys[i].len())
+                    .sum();
+                assert_eq!(get.frames_len, frames);
+                assert!(get.stragglers.is_empty());
+            })
+            .await;
+        }
+    }
 }

@@ -8,19 +8,23 @@
 //! `CLIENT_ERROR unsupported flag`, never answered with invented values;
 //! `me` (a debugging aid about one server) is refused likewise.
 
+use std::sync::atomic::Ordering;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use shoal_protocol::binary::extras::ARITH_NO_CREATE;
 use shoal_protocol::binary::{arith_extras, store_extras, touch_extras, Decoded, Opcode, Status};
+use shoal_protocol::cas::compare_value;
 use shoal_protocol::meta::{
-    base64, write_status, write_value, ArithMode, Echo, Flag, ItemFields, MetaCommand, MetaFlags,
-    ReturnFlags, SetMode, Status as MetaStatus,
+    base64, write_status, write_value, ArithMode, Echo, Flag, ItemFields, MetaArith, MetaCommand,
+    MetaDelete, MetaFlags, MetaGet, MetaSet, ReturnFlags, SetMode, Status as MetaStatus,
 };
 use shoal_protocol::Exptime;
 
 use super::call::{keyed, CallError, Plain};
+use super::text::{call_error_line, refusal_line, TEMPORARY_FAILURE};
 use super::Outcome;
 use crate::downstream::Reply;
-use crate::Shared;
+use crate::shared::Shared;
 
 const UNSUPPORTED_GET: &[Flag] = &[
     Flag::ReturnTtl,
@@ -54,218 +58,182 @@ pub(super) async fn execute(
         },
         Some(span) => span.of(frame),
     };
+    if has_unsupported_flag(cmd) {
+        return text(out, b"CLIENT_ERROR unsupported flag\r\n");
+    }
     let echo = Echo {
         frame,
         key,
         base64: cmd.base64(),
     };
     match cmd {
-        MetaCommand::Noop => return text(out, b"MN\r\n"),
-        MetaCommand::Debug(_) => {
-            return text(out, b"CLIENT_ERROR unsupported through the proxy\r\n")
-        }
-        MetaCommand::Get(get) => {
-            if refused(&get.flags, UNSUPPORTED_GET) {
-                return text(out, b"CLIENT_ERROR unsupported flag\r\n");
-            }
-            let ttl = get.flags.ttl().map(touch_extras);
-            let request = Plain {
-                opcode: if ttl.is_some() {
-                    Opcode::Gat
-                } else {
-                    Opcode::Get
-                },
-                cas: 0,
-                extras: ttl.as_ref().map_or(&[][..], |e| &e[..]),
-                key,
-                value: &[],
-            };
-            match keyed(shared, key, &request, true).await {
-                Ok(reply) if reply.response.header.status == Status::OK => {
-                    let flags = returned(&echo, &get.flags, Some(&reply), None);
-                    if get.flags.has(Flag::ReturnValue) {
-                        write_value(out, flags.as_slice(), reply.response.value.of(&reply.frame));
-                    } else {
-                        write_status(out, MetaStatus::Hd, flags.as_slice());
-                    }
-                }
-                Ok(reply) if reply.response.header.status == Status::KEY_NOT_FOUND => {
-                    if !get.quiet() {
-                        write_status(
-                            out,
-                            MetaStatus::En,
-                            returned(&echo, &get.flags, None, None).as_slice(),
-                        );
-                    }
-                }
-                other => error(shared, out, other),
-            }
-        }
-        MetaCommand::Set(set) => {
-            if refused(&set.flags, UNSUPPORTED_SET) {
-                return text(out, b"CLIENT_ERROR unsupported flag\r\n");
-            }
-            let flags = &set.flags;
-            let mode = set.mode();
-            let opcode = match mode {
-                SetMode::Set => Opcode::Set,
-                SetMode::Add => Opcode::Add,
-                SetMode::Replace => Opcode::Replace,
-                SetMode::Append => Opcode::Append,
-                SetMode::Prepend => Opcode::Prepend,
-            };
-            let extras = store_extras(
-                flags.client_flags().unwrap_or(0),
-                flags.ttl().unwrap_or(Exptime::NEVER),
-            );
-            let append = matches!(mode, SetMode::Append | SetMode::Prepend);
-            let request = Plain {
-                opcode,
-                cas: flags
-                    .compare_cas()
-                    .map_or(0, |c| if c == 0 { u64::MAX } else { c }),
-                extras: if append { &[] } else { &extras },
-                key,
-                value: set.value.of(frame),
-            };
-            match keyed(shared, key, &request, false).await {
-                Ok(reply) => {
-                    let status = reply.response.header.status;
-                    let cas_given = flags.compare_cas().is_some();
-                    let meta = match status {
-                        Status::OK => Some(MetaStatus::Hd),
-                        Status::KEY_EXISTS if cas_given => Some(MetaStatus::Ex),
-                        Status::KEY_NOT_FOUND if cas_given => Some(MetaStatus::Nf),
-                        Status::KEY_EXISTS | Status::KEY_NOT_FOUND | Status::NOT_STORED => {
-                            Some(MetaStatus::Ns)
-                        }
-                        _ => None,
-                    };
-                    match meta {
-                        Some(MetaStatus::Hd) if set.quiet() => {}
-                        Some(MetaStatus::Hd) => {
-                            let ret = returned(&echo, flags, None, Some(reply.response.header.cas));
-                            write_status(out, MetaStatus::Hd, ret.as_slice());
-                        }
-                        Some(s) => {
-                            write_status(out, s, returned(&echo, flags, None, None).as_slice())
-                        }
-                        None => error(shared, out, Ok(reply)),
-                    }
-                }
-                Err(e) => error(shared, out, Err(e)),
-            }
-        }
-        MetaCommand::Delete(delete) => {
-            if refused(&delete.flags, UNSUPPORTED_DELETE) {
-                return text(out, b"CLIENT_ERROR unsupported flag\r\n");
-            }
-            let request = Plain {
-                opcode: Opcode::Delete,
-                cas: delete.flags.compare_cas().unwrap_or(0),
-                extras: &[],
-                key,
-                value: &[],
-            };
-            match keyed(shared, key, &request, false).await {
-                Ok(reply) => match reply.response.header.status {
-                    Status::OK if delete.quiet() => {}
-                    Status::OK => write_status(
-                        out,
-                        MetaStatus::Hd,
-                        returned(&echo, &delete.flags, None, None).as_slice(),
-                    ),
-                    Status::KEY_NOT_FOUND => write_status(
-                        out,
-                        MetaStatus::Nf,
-                        returned(&echo, &delete.flags, None, None).as_slice(),
-                    ),
-                    Status::KEY_EXISTS => write_status(
-                        out,
-                        MetaStatus::Ex,
-                        returned(&echo, &delete.flags, None, None).as_slice(),
-                    ),
-                    _ => error(shared, out, Ok(reply)),
-                },
-                Err(e) => error(shared, out, Err(e)),
-            }
-        }
-        MetaCommand::Arith(arith) => {
-            if refused(&arith.flags, UNSUPPORTED_ARITH) {
-                return text(out, b"CLIENT_ERROR unsupported flag\r\n");
-            }
-            let flags = &arith.flags;
-            let create = flags
-                .vivify_ttl()
-                .unwrap_or(Exptime(i64::from(ARITH_NO_CREATE)));
-            let extras = arith_extras(arith.delta(), arith.initial(), create);
-            let request = Plain {
-                opcode: match arith.mode() {
-                    ArithMode::Incr => Opcode::Increment,
-                    ArithMode::Decr => Opcode::Decrement,
-                },
-                cas: flags.compare_cas().unwrap_or(0),
-                extras: &extras,
-                key,
-                value: &[],
-            };
-            match keyed(shared, key, &request, false).await {
-                Ok(reply) => match (reply.response.header.status, reply.response.decoded) {
-                    (Status::OK, Decoded::Counter(n)) => {
-                        let ret = returned(&echo, flags, None, Some(reply.response.header.cas));
-                        if flags.has(Flag::ReturnValue) {
-                            write_value(out, ret.as_slice(), n.to_string().as_bytes());
-                        } else if !arith.quiet() {
-                            write_status(out, MetaStatus::Hd, ret.as_slice());
-                        }
-                    }
-                    (Status::KEY_NOT_FOUND, _) => write_status(
-                        out,
-                        MetaStatus::Nf,
-                        returned(&echo, flags, None, None).as_slice(),
-                    ),
-                    (Status::KEY_EXISTS, _) => write_status(
-                        out,
-                        MetaStatus::Ex,
-                        returned(&echo, flags, None, None).as_slice(),
-                    ),
-                    _ => error(shared, out, Ok(reply)),
-                },
-                Err(e) => error(shared, out, Err(e)),
-            }
-        }
+        MetaCommand::Noop => out.put_slice(b"MN\r\n"),
+        MetaCommand::Debug(_) => out.put_slice(b"CLIENT_ERROR unsupported through the proxy\r\n"),
+        MetaCommand::Get(get) => meta_get(shared, &echo, get, out).await,
+        MetaCommand::Set(set) => meta_set(shared, &echo, set, out).await,
+        MetaCommand::Delete(delete) => meta_delete(shared, &echo, delete, out).await,
+        MetaCommand::Arith(arith) => meta_arith(shared, &echo, arith, out).await,
     }
     Outcome::Continue
 }
 
+/// `mg`: a GET (a GAT with `T`); the value and the asked-for item fields.
+async fn meta_get(shared: &Shared, echo: &Echo<'_>, get: &MetaGet, out: &mut BytesMut) {
+    let key = echo.key;
+    let ttl = get.flags.ttl().map(touch_extras);
+    let opcode = if ttl.is_some() {
+        Opcode::Gat
+    } else {
+        Opcode::Get
+    };
+    let extras = ttl.as_ref().map_or(&[][..], |e| &e[..]);
+    match keyed(shared, key, &Plain::new(opcode, key, extras), true).await {
+        Ok(reply) if reply.response.header.status == Status::OK => {
+            let flags = returned(echo, &get.flags, Some(&reply), None);
+            if get.flags.has(Flag::ReturnValue) {
+                write_value(out, flags.as_slice(), reply.response.value.of(&reply.frame));
+            } else {
+                write_status(out, MetaStatus::Hd, flags.as_slice());
+            }
+        }
+        Ok(reply) if reply.response.header.status == Status::KEY_NOT_FOUND => {
+            if !get.quiet() {
+                write_bare_status(out, MetaStatus::En, echo, &get.flags);
+            }
+        }
+        other => error(shared, out, other),
+    }
+}
+
+/// `ms`: a SET, ADD, REPLACE, APPEND or PREPEND, compared against `C`.
+async fn meta_set(shared: &Shared, echo: &Echo<'_>, set: &MetaSet, out: &mut BytesMut) {
+    let flags = &set.flags;
+    let mode = set.mode();
+    let opcode = match mode {
+        SetMode::Set => Opcode::Set,
+        SetMode::Add => Opcode::Add,
+        SetMode::Replace => Opcode::Replace,
+        SetMode::Append => Opcode::Append,
+        SetMode::Prepend => Opcode::Prepend,
+    };
+    let extras = store_extras(
+        flags.client_flags().unwrap_or(0),
+        flags.ttl().unwrap_or(Exptime::NEVER),
+    );
+    let append = matches!(mode, SetMode::Append | SetMode::Prepend);
+    let request = Plain {
+        opcode,
+        cas: compare_value(flags.compare_cas()),
+        extras: if append { &[] } else { &extras },
+        key: echo.key,
+        value: set.value.of(echo.frame),
+    };
+    let reply = match keyed(shared, echo.key, &request, false).await {
+        Ok(reply) => reply,
+        Err(e) => return error(shared, out, Err(e)),
+    };
+    let cas_given = flags.compare_cas().is_some();
+    let status = match reply.response.header.status {
+        Status::OK => MetaStatus::Hd,
+        Status::KEY_EXISTS if cas_given => MetaStatus::Ex,
+        Status::KEY_NOT_FOUND if cas_given => MetaStatus::Nf,
+        Status::KEY_EXISTS | Status::KEY_NOT_FOUND | Status::NOT_STORED => MetaStatus::Ns,
+        _ => return error(shared, out, Ok(reply)),
+    };
+    match status {
+        MetaStatus::Hd if set.quiet() => {}
+        MetaStatus::Hd => {
+            let ret = returned(echo, flags, None, Some(reply.response.header.cas));
+            write_status(out, MetaStatus::Hd, ret.as_slice());
+        }
+        status => write_bare_status(out, status, echo, flags),
+    }
+}
+
+/// `md`: a DELETE, compared against `C`.
+async fn meta_delete(shared: &Shared, echo: &Echo<'_>, delete: &MetaDelete, out: &mut BytesMut) {
+    let request = Plain {
+        cas: delete.flags.compare_cas().unwrap_or(0),
+        ..Plain::new(Opcode::Delete, echo.key, &[])
+    };
+    let reply = match keyed(shared, echo.key, &request, false).await {
+        Ok(reply) => reply,
+        Err(e) => return error(shared, out, Err(e)),
+    };
+    let status = match reply.response.header.status {
+        Status::OK if delete.quiet() => return,
+        Status::OK => MetaStatus::Hd,
+        Status::KEY_NOT_FOUND => MetaStatus::Nf,
+        Status::KEY_EXISTS => MetaStatus::Ex,
+        _ => return error(shared, out, Ok(reply)),
+    };
+    write_bare_status(out, status, echo, &delete.flags);
+}
+
+/// `ma`: an INCREMENT or DECREMENT, creating the item only with `N`.
+async fn meta_arith(shared: &Shared, echo: &Echo<'_>, arith: &MetaArith, out: &mut BytesMut) {
+    let flags = &arith.flags;
+    let create = flags
+        .vivify_ttl()
+        .unwrap_or(Exptime(i64::from(ARITH_NO_CREATE)));
+    let extras = arith_extras(arith.delta(), arith.initial(), create);
+    let opcode = match arith.mode() {
+        ArithMode::Incr => Opcode::Increment,
+        ArithMode::Decr => Opcode::Decrement,
+    };
+    let request = Plain {
+        cas: flags.compare_cas().unwrap_or(0),
+        ..Plain::new(opcode, echo.key, &extras)
+    };
+    let reply = match keyed(shared, echo.key, &request, false).await {
+        Ok(reply) => reply,
+        Err(e) => return error(shared, out, Err(e)),
+    };
+    match (reply.response.header.status, reply.response.decoded) {
+        (Status::OK, Decoded::Counter(n)) => {
+            let ret = returned(echo, flags, None, Some(reply.response.header.cas));
+            if flags.has(Flag::ReturnValue) {
+                write_value(out, ret.as_slice(), n.to_string().as_bytes());
+            } else if !arith.quiet() {
+                write_status(out, MetaStatus::Hd, ret.as_slice());
+            }
+        }
+        (Status::KEY_NOT_FOUND, _) => write_bare_status(out, MetaStatus::Nf, echo, flags),
+        (Status::KEY_EXISTS, _) => write_bare_status(out, MetaStatus::Ex, echo, flags),
+        _ => error(shared, out, Ok(reply)),
+    }
+}
+
+/// Appends a fixed line; the command is done.
 fn text(out: &mut BytesMut, line: &'static [u8]) -> Outcome {
     out.put_slice(line);
     Outcome::Continue
 }
 
-fn refused(flags: &MetaFlags, unsupported: &[Flag]) -> bool {
+/// Whether `cmd` carries a flag the proxy cannot honour (see the module
+/// doc).
+fn has_unsupported_flag(cmd: &MetaCommand) -> bool {
+    let (flags, unsupported) = match cmd {
+        MetaCommand::Get(c) => (&c.flags, UNSUPPORTED_GET),
+        MetaCommand::Set(c) => (&c.flags, UNSUPPORTED_SET),
+        MetaCommand::Delete(c) => (&c.flags, UNSUPPORTED_DELETE),
+        MetaCommand::Arith(c) => (&c.flags, UNSUPPORTED_ARITH),
+        MetaCommand::Noop | MetaCommand::Debug(_) => return false,
+    };
     unsupported.iter().any(|f| flags.has(*f))
+}
+
+/// A status line with only the echoes (`k`, `O`) and no item fields.
+fn write_bare_status(out: &mut BytesMut, status: MetaStatus, echo: &Echo<'_>, flags: &MetaFlags) {
+    write_status(out, status, returned(echo, flags, None, None).as_slice());
 }
 
 /// A node error or a failed call, as memcached words it.
 fn error(shared: &Shared, out: &mut BytesMut, result: Result<Reply, CallError>) {
-    shared
-        .stats
-        .errors
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let line: &[u8] = match result {
-        Ok(reply) => match reply.response.header.status {
-            Status::NON_NUMERIC => {
-                b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
-            }
-            Status::TOO_LARGE => b"SERVER_ERROR object too large for cache\r\n",
-            Status::OUT_OF_MEMORY => b"SERVER_ERROR out of memory storing object\r\n",
-            _ => b"SERVER_ERROR temporary failure\r\n",
-        },
-        Err(CallError::OutcomeUnknown) => {
-            b"SERVER_ERROR outcome unknown: connection to node lost\r\n"
-        }
-        Err(CallError::Unavailable) => b"SERVER_ERROR temporary failure\r\n",
+    shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+    let line = match result {
+        Ok(reply) => refusal_line(reply.response.header.status).unwrap_or(TEMPORARY_FAILURE),
+        Err(e) => call_error_line(e),
     };
     out.put_slice(line);
 }

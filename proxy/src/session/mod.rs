@@ -8,10 +8,23 @@
 //! holding one request (a client waiting for each reply, the common case)
 //! runs it in the session's own task, its reply encoded straight into the
 //! write buffer.
+//!
+//! Layer 3: may import `shared` and the layers below it. Must not import:
+//! `watcher`, `admin`, `server`.
+//!
+//! Modules, each importing only those listed before it:
+//! - [`call`]: talking to nodes on a request's behalf, with the retry rules.
+//! - `report`: what `stats` answers, for the ASCII and binary front ends.
+//! - `text`: memcached's text error lines, for the ASCII and meta front ends.
+//! - `ascii`, `meta`, `binary`: one front end per protocol, each turning a
+//!   parsed request into calls and the calls' outcome into its reply.
+
+pub mod call;
+mod report;
+mod text;
 
 mod ascii;
 mod binary;
-pub mod call;
 mod meta;
 
 use std::sync::atomic::Ordering;
@@ -21,14 +34,14 @@ use std::time::Instant;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use shoal_protocol::binary::{
-    encode_error_response, parse_request, peek_request_header, Request, Status,
+    encode_error_response, parse_request, peek_request_header, Opcode, Request, Status,
 };
 use shoal_protocol::{ascii as ascii_codec, meta as meta_codec, ParseError, Recovery};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::Shared;
+use crate::shared::Shared;
 
 /// What `version` answers: memcached's protocol level, then the proxy's.
 pub const VERSION: &str = concat!("1.6.18-shoal-proxy-", env!("CARGO_PKG_VERSION"));
@@ -85,108 +98,25 @@ async fn run<R, W>(
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
-    let mut wbuf = BytesMut::new();
-    let mut skip = 0usize;
-    // Requests of one read that run together; kept across reads (an empty
-    // `FuturesOrdered` is two allocations to make).
-    let mut pending: FuturesOrdered<Handled> = FuturesOrdered::new();
+    let mut session = Session::new(shared);
     loop {
-        let mut close = false;
-        let mut inline = None;
-        while pending.len() < MAX_PIPELINE {
-            if skip > 0 {
-                let n = skip.min(rbuf.len());
-                rbuf.advance(n);
-                skip -= n;
-            }
-            if skip > 0 || rbuf.is_empty() {
-                break;
-            }
-            match parse(&rbuf, &shared) {
-                Ok(Some((parsed, used))) => {
-                    let frame = rbuf.split_to(used).freeze();
-                    if pending.is_empty() && rbuf.is_empty() {
-                        // The read's only request (a client waiting for
-                        // each reply): run it below, in this task, its
-                        // reply written straight into `wbuf` — no boxed
-                        // future and no copy.
-                        inline = Some((frame, parsed));
-                        break;
-                    }
-                    pending.push_back(handle(shared.clone(), frame, parsed));
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    let mut out = BytesMut::new();
-                    if rbuf[0] == 0x80 {
-                        if let Some(header) = peek_request_header(&rbuf) {
-                            encode_error_response(&mut out, &header, Status::for_parse_error(&e));
-                        }
-                    } else {
-                        e.write_ascii_reply(&mut out);
-                    }
-                    // A write refused as too large unlinks its key on the
-                    // owning node, as memcached does, before the client
-                    // hears the error.
-                    let unlink = e
-                        .key
-                        .and_then(|span| rbuf.get(span.start..span.end))
-                        .map(Bytes::copy_from_slice);
-                    let shared = shared.clone();
-                    pending.push_back(Box::pin(async move {
-                        if let Some(key) = unlink {
-                            let request = call::Plain {
-                                opcode: shoal_protocol::binary::Opcode::Delete,
-                                cas: 0,
-                                extras: &[],
-                                key: &key,
-                                value: &[],
-                            };
-                            let _ = call::keyed(&shared, &key, &request, false).await;
-                        }
-                        (out, Outcome::Continue)
-                    }));
-                    match e.recovery {
-                        Recovery::Skip(n) => skip = n,
-                        Recovery::Close => {
-                            close = true;
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        if let Some((frame, parsed)) = inline {
-            close = execute(&shared, &frame, &parsed, &mut wbuf).await == Outcome::Close;
-        }
-        while let Some((bytes, outcome)) = pending.next().await {
-            wbuf.put_slice(&bytes);
-            if outcome == Outcome::Close {
-                close = true;
-                break;
-            }
-        }
-        if !wbuf.is_empty() {
-            if write.write_all(&wbuf).await.is_err() {
+        let started = session.start_requests();
+        let close = session.finish_requests(started).await;
+        if !session.wbuf.is_empty() {
+            if write.write_all(&session.wbuf).await.is_err() {
                 return;
             }
-            wbuf.clear();
+            session.wbuf.clear();
         }
         if close {
             return;
         }
-        if !rbuf.is_empty()
-            && skip == 0
-            && rbuf.len() < READ_BUFFER
-            && can_parse_more(&rbuf, &shared)
-        {
+        if session.holds_more_requests() {
             continue;
         }
-        rbuf.reserve(READ_BUFFER / 4);
+        session.rbuf.reserve(READ_BUFFER / 4);
         let read_result = tokio::select! {
-            r = read.read_buf(&mut rbuf) => r,
+            r = read.read_buf(&mut session.rbuf) => r,
             _ = shutdown.changed() => return,
         };
         match read_result {
@@ -196,10 +126,147 @@ async fn run<R, W>(
     }
 }
 
-/// True when the buffer still holds a complete request (the pipeline cap
-/// stopped the last pass early).
-fn can_parse_more(rbuf: &BytesMut, shared: &Shared) -> bool {
-    !matches!(parse(rbuf, shared), Ok(None))
+/// One client's buffers and the requests of its current read, between the
+/// phases of [`run`]: start every complete request, finish them in order
+/// into `wbuf`, write, read more.
+struct Session {
+    shared: Arc<Shared>,
+    /// Bytes read and not parsed yet.
+    rbuf: BytesMut,
+    /// Replies not written yet, in request order.
+    wbuf: BytesMut,
+    /// Bytes still to discard after a parse error that resynchronises by
+    /// skipping (an oversized value's body may not have arrived yet).
+    skip: usize,
+    /// Requests of one read that run together; kept across reads (an empty
+    /// `FuturesOrdered` is two allocations to make).
+    pending: FuturesOrdered<Handled>,
+}
+
+/// What the parse phase of one pass over the read buffer left to do.
+struct Started {
+    /// The read's only request, run in the session's own task.
+    inline: Option<(Bytes, Parsed)>,
+    /// A parse error the stream cannot recover from: answer, then close.
+    close: bool,
+}
+
+// === impl Session ===
+
+impl Session {
+    fn new(shared: Arc<Shared>) -> Session {
+        Session {
+            shared,
+            rbuf: BytesMut::with_capacity(READ_BUFFER),
+            wbuf: BytesMut::new(),
+            skip: 0,
+            pending: FuturesOrdered::new(),
+        }
+    }
+
+    /// Parses every complete request in the read buffer (up to
+    /// [`MAX_PIPELINE`] at once) and starts it, unless it is the read's only
+    /// request, which is handed back to run inline.
+    fn start_requests(&mut self) -> Started {
+        while self.pending.len() < MAX_PIPELINE {
+            if self.skip > 0 {
+                let n = self.skip.min(self.rbuf.len());
+                self.rbuf.advance(n);
+                self.skip -= n;
+            }
+            if self.skip > 0 || self.rbuf.is_empty() {
+                break;
+            }
+            match parse(&self.rbuf, &self.shared) {
+                Ok(Some((parsed, used))) => {
+                    let frame = self.rbuf.split_to(used).freeze();
+                    if self.pending.is_empty() && self.rbuf.is_empty() {
+                        // The read's only request (a client waiting for
+                        // each reply): run it in this task, its reply
+                        // written straight into `wbuf` — no boxed future
+                        // and no copy.
+                        return Started {
+                            inline: Some((frame, parsed)),
+                            close: false,
+                        };
+                    }
+                    let request = handle(self.shared.clone(), frame, parsed);
+                    self.pending.push_back(request);
+                }
+                Ok(None) => break,
+                Err(e) => match self.refuse(e) {
+                    Recovery::Skip(n) => self.skip = n,
+                    Recovery::Close => {
+                        return Started {
+                            inline: None,
+                            close: true,
+                        }
+                    }
+                },
+            }
+        }
+        Started {
+            inline: None,
+            close: false,
+        }
+    }
+
+    /// Queues the client's error reply for a request that did not parse,
+    /// in its place among the others; says how the stream goes on.
+    fn refuse(&mut self, e: ParseError) -> Recovery {
+        let shared = &self.shared;
+        shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        let mut out = BytesMut::new();
+        if self.rbuf[0] == 0x80 {
+            if let Some(header) = peek_request_header(&self.rbuf) {
+                encode_error_response(&mut out, &header, Status::for_parse_error(&e));
+            }
+        } else {
+            e.write_ascii_reply(&mut out);
+        }
+        // A write refused as too large unlinks its key on the owning node,
+        // as memcached does, before the client hears the error.
+        let unlink = e
+            .key
+            .and_then(|span| self.rbuf.get(span.start..span.end))
+            .map(Bytes::copy_from_slice);
+        let shared = shared.clone();
+        self.pending.push_back(Box::pin(async move {
+            if let Some(key) = unlink {
+                let request = call::Plain::new(Opcode::Delete, &key, &[]);
+                let _ = call::keyed(&shared, &key, &request, false).await;
+            }
+            (out, Outcome::Continue)
+        }));
+        e.recovery
+    }
+
+    /// Runs the inline request, then appends every started request's reply
+    /// to `wbuf` in request order. True when the connection is to close
+    /// once they are written.
+    async fn finish_requests(&mut self, started: Started) -> bool {
+        let mut close = started.close;
+        if let Some((frame, parsed)) = started.inline {
+            let outcome = execute(&self.shared, &frame, &parsed, &mut self.wbuf).await;
+            close |= outcome == Outcome::Close;
+        }
+        while let Some((bytes, outcome)) = self.pending.next().await {
+            self.wbuf.put_slice(&bytes);
+            if outcome == Outcome::Close {
+                return true;
+            }
+        }
+        close
+    }
+
+    /// True when the buffer still holds a complete request that the
+    /// pipeline cap left for the next pass, so there is no need to read.
+    fn holds_more_requests(&self) -> bool {
+        !self.rbuf.is_empty()
+            && self.skip == 0
+            && self.rbuf.len() < READ_BUFFER
+            && !matches!(parse(&self.rbuf, &self.shared), Ok(None))
+    }
 }
 
 /// A request running alongside others of its read: its reply bytes and
@@ -234,53 +301,4 @@ fn parse(buf: &[u8], shared: &Shared) -> Result<Option<(Parsed, usize)>, ParseEr
         b'm' => meta_codec::parse_meta(buf, limits)?.map(|(m, n)| (Parsed::Meta(m), n)),
         _ => ascii_codec::parse_command(buf, limits)?.map(|(c, n)| (Parsed::Ascii(c), n)),
     })
-}
-
-/// `stats proxy`: the proxy's own counters, map and per-node figures.
-pub(crate) fn proxy_stats(shared: &Shared) -> Vec<(String, String)> {
-    let s = &shared.stats;
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
-    let routing = shared.maps.load();
-    let mut stats = vec![
-        ("proxy_version".to_string(), VERSION.to_string()),
-        ("proxy_curr_connections".into(), load(&s.curr_connections)),
-        ("proxy_total_connections".into(), load(&s.total_connections)),
-        ("proxy_requests".into(), load(&s.requests)),
-        ("proxy_errors".into(), load(&s.errors)),
-        ("proxy_retries".into(), load(&s.retries)),
-        ("proxy_not_my_vbucket".into(), load(&s.not_my_vbucket)),
-        (
-            "proxy_multiget_missing_keys".into(),
-            load(&s.multiget_missing_keys),
-        ),
-        ("proxy_protocol_errors".into(), load(&s.protocol_errors)),
-        (
-            "proxy_map_rev".into(),
-            routing
-                .revision
-                .and_then(|r| r.rev)
-                .map_or("none".into(), |r| r.to_string()),
-        ),
-        ("proxy_servers".into(), routing.servers.len().to_string()),
-        (
-            "proxy_latency_p50_us".into(),
-            s.latency_quantile_micros(0.5).to_string(),
-        ),
-        (
-            "proxy_latency_p99_us".into(),
-            s.latency_quantile_micros(0.99).to_string(),
-        ),
-    ];
-    for (addr, pool) in routing.servers.iter().zip(&routing.pools) {
-        let n = &pool.stats;
-        let prefix = format!("node_{addr}");
-        stats.push((format!("{prefix}_batches"), load(&n.batches)));
-        stats.push((format!("{prefix}_errors"), load(&n.errors)));
-        stats.push((format!("{prefix}_in_flight"), load(&n.in_flight)));
-        stats.push((
-            format!("{prefix}_down"),
-            u8::from(pool.is_down()).to_string(),
-        ));
-    }
-    stats
 }

@@ -16,9 +16,17 @@
 //! compares and stores without a lock, so two concurrent offers could
 //! install an older revision over a newer one.
 //!
+//! Layer 3: may import `shared` and the layers below it. Must not import:
+//! `session`, `admin`, `server`.
+//!
+//! Modules:
+//! - `endpoints`: the URLs to try, in order, and the `$HOST` substitution.
+//! - `backoff`: the pause after a round in which every URL failed.
+//!
 //! [`MapStore`]: crate::routing::MapStore
 //! [`MapStore::offer`]: crate::routing::MapStore::offer
 
+mod backoff;
 mod endpoints;
 
 use std::future::Future;
@@ -32,7 +40,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::MapSource;
-use crate::Shared;
+use crate::shared::Shared;
+use backoff::RoundBackoff;
 use endpoints::{bucket_url, substitute_host, Endpoints, Redacted};
 
 /// Give up connecting to a node after this long. Nodes are on the same
@@ -212,8 +221,7 @@ impl Watcher {
     /// The outer loop: one URL after another, backing off after a round in
     /// which every URL failed.
     async fn follow_forever(&mut self) {
-        let mut backoff = self.settings.min_backoff;
-        let mut failures = 0usize;
+        let mut backoff = RoundBackoff::new(self.settings.min_backoff, self.settings.max_backoff);
         loop {
             let url = self.endpoints.current().clone();
             tracing::info!(url = %Redacted(&url), bucket = %self.bucket, "streaming bucket config");
@@ -228,20 +236,9 @@ impl Watcher {
                 "config stream lost; switching node"
             );
             if delivered > 0 && lived >= MIN_HEALTHY_STREAM {
-                failures = 0;
-                backoff = self.settings.min_backoff;
-                continue;
-            }
-            failures += 1;
-            if failures >= self.endpoints.len() {
-                tracing::warn!(
-                    ?backoff,
-                    urls = self.endpoints.len(),
-                    "no node is streaming the config; backing off"
-                );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(self.settings.max_backoff);
-                failures = 0;
+                backoff.healthy();
+            } else {
+                backoff.failed(self.endpoints.len()).await;
             }
         }
     }
@@ -297,17 +294,7 @@ impl Watcher {
                     if refresh.is_some() =>
                 {
                     refresh = None;
-                    self.next_refresh = Instant::now() + self.settings.refresh_interval;
-                    match fetched {
-                        Ok(documents) => {
-                            for document in documents {
-                                self.apply(&document, base);
-                            }
-                        }
-                        Err(error) => {
-                            tracing::warn!(url = %Redacted(base), %error, "config refresh failed");
-                        }
-                    }
+                    self.refreshed(fetched, base);
                 }
             }
         }
@@ -342,6 +329,22 @@ impl Watcher {
                 .await
                 .unwrap_or(Err(WatchError::Silent(timeout)))
         })
+    }
+
+    /// Applies what a refresh fetch from `base` brought, and holds the next
+    /// one back for the refresh interval.
+    fn refreshed(&mut self, fetched: Result<Vec<Vec<u8>>, WatchError>, base: &Url) {
+        self.next_refresh = Instant::now() + self.settings.refresh_interval;
+        match fetched {
+            Ok(documents) => {
+                for document in documents {
+                    self.apply(&document, base);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(url = %Redacted(base), %error, "config refresh failed");
+            }
+        }
     }
 
     /// Parses one document from `base`, fills in `$HOST`, offers it, and

@@ -1,0 +1,63 @@
+//! [`Shared`]: the state every part of a running proxy reads — its
+//! settings, the map store, the counters, the drain flag and the refresh
+//! wake-up — and how it is built from a [`ProxyConfig`].
+//!
+//! Layer 2: may import `config`, `routing`, `stats` and `downstream`.
+//! Must not import: `watcher`, `session`, `admin`, `server`.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::config::{MapSource, ProxyConfig};
+use crate::downstream::DownstreamConfig;
+use crate::routing::MapStore;
+use crate::stats::ProxyStats;
+
+/// What every part of the proxy shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The validated settings.
+    pub config: ProxyConfig,
+    /// The current map.
+    pub maps: MapStore,
+    /// Counters.
+    pub stats: ProxyStats,
+    /// Set when shutdown begins (`/health` answers 503).
+    pub draining: AtomicBool,
+    /// Woken when a request learns the map is stale (NOT_MY_VBUCKET): the
+    /// watcher then fetches a fresh config at once instead of waiting for
+    /// the stream.
+    pub refresh: Notify,
+}
+
+impl Shared {
+    /// State for a proxy with `config`, holding the empty map (the proxy
+    /// installs a static map when it starts; harnesses may install their
+    /// own).
+    pub fn new(config: ProxyConfig) -> Arc<Shared> {
+        Arc::new(Shared {
+            maps: MapStore::new(downstream_config(&config)),
+            stats: ProxyStats::default(),
+            draining: AtomicBool::new(false),
+            refresh: Notify::new(),
+            config,
+        })
+    }
+}
+
+/// The downstream settings of a proxy with `config`: in vbucket mode the
+/// bucket is selected on every node connection, `default` included — a
+/// connection only starts on `default` if the node had it when the
+/// connection was accepted, and the bucket may be created or re-created
+/// later.
+fn downstream_config(config: &ProxyConfig) -> DownstreamConfig {
+    let mut downstream = config.downstream.clone();
+    if let MapSource::Cluster { bucket, .. } = &config.source {
+        if downstream.bucket.is_none() {
+            downstream.bucket = Some(bucket.clone());
+        }
+    }
+    downstream
+}
