@@ -114,13 +114,10 @@ mod tests {
     }
 
     /// Serves each connection by echoing one byte, then closing.
-    fn echo_once(stream: TcpStream, _peer: SocketAddr) -> impl Future<Output = ()> + Send {
-        async move {
-            let mut stream = stream;
-            let mut byte = [0u8];
-            if stream.read_exact(&mut byte).await.is_ok() {
-                let _ = stream.write_all(&byte).await;
-            }
+    async fn echo_once(mut stream: TcpStream, _peer: SocketAddr) {
+        let mut byte = [0u8];
+        if stream.read_exact(&mut byte).await.is_ok() {
+            let _ = stream.write_all(&byte).await;
         }
     }
 
