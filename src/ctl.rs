@@ -10,7 +10,14 @@
 //! - `failover`: `POST /controller/failOver`;
 //! - `rebalance`: `POST /controller/rebalance` with every node as
 //!   `knownNodes` (and `--eject` ones as `ejectedNodes`), then
-//!   `GET /pools/default/rebalanceProgress` until it is done.
+//!   `GET /pools/default/rebalanceProgress` until it is done;
+//! - `user list|set|delete`: `GET /settings/rbac/users`,
+//!   `PUT`/`DELETE /settings/rbac/users/local/<name>`.
+//!
+//! Credentials: `--username` with `--password`, `--password-file` or
+//! `--credentials FILE` (before the subcommand), `SHOAL_USERNAME` and
+//! `SHOAL_PASSWORD`, or else the `.shoal/credentials` that `shoal up`
+//! wrote in the current directory.
 //!
 //! Modules: [`client`] (requests, failover over `--cluster` URLs, errors)
 //! and [`render`] (the JSON views, vbucket counts and tables; no I/O).
@@ -32,7 +39,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use reqwest::Url;
 use serde::Deserialize as _;
 use serde_json::Value;
+use shoal_node::config::Credentials;
 
+use crate::credentials::{self, CredentialArgs};
 use client::{Cluster, CtlError, Reply, Timeouts};
 use render::{Bucket, Pool};
 
@@ -57,9 +66,16 @@ pub struct CtlArgs {
     /// Print the server's JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Admin credentials (or `.shoal/credentials` when none are given).
+    #[command(flatten)]
+    credentials: CredentialArgs,
     #[command(subcommand)]
     command: CtlCommand,
 }
+
+/// Where `shoal up` (run from the same directory with its default
+/// `--dir`) keeps the credentials.
+const UP_CREDENTIALS: &str = ".shoal/credentials";
 
 #[derive(Debug, Subcommand)]
 enum CtlCommand {
@@ -89,6 +105,11 @@ enum CtlCommand {
         #[arg(long)]
         allow_unsafe: bool,
     },
+    /// List, create, change or delete admin users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Rebalance: spread every bucket evenly over the nodes (taking in
     /// added ones), removing the `--eject`ed ones; waits until it is done.
     Rebalance {
@@ -114,6 +135,32 @@ enum BucketCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Show every admin user and its role.
+    List,
+    /// Create a user, or change its role or password.
+    Set {
+        /// The user's name.
+        name: String,
+        /// `admin` (everything) or `ro_admin` (read only).
+        #[arg(long, value_parser = ["admin", "ro_admin"])]
+        role: String,
+        /// The user's password (visible in the process list: prefer
+        /// --user-password-file); may be left out to change only the role.
+        #[arg(long)]
+        user_password: Option<String>,
+        /// A file whose first line is the user's password.
+        #[arg(long, value_name = "FILE")]
+        user_password_file: Option<std::path::PathBuf>,
+    },
+    /// Delete a user (not the last admin).
+    Delete {
+        /// The user's name.
+        name: String,
+    },
+}
+
 /// `shoal ctl bucket create` flags.
 #[derive(Debug, Args)]
 struct CreateArgs {
@@ -135,6 +182,16 @@ struct CreateArgs {
     /// Number of vbuckets (the server's default when not given).
     #[arg(long)]
     vbuckets: Option<u32>,
+    /// Protect the bucket with this password (SASL; visible in the process
+    /// list: prefer --bucket-password-file).
+    #[arg(long)]
+    bucket_password: Option<String>,
+    /// A file whose first line is the bucket's password.
+    #[arg(long, value_name = "FILE")]
+    bucket_password_file: Option<std::path::PathBuf>,
+    /// Allow `flush_all` on the bucket.
+    #[arg(long)]
+    flush: bool,
 }
 
 /// `bucketType`.
@@ -273,7 +330,8 @@ const BUCKETS: [&str; 3] = ["pools", "default", "buckets"];
 
 /// Runs the command; returns what to print.
 async fn run(args: &CtlArgs) -> Result<String, CtlError> {
-    let cluster = Cluster::new(args.cluster.clone(), Timeouts::default())?;
+    let credentials = ctl_credentials(&args.credentials)?;
+    let cluster = Cluster::new(args.cluster.clone(), Timeouts::default(), credentials)?;
     match &args.command {
         CtlCommand::Status => status(&cluster, args.json).await,
         CtlCommand::Bucket {
@@ -288,7 +346,7 @@ async fn run(args: &CtlArgs) -> Result<String, CtlError> {
         CtlCommand::Bucket {
             command: BucketCommand::Create(create),
         } => {
-            let reply = cluster.post_form(&BUCKETS, &create_form(create)).await?;
+            let reply = cluster.post_form(&BUCKETS, &create_form(create)?).await?;
             Ok(match args.json {
                 true => pretty_body(&reply),
                 false => format!(
@@ -344,6 +402,67 @@ async fn run(args: &CtlArgs) -> Result<String, CtlError> {
         }
         CtlCommand::Rebalance { eject, no_wait } => {
             rebalance(&cluster, eject, *no_wait, args.json).await
+        }
+        CtlCommand::User { command } => user(&cluster, command, args.json).await,
+    }
+}
+
+/// The credentials given, or those `shoal up` kept in the current
+/// directory.
+fn ctl_credentials(args: &CredentialArgs) -> Result<Option<Credentials>, CtlError> {
+    let local = |e: anyhow::Error| CtlError::Local(format!("{e:#}"));
+    if let Some(given) = args.resolve().map_err(local)? {
+        return Ok(Some(given));
+    }
+    let path = std::path::Path::new(UP_CREDENTIALS);
+    if path.exists() {
+        return credentials::read_credentials(path).map(Some).map_err(local);
+    }
+    Ok(None)
+}
+
+/// `shoal ctl user …`.
+async fn user(cluster: &Cluster, command: &UserCommand, json: bool) -> Result<String, CtlError> {
+    match command {
+        UserCommand::List => {
+            let reply = cluster.get(&["settings", "rbac", "users"]).await?;
+            let body = reply.json()?;
+            if json {
+                return Ok(pretty(&body));
+            }
+            Ok(render::users_table(&body))
+        }
+        UserCommand::Set {
+            name,
+            role,
+            user_password,
+            user_password_file,
+        } => {
+            let password = match user_password_file {
+                Some(path) => Some(
+                    credentials::read_password_file(path)
+                        .map_err(|e| CtlError::Local(format!("{e:#}")))?,
+                ),
+                None => user_password.clone(),
+            };
+            let mut form = vec![("roles", role.clone())];
+            if let Some(password) = password {
+                form.push(("password", password));
+            }
+            let path = ["settings", "rbac", "users", "local", name.as_str()];
+            let reply = cluster.put_form(&path, &form).await?;
+            Ok(match json {
+                true => pretty_body(&reply),
+                false => format!("user {name} set ({role})\n"),
+            })
+        }
+        UserCommand::Delete { name } => {
+            let path = ["settings", "rbac", "users", "local", name.as_str()];
+            let reply = cluster.delete(&path).await?;
+            Ok(match json {
+                true => pretty_body(&reply),
+                false => format!("user {name} deleted\n"),
+            })
         }
     }
 }
@@ -429,7 +548,7 @@ async fn rebalance(
 }
 
 /// The form of `POST /pools/default/buckets`.
-fn create_form(create: &CreateArgs) -> Vec<(&'static str, String)> {
+fn create_form(create: &CreateArgs) -> Result<Vec<(&'static str, String)>, CtlError> {
     let mut form = vec![
         ("name", create.name.clone()),
         ("bucketType", create.bucket_type.as_str().to_owned()),
@@ -440,7 +559,20 @@ fn create_form(create: &CreateArgs) -> Vec<(&'static str, String)> {
     if let Some(vbuckets) = create.vbuckets {
         form.push(("numVBuckets", vbuckets.to_string()));
     }
-    form
+    let password = match &create.bucket_password_file {
+        Some(path) => Some(
+            credentials::read_password_file(path).map_err(|e| CtlError::Local(format!("{e:#}")))?,
+        ),
+        None => create.bucket_password.clone(),
+    };
+    if let Some(password) = password {
+        form.push(("authType", "sasl".to_owned()));
+        form.push(("saslPassword", password));
+    }
+    if create.flush {
+        form.push(("flushEnabled", "1".to_owned()));
+    }
+    Ok(form)
 }
 
 /// `GET /pools/default/buckets`: the raw array and its view.
@@ -554,7 +686,7 @@ mod tests {
         else {
             panic!("{:?}", args.command)
         };
-        let form = create_form(&create);
+        let form = create_form(&create).unwrap();
         assert_eq!(
             form,
             [
@@ -591,7 +723,7 @@ mod tests {
         else {
             panic!("{:?}", args.command)
         };
-        let form = create_form(&create);
+        let form = create_form(&create).unwrap();
         let pairs: Vec<String> = form.iter().map(|(k, v)| format!("{k}={v}")).collect();
         assert_eq!(
             pairs.join("&"),
@@ -617,7 +749,7 @@ mod tests {
         else {
             panic!()
         };
-        let form = create_form(&create);
+        let form = create_form(&create).unwrap();
         assert!(
             form.contains(&("replicaNumber", "0".to_owned())),
             "{form:?}"

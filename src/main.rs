@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+mod credentials;
 mod ctl;
 mod up;
 use shoal_node::{Node, NodeConfig};
@@ -50,6 +51,14 @@ struct NodeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
+    /// Address the admin (REST) port listens on, if not --host: keep it on
+    /// a private network while the data port serves clients.
+    #[arg(long)]
+    admin_host: Option<IpAddr>,
+    /// The host other nodes and clients reach this node at (needed when
+    /// --host is 0.0.0.0 or ::).
+    #[arg(long)]
+    advertise_host: Option<String>,
     /// memcached data port (ASCII, meta and binary).
     #[arg(long, default_value_t = 11210)]
     port: u16,
@@ -87,6 +96,10 @@ struct NodeArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// The admin credentials a cluster is initialised with (its first
+    /// admin user) or joined with.
+    #[command(flatten)]
+    credentials: credentials::CredentialArgs,
 }
 
 /// `shoal proxy` flags.
@@ -98,6 +111,13 @@ struct ProxyArgs {
     /// Bucket to serve (vbucket mode).
     #[arg(long, default_value = "default")]
     bucket: String,
+    /// The bucket's password (a bucket created with authType=sasl): the
+    /// proxy logs in to the nodes and reads the config with it.
+    #[arg(long, env = "SHOAL_BUCKET_PASSWORD", hide_env_values = true)]
+    bucket_password: Option<String>,
+    /// A file whose first line is the bucket's password.
+    #[arg(long, value_name = "FILE")]
+    bucket_password_file: Option<PathBuf>,
     /// Static ketama mode: memcached servers as host:port or host:port:weight.
     #[arg(long, value_delimiter = ',')]
     servers: Vec<String>,
@@ -186,6 +206,9 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         default_bucket: args.standalone || !(args.init_cluster || args.join.is_some() || member),
         init_cluster: args.init_cluster,
         join: args.join,
+        admin_host: args.admin_host,
+        advertise_host: args.advertise_host,
+        credentials: args.credentials.resolve()?,
     }
     .validate()?;
     let runtime = runtime(args.threads)?;
@@ -208,10 +231,15 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
 fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     use shoal_proxy::{MapSource, Proxy, ProxyConfig};
     use shoal_vbmap::config::ServerAddr;
+    let bucket_password = match &args.bucket_password_file {
+        Some(path) => Some(credentials::read_password_file(path)?),
+        None => args.bucket_password.clone(),
+    };
     let source = if args.servers.is_empty() {
         MapSource::Cluster {
             urls: args.cluster,
             bucket: args.bucket,
+            password: bucket_password.map(shoal_proxy::config::Password),
         }
     } else {
         let mut servers = Vec::new();

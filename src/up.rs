@@ -6,6 +6,14 @@
 //! Stays in the foreground; Ctrl-C or SIGTERM stops every child cleanly
 //! (nodes flush to disk). Running it again with the same `--dir` reuses the
 //! cluster and its data (the nodes keep their metadata and warm up).
+//!
+//! The cluster's first admin user is `--username`/`--password` (or their
+//! environment and file forms); without them `up` makes a random password
+//! for `Administrator`. Either way the credentials are kept in
+//! `<dir>/credentials` (mode 0600), where `shoal ctl` finds them, reused on
+//! the next run, printed with the endpoints, and handed to the nodes in
+//! their environment (never on a command line). Bucket `default` has no
+//! password, so memcached clients need none, and can be flushed.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,7 +22,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Args;
+use shoal_node::config::Credentials;
 use shoal_vbmap::config::{BucketConfig, NodeAddress};
+
+use crate::credentials::{self, CredentialArgs, DEFAULT_USER};
 
 /// `shoal up` flags.
 #[derive(Debug, Args)]
@@ -41,7 +52,17 @@ pub struct UpArgs {
     /// RAM quota of bucket `default` per node, MiB.
     #[arg(long, default_value_t = 256)]
     ram_quota_mb: usize,
+    /// The cluster's first admin user (default: `Administrator` with a
+    /// random password, kept in `<dir>/credentials`).
+    #[command(flatten)]
+    credentials: CredentialArgs,
 }
+
+/// The credentials file under `--dir`.
+const CREDENTIALS_FILE: &str = "credentials";
+
+/// Length of a password `up` makes.
+const PASSWORD_LEN: usize = 20;
 
 /// How long forming the cluster and creating the bucket may take.
 const FORM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -71,19 +92,39 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (mut children, servers) = start_nodes(&exe, &args)?;
+    let admin = admin_credentials(&args)?;
+    let (mut children, servers) = start_nodes(&exe, &args, &admin)?;
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
         .build()?;
-    runtime.block_on(form_cluster(&client, &args, &servers))?;
+    runtime.block_on(form_cluster(&client, &args, &servers, &admin))?;
     let proxy_admin = args.port.checked_add(1).context("--port too high")?;
     children.push(start_proxy(&exe, &args, &servers, proxy_admin)?);
     runtime.block_on(wait_healthy(&client, proxy_admin))?;
-    print_endpoints(&args, &servers, proxy_admin);
+    print_endpoints(&args, &servers, proxy_admin, &admin);
     let outcome = runtime.block_on(wait_for_signal_or_exit(&mut children));
     stop_all(&mut children);
     outcome
+}
+
+/// The admin credentials: as given (and kept), as kept by an earlier run,
+/// or made now (and kept).
+fn admin_credentials(args: &UpArgs) -> anyhow::Result<Credentials> {
+    let path = args.dir.join(CREDENTIALS_FILE);
+    if let Some(given) = args.credentials.resolve()? {
+        credentials::write_credentials(&path, &given)?;
+        return Ok(given);
+    }
+    if path.exists() {
+        return credentials::read_credentials(&path);
+    }
+    let made = Credentials {
+        username: DEFAULT_USER.to_string(),
+        password: shoal_auth::secret::random_password(PASSWORD_LEN)?,
+    };
+    credentials::write_credentials(&path, &made)?;
+    Ok(made)
 }
 
 fn validate(args: &UpArgs) -> anyhow::Result<()> {
@@ -102,7 +143,11 @@ fn validate(args: &UpArgs) -> anyhow::Result<()> {
 
 /// Starts every node (the first initialises the cluster, the others join
 /// it) and waits until each says it listens.
-fn start_nodes(exe: &Path, args: &UpArgs) -> anyhow::Result<(Vec<Running>, Vec<NodeAddress>)> {
+fn start_nodes(
+    exe: &Path,
+    args: &UpArgs,
+    admin: &Credentials,
+) -> anyhow::Result<(Vec<Running>, Vec<NodeAddress>)> {
     let mut children = Vec::new();
     let mut servers = Vec::new();
     for i in 0..args.nodes {
@@ -124,7 +169,13 @@ fn start_nodes(exe: &Path, args: &UpArgs) -> anyhow::Result<(Vec<Running>, Vec<N
             node_args.push("--join".into());
             node_args.push(format!("http://127.0.0.1:{}", args.base_port + 1));
         }
-        let child = spawn(exe, &args.dir.join(format!("node-{i}.log")), &node_args)?;
+        // The credentials go in the environment: a command line is public.
+        let env = [
+            ("SHOAL_USERNAME", admin.username.as_str()),
+            ("SHOAL_PASSWORD", admin.password.as_str()),
+        ];
+        let log = args.dir.join(format!("node-{i}.log"));
+        let child = spawn(exe, &log, &node_args, &env)?;
         children.push(Running {
             name: format!("node-{i}"),
             child,
@@ -160,6 +211,7 @@ fn start_proxy(
             "--admin-port".into(),
             proxy_admin.to_string(),
         ],
+        &[],
     )?;
     let mut proxy = Running {
         name: "proxy".into(),
@@ -169,7 +221,7 @@ fn start_proxy(
     Ok(proxy)
 }
 
-fn print_endpoints(args: &UpArgs, servers: &[NodeAddress], proxy_admin: u16) {
+fn print_endpoints(args: &UpArgs, servers: &[NodeAddress], proxy_admin: u16, admin: &Credentials) {
     println!(
         "proxy     127.0.0.1:{}   (memcached ASCII, meta and binary)",
         args.port
@@ -181,15 +233,27 @@ fn print_endpoints(args: &UpArgs, servers: &[NodeAddress], proxy_admin: u16) {
             s.data_port, s.admin_port
         );
     }
+    println!(
+        "admin     user {}   password {}   (kept in {})",
+        admin.username,
+        admin.password,
+        args.dir.join(CREDENTIALS_FILE).display()
+    );
     println!("data      {}", args.dir.display());
     println!("ready");
 }
 
-fn spawn(exe: &Path, log: &Path, args: &[String]) -> anyhow::Result<Child> {
+/// Starts `exe` with `args`, its stderr into `log`; `env` is all of the
+/// `SHOAL_*` credentials it sees (none of ours leak to a child that needs
+/// none).
+fn spawn(exe: &Path, log: &Path, args: &[String], env: &[(&str, &str)]) -> anyhow::Result<Child> {
     let log_file =
         std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     Command::new(exe)
         .args(args)
+        .env_remove("SHOAL_USERNAME")
+        .env_remove("SHOAL_PASSWORD")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log_file)
@@ -222,11 +286,16 @@ async fn form_cluster(
     client: &reqwest::Client,
     args: &UpArgs,
     servers: &[NodeAddress],
+    admin: &Credentials,
 ) -> anyhow::Result<()> {
     let first = format!("http://127.0.0.1:{}", servers[0].admin_port);
     let deadline = Instant::now() + FORM_TIMEOUT;
+    let authed = |request: reqwest::RequestBuilder| {
+        request.basic_auth(&admin.username, Some(&admin.password))
+    };
     loop {
-        let listed = match client.get(format!("{first}/pools/default")).send().await {
+        let request = authed(client.get(format!("{first}/pools/default")));
+        let listed = match request.send().await {
             Ok(r) if r.status().is_success() => r
                 .json::<serde_json::Value>()
                 .await
@@ -258,9 +327,10 @@ async fn form_cluster(
             ("ramQuotaMB", args.ram_quota_mb.to_string()),
             ("replicaNumber", args.replicas.to_string()),
             ("numVBuckets", args.vbuckets.to_string()),
+            // Like memcached: `flush_all` works on `up`'s bucket.
+            ("flushEnabled", "1".into()),
         ];
-        let response = client
-            .post(format!("{first}/pools/default/buckets"))
+        let response = authed(client.post(format!("{first}/pools/default/buckets")))
             .form(&form)
             .send()
             .await?;

@@ -92,9 +92,15 @@ impl UpCluster {
         (0..3).map(|i| self.url(i)).collect::<Vec<_>>().join(",")
     }
 
-    /// `shoal ctl --cluster <all nodes> <args>`.
+    /// `shoal ctl --cluster <all nodes> <args>`, with the admin
+    /// credentials `up` kept.
     fn ctl(&self, args: &[&str]) -> Ran {
-        ctl(&self.cluster(), args)
+        ctl(&self.cluster(), Some(&self.credentials()), args)
+    }
+
+    /// The credentials file `shoal up` wrote.
+    fn credentials(&self) -> PathBuf {
+        self.dir.path().join("cluster").join("credentials")
     }
 
     /// `ctl` that must succeed; its stdout.
@@ -250,11 +256,18 @@ struct Ran {
     stderr: String,
 }
 
-/// `shoal ctl --cluster <cluster> <args>`. Bounded by ctl's own timeouts
-/// (10 s per URL at most).
-fn ctl(cluster: &str, args: &[&str]) -> Ran {
-    let out = Command::new(SHOAL)
-        .args(["ctl", "--cluster", cluster])
+/// `shoal ctl --cluster <cluster> [--credentials <file>] <args>`. Bounded
+/// by ctl's own timeouts (10 s per URL at most).
+fn ctl(cluster: &str, credentials: Option<&Path>, args: &[&str]) -> Ran {
+    let mut command = Command::new(SHOAL);
+    // Not the repository: a `.shoal/credentials` there (from a `shoal up`
+    // run by hand) must not count.
+    command.current_dir(std::env::temp_dir());
+    command.args(["ctl", "--cluster", cluster]);
+    if let Some(file) = credentials {
+        command.arg("--credentials").arg(file);
+    }
+    let out = command
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -433,12 +446,12 @@ fn refusals_print_the_servers_message_and_exit_1() {
 fn dead_urls_are_skipped_and_all_dead_exits_3() {
     let cluster = UpCluster::start("ctl-failover");
     let with_dead_first = format!("{},{}", dead_url(), cluster.url(1));
-    let ran = ctl(&with_dead_first, &["status"]);
+    let ran = ctl(&with_dead_first, Some(&cluster.credentials()), &["status"]);
     assert_eq!(ran.code, 0, "{ran:?}");
     assert!(row(&ran.stdout, "NODE").is_some(), "{ran:?}");
 
     let all_dead = format!("{},{}", dead_url(), dead_url());
-    let ran = ctl(&all_dead, &["status"]);
+    let ran = ctl(&all_dead, None, &["status"]);
     assert_eq!(ran.code, 3, "{ran:?}");
     assert!(
         ran.stderr.starts_with("error: no cluster node answered: "),
@@ -504,6 +517,64 @@ fn add_and_eject_a_node() {
 
     let _ = node.kill();
     let _ = node.wait();
+}
+
+#[test]
+fn credentials_are_needed_and_users_have_roles() {
+    let cluster = UpCluster::start("ctl-users");
+    // No credentials (none given, none in the current directory): 401,
+    // with what to do about it.
+    let ran = ctl(&cluster.cluster(), None, &["status"]);
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(ran.stderr.contains("(HTTP 401)"), "{ran:?}");
+    assert!(ran.stderr.contains("--username"), "{ran:?}");
+
+    // A read-only user: reads work, changes are refused (403) and change
+    // nothing.
+    let set = [
+        "user",
+        "set",
+        "reader",
+        "--role",
+        "ro_admin",
+        "--user-password",
+        "reader-pw",
+    ];
+    assert_eq!(cluster.ctl_ok(&set), "user reader set (ro_admin)\n");
+    let list = cluster.ctl_ok(&["user", "list"]);
+    assert!(
+        row(&list, "reader") == Some(vec!["reader", "ro_admin"]),
+        "{list}"
+    );
+    assert!(
+        row(&list, "Administrator") == Some(vec!["Administrator", "admin"]),
+        "{list}"
+    );
+    let reader = |args: &[&str]| {
+        let mut full = vec!["--username", "reader", "--password", "reader-pw"];
+        full.extend_from_slice(args);
+        ctl(&cluster.cluster(), None, &full)
+    };
+    assert_eq!(reader(&["status"]).code, 0);
+    let refused = reader(&["bucket", "create", "nope", "--ram-quota-mb", "8"]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("(HTTP 403)"), "{refused:?}");
+    assert!(!cluster.bucket_names().iter().any(|n| n == "nope"));
+    let wrong = ctl(
+        &cluster.cluster(),
+        None,
+        &["--username", "reader", "--password", "guess", "status"],
+    );
+    assert!(wrong.stderr.contains("(HTTP 401)"), "{wrong:?}");
+
+    // The last admin stays.
+    let ran = cluster.ctl(&["user", "delete", "Administrator"]);
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert_eq!(
+        cluster.ctl_ok(&["user", "delete", "reader"]),
+        "user reader deleted\n"
+    );
+    assert_eq!(reader(&["status"]).code, 1, "a deleted user is refused");
 }
 
 #[test]

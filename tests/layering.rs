@@ -39,6 +39,7 @@ const CRATES: &[(&str, &[&str], &[&str])] = &[
         &["tokio", "tokio-util", "reqwest", "axum", "shoal-protocol"],
     ),
     ("accept", &[], &[]),
+    ("auth", &[], &["tokio", "tokio-util", "reqwest", "axum"]),
     (
         "node",
         &[
@@ -47,19 +48,25 @@ const CRATES: &[(&str, &[&str], &[&str])] = &[
             "shoal-engine",
             "shoal-persist",
             "shoal-accept",
+            "shoal-auth",
         ],
         &["shoal-proxy"],
     ),
     (
         "proxy",
-        &["shoal-protocol", "shoal-vbmap", "shoal-accept"],
+        &[
+            "shoal-protocol",
+            "shoal-vbmap",
+            "shoal-accept",
+            "shoal-auth",
+        ],
         &["shoal-node", "shoal-engine", "shoal-persist"],
     ),
 ];
 
 /// The node's top-level modules, lowest layer first.
 const NODE_LAYERS: &[&[&str]] = &[
-    &["config", "version"],
+    &["config", "version", "access"],
     &["bucket"],
     &["server", "replication"],
     &["cluster_view"],

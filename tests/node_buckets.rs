@@ -1,9 +1,9 @@
 //! Bucket selection on a real `shoal node --standalone` process, over real
 //! sockets: a connection starts on `default`; binary SASL PLAIN (the user
-//! names the bucket, the password is not checked yet) and SELECT_BUCKET
-//! select it again; an unknown bucket is refused — 0x20 for SASL, 0x01 for
-//! SELECT_BUCKET, as Couchbase answers — and the connection keeps the
-//! bucket it had. Creating and deleting buckets at runtime is covered in
+//! names the bucket; `default` has no password, so the password must be
+//! empty) and SELECT_BUCKET select it again; an unknown bucket or a wrong
+//! password is refused — 0x20 for SASL, 0x01 for SELECT_BUCKET, as
+//! Couchbase answers — and the connection keeps the bucket it had. Creating and deleting buckets at runtime is covered in
 //! `node/tests/buckets.rs`, which drives a node's `Buckets` in-process.
 
 mod common;
@@ -41,8 +41,11 @@ fn connections_select_buckets_with_sasl_and_select_bucket() {
     assert_eq!(conn.set("k", 3, b"v"), "STORED", "starts on default");
 
     let mechs = call(&mut conn, SASL_LIST_MECHS, b"", b"", 1);
-    assert_eq!((mechs.status, &mechs.value[..]), (OK, &b"PLAIN"[..]));
-    let auth = call(&mut conn, SASL_AUTH, b"PLAIN", b"\0default\0any", 2);
+    assert_eq!(
+        (mechs.status, &mechs.value[..]),
+        (OK, &b"SCRAM-SHA512 SCRAM-SHA256 SCRAM-SHA1 PLAIN"[..])
+    );
+    let auth = call(&mut conn, SASL_AUTH, b"PLAIN", b"\0default\0", 2);
     assert_eq!((auth.status, &auth.value[..]), (OK, &b"Authenticated"[..]));
     assert_eq!(
         call(&mut conn, SELECT_BUCKET, b"default", b"", 3).status,
@@ -54,8 +57,18 @@ fn connections_select_buckets_with_sasl_and_select_bucket() {
         call(&mut conn, SASL_AUTH, b"PLAIN", b"no separators", 5).status,
         call(&mut conn, SASL_STEP, b"PLAIN", b"", 6).status,
         call(&mut conn, SELECT_BUCKET, b"nope", b"", 7).status,
+        call(&mut conn, SASL_AUTH, b"PLAIN", b"\0default\0any", 9).status,
     ];
-    assert_eq!(refused, [AUTH_ERROR, AUTH_ERROR, AUTH_ERROR, KEY_NOT_FOUND]);
+    assert_eq!(
+        refused,
+        [
+            AUTH_ERROR,
+            AUTH_ERROR,
+            AUTH_ERROR,
+            KEY_NOT_FOUND,
+            AUTH_ERROR
+        ]
+    );
     // Still on default.
     let got = call(&mut conn, GET, b"k", b"", 8);
     assert_eq!((got.status, &got.value[..]), (OK, &b"v"[..]));

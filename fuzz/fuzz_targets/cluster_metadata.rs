@@ -17,7 +17,11 @@ fuzz_target!(|data: &[u8]| {
     };
     match mode % 3 {
         0 => {
-            if let Ok(p) = parse_bucket_form(rest) {
+            if let Ok(form) = parse_bucket_form(rest) {
+                let p = form.spec;
+                if let Some(password) = &form.password {
+                    assert!(password.len() >= 6);
+                }
                 assert!(!p.name.is_empty() && p.name.len() <= 100);
                 assert!(p.replicas <= 3 && p.ram_quota_mb >= 1);
                 assert!(p.num_vbuckets.is_power_of_two());

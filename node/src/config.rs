@@ -43,6 +43,35 @@ pub struct NodeConfig {
     /// Join the cluster one of whose nodes has this admin URL (a no-op
     /// once a member).
     pub join: Option<String>,
+    /// Address the admin (REST) port binds, when it is not `host`: keep
+    /// the admin port on a private network while the data port serves
+    /// clients.
+    pub admin_host: Option<IpAddr>,
+    /// The host the node gives the cluster as its address (in maps and
+    /// node lists); `None` means `host`, which then must be a real address,
+    /// not `0.0.0.0` or `::`.
+    pub advertise_host: Option<String>,
+    /// Admin credentials: the first admin user of a cluster this node
+    /// initialises, and what it asks to join a cluster with.
+    pub credentials: Option<Credentials>,
+}
+
+/// A user name and password, as given on the command line, in a file or
+/// in the environment. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user.
+    pub username: String,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for NodeConfig {
@@ -61,6 +90,9 @@ impl Default for NodeConfig {
             default_bucket: true,
             init_cluster: false,
             join: None,
+            admin_host: None,
+            advertise_host: None,
+            credentials: None,
         }
     }
 }
@@ -80,6 +112,12 @@ pub enum NodeConfigError {
     /// No connections allowed.
     #[error("--max-connections must be at least 1")]
     Connections,
+    /// Bound to every address with nothing to tell the cluster.
+    #[error("--host {0} binds every address: give the address others reach this node at with --advertise-host")]
+    Unadvertised(IpAddr),
+    /// Forming or joining a cluster without admin credentials.
+    #[error("--init-cluster and --join need admin credentials (--username with --password, --password-file or SHOAL_PASSWORD)")]
+    NoCredentials,
 }
 
 impl NodeConfig {
@@ -97,7 +135,20 @@ impl NodeConfig {
         if self.max_connections == 0 {
             return Err(NodeConfigError::Connections);
         }
+        if self.host.is_unspecified() && self.advertise_host.is_none() {
+            return Err(NodeConfigError::Unadvertised(self.host));
+        }
+        if (self.init_cluster || self.join.is_some()) && self.credentials.is_none() {
+            return Err(NodeConfigError::NoCredentials);
+        }
         Ok(self)
+    }
+
+    /// The host the node gives the cluster as its address.
+    pub fn advertised_host(&self) -> String {
+        self.advertise_host
+            .clone()
+            .unwrap_or_else(|| self.host.to_string())
     }
 
     /// Whether `data_dir` holds the metadata of a cluster this node

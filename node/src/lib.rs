@@ -9,8 +9,9 @@
 //! Modules, in layers: each imports only the layers below it, never one
 //! above or a sibling (`docs/DESIGN.md` draws them; `tests/layering.rs`
 //! holds them):
-//! 1. [`config`], [`version`]: [`NodeConfig`], the validated settings
-//!    `shoal node` maps its flags onto, and the version string.
+//! 1. [`config`], [`version`], [`access`]: [`NodeConfig`], the validated
+//!    settings `shoal node` maps its flags onto; the version string; who a
+//!    request acts as and what it may do.
 //! 2. [`bucket`]: the bucket runtime — [`bucket::LiveBucket`] (one running
 //!    bucket: engine, store, flusher, background work, durability) and
 //!    [`bucket::Buckets`], created and deleted at runtime.
@@ -25,6 +26,7 @@
 //! 7. [`node`]: [`Node`], the wiring — start-up, the accept loop, shutdown.
 #![deny(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod bucket;
 pub mod cluster_view;

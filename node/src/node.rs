@@ -19,9 +19,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use shoal_auth::PasswordHash;
+
+use crate::access::{Authenticator, ClusterSecret};
 use crate::bucket::{open, BucketError, Buckets, LiveBucket, DEFAULT_BUCKET};
 use crate::cluster_view::ClusterView;
-use crate::config::NodeConfig;
+use crate::config::{Credentials, NodeConfig};
+use crate::manager::state::join_host_port;
 use crate::manager::Manager;
 use crate::server::Handoff;
 
@@ -58,6 +62,8 @@ pub struct Node {
     shutdown: watch::Sender<bool>,
     accept: JoinHandle<()>,
     connections: ConnectionCap,
+    /// Checks credentials on every port; holds the cluster secret.
+    auth: Arc<Authenticator>,
 }
 
 impl Node {
@@ -67,22 +73,26 @@ impl Node {
     /// connections.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let store = open::open_store(&config)?;
+        let secret = ClusterSecret::load_or_create(&config.data_dir)?;
+        let auth = Arc::new(Authenticator::new(secret.clone()));
         let buckets = Arc::new(Buckets::new(store, open::settings(&config)));
         if config.default_bucket {
             buckets.create(open::default_spec(&config)).await?;
         }
         let listener = TcpListener::bind((config.host, config.port)).await?;
         let data_addr = listener.local_addr()?;
-        let admin_listener = TcpListener::bind((config.host, config.admin_port)).await?;
+        let admin_host = config.admin_host.unwrap_or(config.host);
+        let admin_listener = TcpListener::bind((admin_host, config.admin_port)).await?;
         let admin_addr = admin_listener.local_addr()?;
+        let advertised = config.advertised_host();
         let view = Arc::new(ClusterView::open(
             &config.data_dir,
-            data_addr.to_string(),
+            join_host_port(&advertised, data_addr.port()),
             config.standalone,
         ));
         if config.standalone {
             view.publish_standalone(
-                &config.host.to_string(),
+                &advertised,
                 data_addr.port(),
                 admin_addr.port(),
                 config.num_vbuckets,
@@ -94,20 +104,26 @@ impl Node {
             None
         } else {
             let ports = (data_addr.port(), admin_addr.port());
-            Some(start_manager(&config, ports, &buckets, &view, &shutdown_rx).await?)
+            let manager =
+                start_manager(&config, ports, &buckets, &view, &secret, &shutdown_rx).await?;
+            auth.set_directory(manager.clone());
+            Some(manager)
         };
         let admin = tokio::spawn(crate::admin::serve(
             admin_listener,
-            buckets.clone(),
-            view.clone(),
-            manager.clone(),
+            crate::admin::Services {
+                buckets: buckets.clone(),
+                view: view.clone(),
+                manager: manager.clone(),
+                auth: auth.clone(),
+            },
             shutdown_rx.clone(),
         ));
         let accept = tokio::spawn(shoal_accept::accept_loop(
             listener,
             connections.clone(),
             shutdown_rx.clone(),
-            serve_clients(buckets.clone(), shutdown_rx),
+            serve_clients(buckets.clone(), auth.clone(), shutdown_rx),
         ));
         tracing::info!(%data_addr, %admin_addr, dir = %config.data_dir.display(), "node listening");
         Ok(Node {
@@ -120,7 +136,14 @@ impl Node {
             shutdown,
             accept,
             connections,
+            auth,
         })
+    }
+
+    /// The node's copy of the cluster secret (for harnesses that act as
+    /// the cluster).
+    pub fn cluster_secret(&self) -> &ClusterSecret {
+        self.auth.secret()
     }
 
     /// The bound data port's address.
@@ -191,14 +214,16 @@ async fn start_manager(
     ports: (u16, u16),
     buckets: &Arc<Buckets>,
     view: &Arc<ClusterView>,
+    secret: &ClusterSecret,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Arc<Manager>, NodeError> {
     let (data_port, admin_port) = ports;
     let manager = Manager::start(
         &config.data_dir,
-        config.host.to_string(),
+        config.advertised_host(),
         data_port,
         admin_port,
+        secret.clone(),
     )
     .await
     .map_err(|e| NodeError::Manager(e.to_string()))?;
@@ -217,18 +242,13 @@ async fn start_manager(
         shutdown.clone(),
     ));
     if config.init_cluster {
-        let manager = manager.clone();
-        tokio::spawn(async move {
-            match manager.init_cluster().await {
-                Ok(()) => tracing::info!(id = manager.me().id, "cluster initialised"),
-                Err(error) => tracing::error!(%error, "could not initialise the cluster"),
-            }
-        });
+        tokio::spawn(init_cluster(manager.clone(), config.credentials.clone()));
     }
-    if let Some(url) = config.join.clone() {
+    if let (Some(url), Some(credentials)) = (config.join.clone(), config.credentials.clone()) {
         let manager = manager.clone();
         tokio::spawn(async move {
-            match manager.join(&url).await {
+            let Credentials { username, password } = credentials;
+            match manager.join(&url, &username, &password).await {
                 Ok(()) => tracing::info!(%url, "joined the cluster"),
                 Err(error) => tracing::error!(%error, %url, "could not join the cluster"),
             }
@@ -237,10 +257,34 @@ async fn start_manager(
     Ok(manager)
 }
 
+/// Initialises the cluster with `credentials` as its first admin user
+/// (hashed off the async threads: the hash costs tens of milliseconds).
+async fn init_cluster(manager: Arc<Manager>, credentials: Option<Credentials>) {
+    let admin = match credentials {
+        Some(Credentials { username, password }) => {
+            let hashed =
+                tokio::task::spawn_blocking(move || PasswordHash::new(password.as_bytes())).await;
+            match hashed {
+                Ok(Ok(hash)) => Some((username, hash)),
+                _ => {
+                    tracing::error!("could not hash the admin password");
+                    return;
+                }
+            }
+        }
+        None => None,
+    };
+    match manager.init_cluster(admin).await {
+        Ok(()) => tracing::info!(id = manager.me().id, "cluster initialised"),
+        Err(error) => tracing::error!(%error, "could not initialise the cluster"),
+    }
+}
+
 /// Serves every accepted client: the data service, and the replication
 /// producer for a connection that opens a DCP stream.
 fn serve_clients(
     buckets: Arc<Buckets>,
+    auth: Arc<Authenticator>,
     shutdown: watch::Receiver<bool>,
 ) -> impl FnMut(TcpStream, SocketAddr) -> BoxedConnection {
     let stats = buckets.stats().clone();
@@ -248,8 +292,9 @@ fn serve_clients(
         stats.total_connections.fetch_add(1, Ordering::Relaxed);
         stats.curr_connections.fetch_add(1, Ordering::Relaxed);
         let (buckets, stats, shutdown) = (buckets.clone(), stats.clone(), shutdown.clone());
+        let auth = auth.clone();
         Box::pin(async move {
-            serve_connection(stream, buckets, shutdown).await;
+            serve_connection(stream, buckets, auth, shutdown).await;
             stats.curr_connections.fetch_sub(1, Ordering::Relaxed);
         })
     }
@@ -263,9 +308,11 @@ type BoxedConnection = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 
 async fn serve_connection(
     stream: TcpStream,
     buckets: Arc<Buckets>,
+    auth: Arc<Authenticator>,
     shutdown: watch::Receiver<bool>,
 ) {
-    if let Some(Handoff::Dcp(dcp)) = crate::server::serve(stream, buckets, shutdown.clone()).await {
+    let served = crate::server::serve(stream, buckets, auth, shutdown.clone()).await;
+    if let Some(Handoff::Dcp(dcp)) = served {
         crate::replication::producer::serve(dcp.stream, dcp.bucket, dcp.buffered, shutdown).await;
     }
 }

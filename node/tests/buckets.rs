@@ -7,6 +7,10 @@
 //!   `default` and `b1`, memcached `m1`), each read back through its own
 //!   selection; unknown buckets are refused without losing the selection;
 //! - a node without buckets answers "no bucket" until one exists;
+//! - a bucket with a password: nothing read or written without it, PLAIN
+//!   and SCRAM with it, wrong passwords refused, SELECT_BUCKET refused to
+//!   an unauthenticated connection; vbucket commands and DCP refused to
+//!   anyone but the cluster;
 //! - deleting a bucket closes the connections on it (idle ones at once)
 //!   and its data is gone, also after a restart;
 //! - a memcached bucket's items do not survive a restart; a membase
@@ -41,6 +45,15 @@ const OK: u16 = 0x00;
 const KEY_NOT_FOUND: u16 = 0x01;
 const NO_BUCKET: u16 = 0x08;
 const AUTH_ERROR: u16 = 0x20;
+const AUTH_CONTINUE: u16 = 0x21;
+const NO_ACCESS: u16 = 0x24;
+
+/// SASL_STEP, SET_VBUCKET, DEL_VBUCKET, DCP_OPEN, FLUSH.
+const SASL_STEP: u8 = 0x22;
+const SET_VBUCKET: u8 = 0x3d;
+const DEL_VBUCKET: u8 = 0x3f;
+const DCP_OPEN: u8 = 0x50;
+const FLUSH: u8 = 0x08;
 
 // === helpers ===
 
@@ -70,6 +83,8 @@ fn spec(name: &str, kind: BucketKind) -> BucketSpec {
         replicas: 0,
         durability: Durability::None,
         num_vbuckets: 16,
+        password: None,
+        flush_enabled: true,
     }
 }
 
@@ -156,12 +171,40 @@ impl Client {
         }
     }
 
-    /// SASL PLAIN as `user` (no password: nothing checks it yet).
+    /// SASL PLAIN as `user` with no password (an open bucket's login).
     async fn auth(&mut self, user: &str) -> u16 {
-        let message = format!("\0{user}\0");
+        self.auth_with(user, "").await
+    }
+
+    /// SASL PLAIN as `user` with `password`.
+    async fn auth_with(&mut self, user: &str, password: &str) -> u16 {
+        let message = format!("\0{user}\0{password}");
         self.binary(frame(SASL_AUTH, b"PLAIN", message.as_bytes(), 0))
             .await
             .status
+    }
+
+    /// A SCRAM-SHA512 login as `user` with `password`: the final status.
+    async fn scram(&mut self, user: &str, password: &str) -> u16 {
+        use shoal_auth::scram::{new_nonce, Client as Scram, Mechanism};
+        let mech = Mechanism(shoal_auth::Hash::Sha512);
+        let (client, first) = Scram::new(mech, user, password, &new_nonce().unwrap());
+        let reply = self
+            .binary(frame(SASL_AUTH, b"SCRAM-SHA512", &first, 0))
+            .await;
+        if reply.status != AUTH_CONTINUE {
+            return reply.status;
+        }
+        let (waiting, last) = client.respond(&reply.value).expect("server-first");
+        let reply = self
+            .binary(frame(SASL_STEP, b"SCRAM-SHA512", &last, 0))
+            .await;
+        if reply.status == OK {
+            waiting
+                .verify(&reply.value)
+                .expect("the server knows the password");
+        }
+        reply.status
     }
 
     async fn select(&mut self, bucket: &str) -> u16 {
@@ -214,12 +257,18 @@ async fn one_key_three_buckets_three_values() {
 
     let mut c = Client::connect(&node).await;
     let mechs = c.binary(frame(SASL_LIST_MECHS, b"", b"", 0)).await;
-    assert_eq!((mechs.status, &mechs.value[..]), (OK, &b"PLAIN"[..]));
+    assert_eq!(
+        (mechs.status, &mechs.value[..]),
+        (OK, &b"SCRAM-SHA512 SCRAM-SHA256 SCRAM-SHA1 PLAIN"[..])
+    );
     // A connection starts on `default`.
     c.set("k", "in default").await;
-    let auth = c
-        .binary(frame(SASL_AUTH, b"PLAIN", b"\0b1\0ignored", 0))
+    // An open bucket has no password: a made-up one is wrong.
+    let wrong = c
+        .binary(frame(SASL_AUTH, b"PLAIN", b"\0b1\0made-up", 0))
         .await;
+    assert_eq!(wrong.status, AUTH_ERROR);
+    let auth = c.binary(frame(SASL_AUTH, b"PLAIN", b"\0b1\0", 0)).await;
     assert_eq!(
         (auth.opcode, auth.status, &auth.value[..]),
         (SASL_AUTH, OK, &b"Authenticated"[..])
@@ -248,6 +297,98 @@ async fn one_key_three_buckets_three_values() {
     assert_eq!(d.auth("m1").await, OK);
     assert_eq!(d.get("k").await.as_deref(), Some("in m1"));
     assert_eq!(c.get("k").await.as_deref(), Some("in default"));
+    node.shutdown().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_with_a_password_serves_only_those_who_prove_it() {
+    let dir = TestDir::new("buckets", "password");
+    let node = start(&dir, true).await;
+    let hash = tokio::task::spawn_blocking(|| shoal_auth::PasswordHash::new(b"s3cret-pw"))
+        .await
+        .unwrap()
+        .unwrap();
+    let spec = BucketSpec {
+        password: Some(hash),
+        ..spec("locked", BucketKind::Membase)
+    };
+    node.buckets().create(spec).await.expect("create");
+    node.buckets().ready("locked").await.expect("warm");
+
+    // Without credentials: not selectable, nothing touched.
+    let mut c = Client::connect(&node).await;
+    assert_eq!(c.select("locked").await, NO_ACCESS);
+    c.set("k", "in default").await;
+    for password in ["", "wrong", "s3cret-pw "] {
+        assert_eq!(
+            c.auth_with("locked", password).await,
+            AUTH_ERROR,
+            "{password:?}"
+        );
+    }
+    assert_eq!(
+        c.get("k").await.as_deref(),
+        Some("in default"),
+        "selection kept"
+    );
+
+    // PLAIN with the password selects it.
+    assert_eq!(c.auth_with("locked", "s3cret-pw").await, OK);
+    c.set("k", "in locked").await;
+    assert_eq!(c.get("k").await.as_deref(), Some("in locked"));
+
+    // SCRAM-SHA512 (our client) with the password, and a wrong one.
+    for (password, want) in [("s3cret-pw", OK), ("wrong", AUTH_ERROR)] {
+        let mut s = Client::connect(&node).await;
+        let status = s.scram("locked", password).await;
+        assert_eq!(status, want, "{password}");
+        if want == OK {
+            assert_eq!(s.get("k").await.as_deref(), Some("in locked"));
+        } else {
+            assert_eq!(s.get("k").await.as_deref(), Some("in default"));
+        }
+    }
+
+    // The cluster's own commands: refused to buckets and nobody alike.
+    let mut anyone = Client::connect(&node).await;
+    for opcode in [SET_VBUCKET, DEL_VBUCKET, DCP_OPEN] {
+        let reply = anyone.binary(frame(opcode, b"", &[0, 0, 0, 1], 0)).await;
+        assert_eq!(reply.status, NO_ACCESS, "opcode {opcode:#x}");
+    }
+    assert_eq!(anyone.get("k").await.as_deref(), Some("in default"));
+    // The cluster (the node's secret) may.
+    let hex = node.cluster_secret().current().to_hex();
+    assert_eq!(anyone.auth_with("@cluster", &hex).await, OK);
+    assert_eq!(
+        anyone.select("locked").await,
+        OK,
+        "the cluster uses any bucket"
+    );
+    node.shutdown().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_is_refused_unless_the_bucket_allows_it() {
+    let dir = TestDir::new("buckets", "flush");
+    let node = start(&dir, true).await;
+    let spec = BucketSpec {
+        flush_enabled: false,
+        ..spec("keep", BucketKind::Membase)
+    };
+    node.buckets().create(spec).await.expect("create");
+    node.buckets().ready("keep").await.expect("warm");
+    let mut c = Client::connect(&node).await;
+    assert_eq!(c.select("keep").await, OK);
+    c.set("k", "v").await;
+    c.send(b"flush_all\r\n").await;
+    assert_eq!(c.line().await, "CLIENT_ERROR flush_all not allowed");
+    let flush = c.binary(frame(FLUSH, b"", b"", 0)).await;
+    assert_eq!(flush.status, 0x83, "NOT_SUPPORTED, as memcached -F answers");
+    assert_eq!(c.get("k").await.as_deref(), Some("v"), "nothing flushed");
+    // `default` of a standalone node flushes, like memcached.
+    assert_eq!(c.select("default").await, OK);
+    c.send(b"flush_all\r\n").await;
+    assert_eq!(c.line().await, "OK");
     node.shutdown().await.expect("clean stop");
 }
 

@@ -35,7 +35,9 @@ use shoal_protocol::binary::dcp::{
     encode_buffer_ack, encode_close_stream, encode_control, encode_noop, encode_open,
     encode_stream_req, OpenFlags, StreamEndStatus, StreamReq, StreamReqFlags,
 };
-use shoal_protocol::binary::{parse_dcp, DcpMessage, Opcode, Status};
+use shoal_protocol::binary::{
+    encode_request, parse_dcp, DcpMessage, Opcode, RequestFields, Status,
+};
 use shoal_protocol::Limits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -98,7 +100,8 @@ impl Pair {
                 .set_vbucket_state(vb, VbucketState::Replica)
                 .expect("replica");
         }
-        let replicator = Replicator::new(b.data_addr().to_string());
+        // b's streams log in to a as the cluster: with a's secret.
+        let replicator = Replicator::new(b.data_addr().to_string(), a.cluster_secret().clone());
         Pair {
             a,
             a_ctx,
@@ -469,6 +472,18 @@ impl RawDcp {
             rbuf: BytesMut::new(),
             unacked: 0,
         };
+        // Only the cluster opens DCP streams: log in with its secret.
+        let mut out = BytesMut::new();
+        let hex = node.cluster_secret().current().to_hex();
+        let login = shoal_auth::plain::encode("@cluster", &hex);
+        let fields = RequestFields::new(Opcode::SaslAuth);
+        encode_request(&mut out, &fields, &[], b"PLAIN", &login).unwrap();
+        dcp.send(&out).await;
+        let reply = dcp.next().await.expect("login reply");
+        assert!(
+            matches!(&reply, DcpMessage::Reply(r) if r.header.status == Status::OK),
+            "{reply:?}"
+        );
         let mut out = BytesMut::new();
         encode_open(&mut out, 1, 0, OpenFlags::PRODUCER, b"replica:raw").unwrap();
         encode_control(

@@ -10,6 +10,7 @@ use std::time::Duration;
 use shoal_vbmap::config::ServerAddr;
 
 use crate::downstream::DownstreamConfig;
+pub use crate::downstream::Password;
 
 /// Where the proxy's map comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +22,9 @@ pub enum MapSource {
         urls: Vec<String>,
         /// The bucket to serve.
         bucket: String,
+        /// The bucket's password, for a bucket that has one: downstream
+        /// connections log in with it and the config stream sends it.
+        password: Option<Password>,
     },
     /// A fixed ketama ring over plain memcached servers (twemproxy's job).
     Static {
@@ -141,6 +145,7 @@ mod tests {
             source: MapSource::Cluster {
                 urls: urls.into_iter().map(String::from).collect(),
                 bucket: "default".into(),
+                password: None,
             },
             ..base.clone()
         };

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use shoal_protocol::binary::{parse_response, Response};
 use shoal_protocol::Limits;
 use shoal_vbmap::config::ServerAddr;
@@ -42,9 +42,22 @@ pub struct DownstreamConfig {
     /// Limits for parsing node replies, and client requests (the
     /// sessions parse with the same bounds).
     pub limits: Limits,
-    /// The bucket every new connection selects, with SASL PLAIN, before
-    /// it is used; `None` stays on the node's `default`.
+    /// The bucket every new connection selects, by logging in as it,
+    /// before it is used; `None` stays on the node's `default`.
     pub bucket: Option<String>,
+    /// The bucket's password, for a bucket that has one (SCRAM-SHA512);
+    /// `None` logs in with SASL PLAIN and no password, as to an open bucket.
+    pub password: Option<Password>,
+}
+
+/// A password, kept out of `Debug` output (and so out of logs).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(..)")
+    }
 }
 
 impl Default for DownstreamConfig {
@@ -68,6 +81,7 @@ impl Default for DownstreamConfig {
                 ..Limits::default()
             },
             bucket: None,
+            password: None,
         }
     }
 }
@@ -95,12 +109,19 @@ pub enum DownstreamError {
     /// Written, and no reply within the request timeout: outcome unknown.
     #[error("node did not reply in time")]
     Timeout,
+    /// Never written: the node refused the bucket's credentials. Retrying
+    /// does not help until the password is fixed.
+    #[error("not sent: the node refused the bucket's credentials")]
+    AuthRefused,
 }
 
 impl DownstreamError {
     /// True if the request certainly did not reach the node.
     pub fn not_sent(self) -> bool {
-        matches!(self, DownstreamError::NotSent)
+        matches!(
+            self,
+            DownstreamError::NotSent | DownstreamError::AuthRefused
+        )
     }
 }
 
@@ -150,6 +171,8 @@ pub struct NodeStats {
     pub connects: AtomicU64,
     /// Connect attempts that failed.
     pub connect_failures: AtomicU64,
+    /// The node refused the bucket's credentials on the last attempt.
+    pub auth_refused: AtomicBool,
 }
 
 /// The connections to one node.
@@ -218,6 +241,11 @@ impl NodePool {
     /// for a newer map rather than hammer it).
     pub fn is_down(&self) -> bool {
         self.down.load(Ordering::Relaxed)
+    }
+
+    /// True while the node refuses the bucket's credentials.
+    pub fn auth_refused(&self) -> bool {
+        self.stats.auth_refused.load(Ordering::Relaxed)
     }
 
     /// Reserves `n` consecutive opaques for a batch's frames.
@@ -298,11 +326,22 @@ async fn run_slot(
         let connected = tokio::time::timeout(config.connect_timeout, async {
             let mut stream = TcpStream::connect((addr.host.as_str(), addr.port)).await?;
             if let Some(bucket) = &config.bucket {
-                select_bucket(&mut stream, bucket, &config.limits).await?;
+                log_in(
+                    &mut stream,
+                    bucket,
+                    config.password.as_ref(),
+                    &config.limits,
+                )
+                .await?;
             }
             Ok::<_, std::io::Error>(stream)
         })
         .await;
+        let refused =
+            matches!(&connected, Ok(Err(e)) if e.kind() == std::io::ErrorKind::PermissionDenied);
+        if stats.auth_refused.swap(refused, Ordering::Relaxed) != refused && refused {
+            tracing::error!(node = %addr, "the node refused the bucket's credentials");
+        }
         match connected {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
@@ -317,11 +356,16 @@ async fn run_slot(
                 if !down.swap(true, Ordering::Relaxed) {
                     tracing::warn!(node = %addr, "node unreachable; marked down");
                 }
-                let _ = first.reply.send(Err(DownstreamError::NotSent));
+                let error = if refused {
+                    DownstreamError::AuthRefused
+                } else {
+                    DownstreamError::NotSent
+                };
+                let _ = first.reply.send(Err(error));
                 // Fail whatever arrives during the backoff, then try again.
                 let until = tokio::time::Instant::now() + backoff;
                 while let Ok(Some(q)) = tokio::time::timeout_at(until, rx.recv()).await {
-                    let _ = q.reply.send(Err(DownstreamError::NotSent));
+                    let _ = q.reply.send(Err(error));
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -329,49 +373,142 @@ async fn run_slot(
     }
 }
 
-/// Selects `bucket` on a fresh node connection: SASL PLAIN as user
-/// `bucket` with an empty password (nodes do not check passwords yet), the
-/// way moxi picked a Couchbase bucket. Anything but "ok" fails the
-/// connection, which is then handled like a refused connect.
-async fn select_bucket(
+/// Logs a fresh node connection in as `bucket`, which selects it (the
+/// way moxi picked a Couchbase bucket): SCRAM-SHA512 with the bucket's
+/// `password` (the password never crosses the wire), or SASL PLAIN with no
+/// password for an open bucket. A refusal is `PermissionDenied`; anything
+/// else failing is handled like a refused connect.
+async fn log_in(
     stream: &mut TcpStream,
     bucket: &str,
+    password: Option<&Password>,
     limits: &Limits,
 ) -> std::io::Result<()> {
-    use shoal_protocol::binary::{encode_request, Opcode, RequestFields, Status};
-    let invalid =
-        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-    let mut frame = BytesMut::new();
-    let message = format!("\0{bucket}\0");
-    encode_request(
-        &mut frame,
-        &RequestFields::new(Opcode::SaslAuth),
-        &[],
-        b"PLAIN",
-        message.as_bytes(),
-    )
-    .map_err(|_| invalid("bucket name too long"))?;
-    stream.write_all(&frame).await?;
+    use shoal_auth::scram::{self, Mechanism};
+    use shoal_protocol::binary::{Opcode, Status};
     let mut buf = BytesMut::with_capacity(256);
+    let Some(Password(password)) = password else {
+        let message = shoal_auth::plain::encode(bucket, "");
+        let (status, _) = call(
+            stream,
+            &mut buf,
+            limits,
+            Opcode::SaslAuth,
+            b"PLAIN",
+            &message,
+        )
+        .await?;
+        return expect(status, Status::OK, bucket);
+    };
+    let mech = Mechanism(shoal_auth::Hash::Sha512);
+    let nonce = scram::new_nonce().map_err(std::io::Error::other)?;
+    let (client, first) = scram::Client::new(mech, bucket, password, &nonce);
+    let name = mech.name().as_bytes();
+    let (status, server_first) =
+        call(stream, &mut buf, limits, Opcode::SaslAuth, name, &first).await?;
+    expect(status, Status::AUTH_CONTINUE, bucket)?;
+    let (waiting, last) = client.respond(&server_first).map_err(invalid_data)?;
+    let (status, server_final) =
+        call(stream, &mut buf, limits, Opcode::SaslStep, name, &last).await?;
+    expect(status, Status::OK, bucket)?;
+    waiting.verify(&server_final).map_err(invalid_data)
+}
+
+/// `Ok` when `status` is `wanted`; a refusal otherwise.
+fn expect(
+    status: shoal_protocol::binary::Status,
+    wanted: shoal_protocol::binary::Status,
+    bucket: &str,
+) -> std::io::Result<()> {
+    if status == wanted {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!("bucket {bucket:?}: logging in answered {status}"),
+    ))
+}
+
+fn invalid_data(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+}
+
+/// Sends one request on a connection not yet serving (`key`, `value`) and
+/// reads its reply: the status and the value. `buf` keeps what was read
+/// past the reply.
+pub(crate) async fn call(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    limits: &Limits,
+    opcode: shoal_protocol::binary::Opcode,
+    key: &[u8],
+    value: &[u8],
+) -> std::io::Result<(shoal_protocol::binary::Status, Vec<u8>)> {
+    use shoal_protocol::binary::{encode_request, RequestFields};
+    let mut frame = BytesMut::new();
+    encode_request(&mut frame, &RequestFields::new(opcode), &[], key, value)
+        .map_err(|_| invalid_data("request too large"))?;
+    stream.write_all(&frame).await?;
     loop {
-        match parse_response(&buf, limits) {
-            Ok(Some((reply, _))) if reply.header.status == Status::OK => return Ok(()),
-            Ok(Some((reply, _))) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    format!(
-                        "bucket {bucket:?}: SASL auth answered {}",
-                        reply.header.status
-                    ),
-                ))
+        match parse_response(buf, limits) {
+            Ok(Some((reply, used))) => {
+                let value = buf
+                    .get(reply.value.start..reply.value.end)
+                    .unwrap_or_default()
+                    .to_vec();
+                let status = reply.header.status;
+                buf.advance(used);
+                return Ok((status, value));
             }
             Ok(None) => {}
-            Err(_) => return Err(invalid("unreadable SASL auth reply")),
+            Err(_) => return Err(invalid_data("unreadable reply")),
         }
-        if stream.read_buf(&mut buf).await? == 0 {
+        if stream.read_buf(buf).await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
     }
+}
+
+/// Whether a client's SASL PLAIN `message` is good for `bucket` on the node
+/// at `addr`: the node must accept the login and then let the connection
+/// select `bucket`. Checked on a connection of its own, closed after.
+pub async fn check_plain(
+    addr: &ServerAddr,
+    message: &[u8],
+    bucket: &str,
+    config: &DownstreamConfig,
+) -> bool {
+    use shoal_protocol::binary::{Opcode, Status};
+    let check = async {
+        let mut stream = TcpStream::connect((addr.host.as_str(), addr.port)).await?;
+        let mut buf = BytesMut::with_capacity(256);
+        let limits = &config.limits;
+        let (status, _) = call(
+            &mut stream,
+            &mut buf,
+            limits,
+            Opcode::SaslAuth,
+            b"PLAIN",
+            message,
+        )
+        .await?;
+        if status != Status::OK {
+            return Ok(false);
+        }
+        let select = bucket.as_bytes();
+        let (status, _) = call(
+            &mut stream,
+            &mut buf,
+            limits,
+            Opcode::SelectBucket,
+            select,
+            &[],
+        )
+        .await?;
+        Ok::<_, std::io::Error>(status == Status::OK)
+    };
+    let timeout = config.connect_timeout + config.request_timeout;
+    matches!(tokio::time::timeout(timeout, check).await, Ok(Ok(true)))
 }
 
 /// Runs one connection until it fails.

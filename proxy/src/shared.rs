@@ -5,7 +5,7 @@
 //! Layer 2: may import `config`, `routing`, `stats` and `downstream`.
 //! Must not import: `watcher`, `session`, `admin`, `server`.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -30,6 +30,9 @@ pub struct Shared {
     /// watcher then fetches a fresh config at once instead of waiting for
     /// the stream.
     pub refresh: Notify,
+    /// The cluster refused the bucket's credentials for its config (HTTP
+    /// 401 or 403): the password the proxy holds is wrong, or missing.
+    pub config_refused: AtomicBool,
 }
 
 impl Shared {
@@ -42,8 +45,17 @@ impl Shared {
             stats: ProxyStats::default(),
             draining: AtomicBool::new(false),
             refresh: Notify::new(),
+            config_refused: AtomicBool::new(false),
             config,
         })
+    }
+
+    /// Whether the cluster refuses the proxy's credentials for its bucket:
+    /// for the config, or on any node of the current map. While it does,
+    /// `/health` says so and requests fail at once with that reason.
+    pub fn credentials_refused(&self) -> bool {
+        self.config_refused.load(Ordering::Relaxed)
+            || self.maps.load().pools.iter().any(|p| p.auth_refused())
     }
 }
 
@@ -54,9 +66,13 @@ impl Shared {
 /// later.
 fn downstream_config(config: &ProxyConfig) -> DownstreamConfig {
     let mut downstream = config.downstream.clone();
-    if let MapSource::Cluster { bucket, .. } = &config.source {
+    if let MapSource::Cluster {
+        bucket, password, ..
+    } = &config.source
+    {
         if downstream.bucket.is_none() {
             downstream.bucket = Some(bucket.clone());
+            downstream.password = password.clone();
         }
     }
     downstream

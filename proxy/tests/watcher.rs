@@ -168,6 +168,7 @@ fn shared(urls: Vec<String>) -> Arc<Shared> {
         source: MapSource::Cluster {
             urls,
             bucket: "default".into(),
+            password: None,
         },
         ..ProxyConfig::default()
     })

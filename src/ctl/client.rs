@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
+use shoal_node::config::Credentials;
 
 /// How long each URL may take to accept a connection before the next one
 /// is tried.
@@ -140,6 +141,8 @@ pub struct Cluster {
     /// Base URLs; the REST paths replace their path.
     urls: Vec<Url>,
     http: reqwest::Client,
+    /// Sent with every request (HTTP Basic).
+    credentials: Option<Credentials>,
     /// The URL that answered last; the next request starts there, so the
     /// two GETs of `status` do not both wait out a dead first URL.
     preferred: AtomicUsize,
@@ -147,7 +150,11 @@ pub struct Cluster {
 
 impl Cluster {
     /// A client for `urls` (at least one).
-    pub fn new(urls: Vec<Url>, timeouts: Timeouts) -> Result<Cluster, CtlError> {
+    pub fn new(
+        urls: Vec<Url>,
+        timeouts: Timeouts,
+        credentials: Option<Credentials>,
+    ) -> Result<Cluster, CtlError> {
         if urls.is_empty() {
             return Err(CtlError::Local("no cluster URL given".to_owned()));
         }
@@ -162,6 +169,7 @@ impl Cluster {
         Ok(Cluster {
             urls,
             http,
+            credentials,
             preferred: AtomicUsize::new(0),
         })
     }
@@ -178,6 +186,15 @@ impl Cluster {
         form: &[(&str, String)],
     ) -> Result<Reply, CtlError> {
         self.send(Method::POST, path, Some(form)).await
+    }
+
+    /// `PUT path` with a form-urlencoded body.
+    pub async fn put_form(
+        &self,
+        path: &[&str],
+        form: &[(&str, String)],
+    ) -> Result<Reply, CtlError> {
+        self.send(Method::PUT, path, Some(form)).await
     }
 
     /// `DELETE path`.
@@ -199,6 +216,9 @@ impl Cluster {
             let url = endpoint(&self.urls[i], path);
             let shown = redacted(&url);
             let mut request = self.http.request(method.clone(), url);
+            if let Some(c) = &self.credentials {
+                request = request.basic_auth(&c.username, Some(&c.password));
+            }
             if let Some(form) = form {
                 request = request.form(form);
             }
@@ -306,6 +326,14 @@ pub fn refusal(status: StatusCode, body: &str) -> CtlError {
             text.to_owned()
         }
     });
+    let message = if status == StatusCode::UNAUTHORIZED {
+        format!(
+            "{message}: give --username with --password, --password-file or --credentials, \
+             set SHOAL_USERNAME and SHOAL_PASSWORD, or run from the directory `shoal up` runs in"
+        )
+    } else {
+        message
+    };
     CtlError::Refused {
         status,
         message,
@@ -397,7 +425,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_connection_moves_to_the_next_url() {
         let (good, server) = canned(OK_JSON, 1).await;
-        let cluster = Cluster::new(vec![dead_url().await, good], FAST).unwrap();
+        let cluster = Cluster::new(vec![dead_url().await, good], FAST, None).unwrap();
         let reply = cluster
             .post_form(&["pools", "default", "buckets"], &[("name", "b".into())])
             .await
@@ -411,7 +439,7 @@ mod tests {
     async fn a_get_without_reply_moves_to_the_next_url() {
         let (silent, _held) = silent_url().await;
         let (good, _server) = canned(OK_JSON, 1).await;
-        let cluster = Cluster::new(vec![silent, good], FAST).unwrap();
+        let cluster = Cluster::new(vec![silent, good], FAST, None).unwrap();
         assert_eq!(cluster.get(&["pools", "default"]).await.unwrap().body, "[]");
     }
 
@@ -419,7 +447,7 @@ mod tests {
     async fn a_write_without_reply_is_not_repeated_elsewhere() {
         let (silent, _held) = silent_url().await;
         let (good, server) = canned(OK_JSON, 1).await;
-        let cluster = Cluster::new(vec![silent, good], FAST).unwrap();
+        let cluster = Cluster::new(vec![silent, good], FAST, None).unwrap();
         let started = Instant::now();
         let error = cluster
             .delete(&["pools", "default", "buckets", "b"])
@@ -435,7 +463,7 @@ mod tests {
     #[tokio::test]
     async fn no_url_answering_lists_every_attempt() {
         let (a, b) = (dead_url().await, dead_url().await);
-        let cluster = Cluster::new(vec![a.clone(), b.clone()], FAST).unwrap();
+        let cluster = Cluster::new(vec![a.clone(), b.clone()], FAST, None).unwrap();
         let error = cluster.get(&["pools", "default"]).await.unwrap_err();
         let CtlError::Unreachable { attempts } = &error else {
             panic!("{error:?}");
@@ -452,7 +480,7 @@ mod tests {
         const BAD: &str = "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 53\r\nconnection: close\r\n\r\n{\"error\":\"ramQuotaMB must be at least 100\",\"min\":100}";
         let (bad, _server) = canned(BAD, 1).await;
         let (good, second) = canned(OK_JSON, 1).await;
-        let cluster = Cluster::new(vec![bad, good], FAST).unwrap();
+        let cluster = Cluster::new(vec![bad, good], FAST, None).unwrap();
         let error = cluster
             .post_form(&["pools", "default", "buckets"], &[])
             .await
@@ -473,7 +501,7 @@ mod tests {
     #[tokio::test]
     async fn the_url_that_answered_is_asked_first_next_time() {
         let (good, server) = canned(OK_JSON, 2).await;
-        let cluster = Cluster::new(vec![dead_url().await, good], FAST).unwrap();
+        let cluster = Cluster::new(vec![dead_url().await, good], FAST, None).unwrap();
         cluster.get(&["a"]).await.unwrap();
         assert_eq!(cluster.preferred.load(Ordering::Relaxed), 1);
         cluster.get(&["b"]).await.unwrap();
@@ -484,7 +512,7 @@ mod tests {
     #[tokio::test]
     async fn forms_are_urlencoded() {
         let (good, server) = canned(OK_JSON, 1).await;
-        let cluster = Cluster::new(vec![good], FAST).unwrap();
+        let cluster = Cluster::new(vec![good], FAST, None).unwrap();
         let form = [
             ("name", "a b&c".to_owned()),
             ("ramQuotaMB", "256".to_owned()),

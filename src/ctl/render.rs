@@ -11,6 +11,7 @@
 use std::fmt;
 
 use serde::Deserialize;
+use serde_json::Value;
 
 /// Bytes per MiB, for `quota.rawRAM`.
 const MIB: u64 = 1024 * 1024;
@@ -243,6 +244,20 @@ fn bucket_type(bucket: &Bucket) -> String {
         (None, Some("ketama")) => "memcached".to_owned(),
         (None, _) => ABSENT.to_owned(),
     }
+}
+
+/// `GET /settings/rbac/users` as a table: name and role.
+pub fn users_table(users: &Value) -> String {
+    let mut out = String::from("USER                 ROLE\n");
+    for user in users.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let name = user.get("id").and_then(Value::as_str).unwrap_or("?");
+        let role = user
+            .pointer("/roles/0/role")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        out.push_str(&format!("{name:<20} {role}\n"));
+    }
+    out
 }
 
 /// The buckets table: one row per bucket, and one column per data server

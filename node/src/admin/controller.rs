@@ -16,9 +16,12 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use shoal_vbmap::planner::fresh_map;
 
-use super::{error, json, Admin};
+use super::{error, json, manager_error, Admin};
 use crate::bucket::{BucketKind, BucketSpec, Durability};
-use crate::manager::{BucketRecord, Command, Manager, ManagerError, NodeRecord, Rejection};
+use shoal_auth::PasswordHash;
+
+use crate::manager::state::BucketEdit;
+use crate::manager::{BucketRecord, Command, Manager, NodeRecord};
 
 /// Marks a request already forwarded once.
 const FORWARDED: &str = "x-shoal-forwarded";
@@ -29,13 +32,81 @@ const MAX_VBUCKETS: u32 = 4096;
 /// Most replicas per vbucket (Couchbase's limit).
 const MAX_REPLICAS: u8 = 3;
 
+/// A bucket as `POST /pools/default/buckets` describes it: its settings,
+/// and its password in the clear until it is hashed (off the async
+/// threads) into the spec.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BucketForm {
+    /// The settings (`password` still `None`).
+    pub spec: BucketSpec,
+    /// `saslPassword`, for `authType=sasl`.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for BucketForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BucketForm")
+            .field("spec", &self.spec)
+            .field("password", &self.password.as_ref().map(|_| ".."))
+            .finish()
+    }
+}
+
 /// Parses and validates a form-encoded bucket-creation body.
-pub fn parse_bucket_form(body: &[u8]) -> Result<BucketSpec, String> {
-    bucket_params(&form(body))
+pub fn parse_bucket_form(body: &[u8]) -> Result<BucketForm, String> {
+    let form = form(body);
+    let spec = bucket_params(&form)?;
+    let password = sasl_password(&form)?;
+    Ok(BucketForm { spec, password })
+}
+
+/// The shortest bucket or user password accepted (Couchbase's default).
+pub(super) const MIN_PASSWORD_LEN: usize = 6;
+
+/// `authType` and `saslPassword`: `Some(password)` for `sasl`, `None` for
+/// `none` (or neither given).
+fn sasl_password(form: &BTreeMap<String, String>) -> Result<Option<String>, String> {
+    let password = form.get("saslPassword").filter(|p| !p.is_empty());
+    match (form.get("authType").map(String::as_str), password) {
+        (None | Some("none"), None) => Ok(None),
+        (None | Some("none"), Some(_)) => Err("saslPassword needs authType=sasl".into()),
+        (Some("sasl"), None) => Err("authType=sasl needs a saslPassword".into()),
+        (Some("sasl"), Some(p)) if p.len() < MIN_PASSWORD_LEN => Err(format!(
+            "saslPassword must have at least {MIN_PASSWORD_LEN} characters"
+        )),
+        (Some("sasl"), Some(p)) => Ok(Some(p.clone())),
+        (Some(other), _) => Err(format!(
+            "authType {other:?} is not supported: use none or sasl"
+        )),
+    }
+}
+
+/// `flushEnabled`: `0` or `1` (Couchbase's spelling), default off.
+fn flush_enabled(form: &BTreeMap<String, String>) -> Result<Option<bool>, String> {
+    match form.get("flushEnabled").map(String::as_str) {
+        None => Ok(None),
+        Some("0") | Some("false") => Ok(Some(false)),
+        Some("1") | Some("true") => Ok(Some(true)),
+        Some(other) => Err(format!("flushEnabled must be 0 or 1 (got {other:?})")),
+    }
+}
+
+/// Hashes `password` off the async threads (it costs tens of
+/// milliseconds).
+pub(super) async fn hash_password(password: String) -> Result<PasswordHash, Response> {
+    let hashed = tokio::task::spawn_blocking(move || PasswordHash::new(password.as_bytes())).await;
+    match hashed {
+        Ok(Ok(hash)) => Ok(hash),
+        Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, &e.to_string())),
+        Err(_) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "hashing the password failed",
+        )),
+    }
 }
 
 /// Decodes a form body into its last value per name.
-fn form(body: &[u8]) -> BTreeMap<String, String> {
+pub(super) fn form(body: &[u8]) -> BTreeMap<String, String> {
     form_urlencoded::parse(body).into_owned().collect()
 }
 
@@ -120,22 +191,9 @@ fn bucket_params(form: &BTreeMap<String, String>) -> Result<BucketSpec, String> 
         replicas,
         durability,
         num_vbuckets,
+        password: None,
+        flush_enabled: flush_enabled(form)?.unwrap_or(false),
     })
-}
-
-/// The response for a failed metadata operation.
-fn meta_error(e: ManagerError) -> Response {
-    match e {
-        ManagerError::Rejected(Rejection::NotFound(m)) => error(StatusCode::NOT_FOUND, &m),
-        ManagerError::Rejected(Rejection::Conflict(m)) => error(StatusCode::CONFLICT, &m),
-        ManagerError::Rejected(Rejection::Invalid(m)) => error(StatusCode::BAD_REQUEST, &m),
-        ManagerError::NotLeader(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "leadership changed while handling the request; nothing was changed, retry",
-        ),
-        ManagerError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, &m),
-        ManagerError::Internal(m) => error(StatusCode::INTERNAL_SERVER_ERROR, &m),
-    }
 }
 
 /// The request as received, for forwarding (an extractor: it takes the
@@ -172,7 +230,7 @@ impl<S: Send + Sync> FromRequest<S> for Incoming {
 
 /// Runs `local` if this node leads; otherwise relays the request to the
 /// leader.
-async fn on_leader<F, Fut>(admin: &Admin, incoming: Incoming, local: F) -> Response
+pub(super) async fn on_leader<F, Fut>(admin: &Admin, incoming: Incoming, local: F) -> Response
 where
     F: FnOnce(Arc<Manager>, Bytes) -> Fut,
     Fut: std::future::Future<Output = Response>,
@@ -209,8 +267,14 @@ where
         .request(incoming.method, format!("http://{leader}{path}"))
         .header(FORWARDED, "1")
         .body(incoming.body);
-    if let Some(ct) = incoming.headers.get(axum::http::header::CONTENT_TYPE) {
-        request = request.header(axum::http::header::CONTENT_TYPE, ct);
+    // The leader checks the caller's own credentials again.
+    for name in [
+        axum::http::header::CONTENT_TYPE,
+        axum::http::header::AUTHORIZATION,
+    ] {
+        if let Some(value) = incoming.headers.get(&name) {
+            request = request.header(name, value);
+        }
     }
     match request.send().await {
         Ok(response) => {
@@ -237,10 +301,16 @@ where
 /// `POST /pools/default/buckets`.
 pub(super) async fn create_bucket(State(admin): State<Admin>, incoming: Incoming) -> Response {
     on_leader(&admin, incoming, |manager, body| async move {
-        let params = match parse_bucket_form(&body) {
-            Ok(p) => p,
+        let (mut params, password) = match parse_bucket_form(&body) {
+            Ok(form) => (form.spec, form.password),
             Err(m) => return error(StatusCode::BAD_REQUEST, &m),
         };
+        if let Some(password) = password {
+            match hash_password(password).await {
+                Ok(hash) => params.password = Some(hash),
+                Err(response) => return response,
+            }
+        }
         let state = manager.state();
         if state.buckets.contains_key(&params.name) {
             return error(
@@ -272,10 +342,80 @@ pub(super) async fn create_bucket(State(admin): State<Admin>, incoming: Incoming
         };
         match manager.write(Command::CreateBucket(record)).await {
             Ok(()) => StatusCode::ACCEPTED.into_response(),
-            Err(e) => meta_error(e),
+            Err(e) => manager_error(e),
         }
     })
     .await
+}
+
+/// `POST /pools/default/buckets/<b>`: changes what can change while the
+/// bucket runs — `authType`/`saslPassword`, `flushEnabled`,
+/// `durabilityMinLevel`; any other setting is refused, naming it.
+pub(super) async fn edit_bucket(
+    State(admin): State<Admin>,
+    Path(bucket): Path<String>,
+    incoming: Incoming,
+) -> Response {
+    on_leader(&admin, incoming, |manager, body| async move {
+        let form = form(&body);
+        let edit = match bucket_edit(bucket, &form) {
+            Ok(edit) => edit,
+            Err(m) => return error(StatusCode::BAD_REQUEST, &m),
+        };
+        let (mut edit, password) = edit;
+        if let Some(password) = password {
+            match hash_password(password).await {
+                Ok(hash) => edit.password = Some(Some(hash)),
+                Err(response) => return response,
+            }
+        }
+        match manager.write(Command::EditBucket(edit)).await {
+            Ok(()) => StatusCode::OK.into_response(),
+            Err(e) => manager_error(e),
+        }
+    })
+    .await
+}
+
+/// The settings a bucket edit form changes, and the new password in the
+/// clear (hashed by the caller).
+fn bucket_edit(
+    name: String,
+    form: &BTreeMap<String, String>,
+) -> Result<(BucketEdit, Option<String>), String> {
+    const EDITABLE: [&str; 4] = [
+        "authType",
+        "saslPassword",
+        "flushEnabled",
+        "durabilityMinLevel",
+    ];
+    if let Some(other) = form
+        .keys()
+        .find(|k| !EDITABLE.contains(&k.as_str()) && *k != "name")
+    {
+        return Err(format!(
+            "{other} cannot be changed on an existing bucket (only {})",
+            EDITABLE.join(", ")
+        ));
+    }
+    let touches_auth = form.contains_key("authType") || form.contains_key("saslPassword");
+    let password = sasl_password(form)?;
+    let durability = match form.get("durabilityMinLevel") {
+        None => None,
+        Some(d) => Some(
+            Durability::parse(d)
+                .ok_or_else(|| format!("durabilityMinLevel {d:?} is not a level"))?,
+        ),
+    };
+    let edit = BucketEdit {
+        name,
+        // `authType=none` opens the bucket; a new password replaces the
+        // old one once hashed.
+        password: (touches_auth && password.is_none()).then_some(None),
+        flush_enabled: flush_enabled(form)?,
+        durability,
+    };
+    Ok((edit, password))
 }
 
 /// `DELETE /pools/default/buckets/<b>`.
@@ -287,7 +427,7 @@ pub(super) async fn delete_bucket(
     on_leader(&admin, incoming, |manager, _| async move {
         match manager.write(Command::DeleteBucket { name: bucket }).await {
             Ok(()) => StatusCode::OK.into_response(),
-            Err(e) => meta_error(e),
+            Err(e) => manager_error(e),
         }
     })
     .await
@@ -306,9 +446,10 @@ pub(super) async fn add_node(State(admin): State<Admin>, incoming: Incoming) -> 
         } else {
             format!("{hostname}:8091")
         };
-        match manager.add_node(&hostname).await {
+        let token = form.get("joinToken").map(String::as_str);
+        match manager.add_node(&hostname, token).await {
             Ok(record) => json(serde_json::json!({ "otpNode": record.otp_node() }).to_string()),
-            Err(e) => meta_error(e),
+            Err(e) => manager_error(e),
         }
     })
     .await
@@ -324,7 +465,7 @@ pub(super) async fn eject_node(State(admin): State<Admin>, incoming: Incoming) -
         };
         match manager.eject_node(node.id).await {
             Ok(()) => StatusCode::OK.into_response(),
-            Err(e) => meta_error(e),
+            Err(e) => manager_error(e),
         }
     })
     .await
@@ -342,7 +483,7 @@ pub(super) async fn fail_over(State(admin): State<Admin>, incoming: Incoming) ->
         let allow_unsafe = form.get("allowUnsafe").is_some_and(|v| v == "true");
         match manager.fail_over(node.id, allow_unsafe).await {
             Ok(()) => StatusCode::OK.into_response(),
-            Err(e) => meta_error(e),
+            Err(e) => manager_error(e),
         }
     })
     .await
@@ -383,7 +524,7 @@ pub(super) async fn rebalance(State(admin): State<Admin>, incoming: Incoming) ->
         };
         match manager.start_rebalance(known, ejected) {
             Ok(()) => StatusCode::OK.into_response(),
-            Err(e) => meta_error(e),
+            Err(e) => manager_error(e),
         }
     })
     .await
@@ -393,7 +534,7 @@ pub(super) async fn rebalance(State(admin): State<Admin>, incoming: Incoming) ->
 /// runs any rebalance), so every node gives the same answer.
 pub(super) async fn rebalance_progress(State(admin): State<Admin>, incoming: Incoming) -> Response {
     on_leader(&admin, incoming, |manager, _body| async move {
-        super::json(super::rebalance_progress_body(&manager))
+        super::json(super::pools::rebalance_progress_body(&manager))
     })
     .await
 }
@@ -432,7 +573,7 @@ pub(super) async fn set_auto_failover(State(admin): State<Admin>, incoming: Inco
         settings.enabled = enabled;
         match manager.write(Command::SetAutoFailover(settings)).await {
             Ok(()) => StatusCode::OK.into_response(),
-            Err(e) => meta_error(e),
+            Err(e) => manager_error(e),
         }
     })
     .await

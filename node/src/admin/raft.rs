@@ -1,6 +1,9 @@
-//! The receiving side of Raft's transport (`crate::manager` sends): each
-//! endpoint hands the request to the local Raft and answers with the
-//! serialized `Result`, so the sender sees the remote error as such.
+//! The receiving side of Raft's transport (the cluster manager sends):
+//! each endpoint hands the request to the local Raft and answers with the
+//! serialized `Result`, so the sender sees the remote error as such. Only
+//! the cluster reaches these (see `routes`); even so, a snapshot chunk is
+//! bounded before Raft sees it, so no request can make the node allocate
+//! more than [`MAX_SNAPSHOT`].
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -57,7 +60,24 @@ pub(super) async fn vote(State(admin): State<Admin>, body: axum::body::Bytes) ->
     .await
 }
 
+/// The largest snapshot a node takes, bytes: the cluster metadata is a few
+/// hundred KiB even for thousands of vbuckets; a chunk that would grow the
+/// snapshot past this (an offset of 2^40, say) is refused before Raft
+/// writes it into memory.
+pub const MAX_SNAPSHOT: u64 = 64 * 1024 * 1024;
+
 pub(super) async fn snapshot(State(admin): State<Admin>, body: axum::body::Bytes) -> Response {
+    let request: InstallSnapshotRequest<TypeConfig> = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("malformed Raft RPC: {e}")),
+    };
+    let end = request.offset.checked_add(request.data.len() as u64);
+    if end.is_none_or(|end| end > MAX_SNAPSHOT) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("snapshot chunk beyond {MAX_SNAPSHOT} bytes refused"),
+        );
+    }
     handle(
         admin,
         body,

@@ -25,7 +25,7 @@ use shoal_engine::{Bucket, EngineConfig, VbucketState};
 use shoal_persist::{validate_bucket_name, BucketStore, Flusher, FlusherConfig, Store};
 
 use super::background::{wait_for_warmup, Background};
-use super::live::LiveBucketParts;
+use super::live::{BucketAccess, LiveBucketParts};
 use super::{BucketError, BucketKind, BucketSpec, LiveBucket, ServerStats};
 
 /// What every bucket of a node is built with, from the node's config.
@@ -256,6 +256,7 @@ pub fn build(
         // A memcached bucket's keys all live in its one vbucket, whatever
         // the header says.
         hash_keys: settings.standalone || memcached,
+        access: BucketAccess::of(spec),
     }))
 }
 
@@ -293,6 +294,8 @@ mod tests {
             replicas: 0,
             durability: super::super::Durability::None,
             num_vbuckets: 8,
+            password: None,
+            flush_enabled: false,
         }
     }
 

@@ -13,13 +13,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
+use shoal_auth::PasswordHash;
 use shoal_engine::{Bucket, EngineError, Hit, Lookup, VbucketId, VbucketState};
 use shoal_persist::{BucketStore, Flusher};
 use shoal_protocol::Limits;
 use tokio::sync::watch;
 
-use super::{BucketKind, Clock, DurabilityMonitor, ServerStats};
+use super::{BucketKind, BucketSpec, Clock, DurabilityMonitor, ServerStats};
 
 /// Attempts at an operation that keeps finding its value ejected (the pager
 /// can eject between our fetch and the retry; twice in a row is already
@@ -65,6 +67,42 @@ pub struct LiveBucket {
     deleted_signal: watch::Sender<bool>,
     /// The bucket's durability level and its replicas' acknowledgements.
     pub durability: Arc<DurabilityMonitor>,
+    /// Who may use the bucket and whether it may be flushed: read when a
+    /// connection selects the bucket or flushes it, replaced whole when
+    /// the bucket's settings change.
+    access: ArcSwap<BucketAccess>,
+}
+
+/// The settings of a bucket that decide who may use it and how; they can
+/// change while it runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BucketAccess {
+    /// The bucket's password, hashed; `None` for an open bucket.
+    pub password: Option<PasswordHash>,
+    /// Whether `flush_all` may empty it.
+    pub flush_enabled: bool,
+}
+
+impl BucketAccess {
+    /// The access settings `spec` gives.
+    pub fn of(spec: &BucketSpec) -> BucketAccess {
+        BucketAccess {
+            password: spec.password.clone(),
+            flush_enabled: spec.flush_enabled,
+        }
+    }
+}
+
+/// Why `flush_all` emptied nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FlushError {
+    /// The bucket's settings do not allow flushing it.
+    #[error("flush is disabled for this bucket")]
+    Disabled,
+    /// The engine refused (warming up) or the deadline could not be
+    /// persisted.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
 }
 
 /// The parts of a [`LiveBucket`] that are not derived: what
@@ -89,6 +127,8 @@ pub(super) struct LiveBucketParts {
     pub started: Instant,
     /// See [`LiveBucket::hash_keys`].
     pub hash_keys: bool,
+    /// Who may use it, and whether it may be flushed.
+    pub access: BucketAccess,
 }
 
 impl LiveBucket {
@@ -111,6 +151,27 @@ impl LiveBucket {
             deleted: AtomicBool::new(false),
             deleted_signal: watch::channel(false).0,
             durability: Arc::new(DurabilityMonitor::new(num_vbuckets)),
+            access: ArcSwap::from_pointee(parts.access),
+        }
+    }
+
+    /// Who may use the bucket, and whether it may be flushed, now.
+    pub fn access(&self) -> Arc<BucketAccess> {
+        self.access.load_full()
+    }
+
+    /// Whether the bucket has a password.
+    pub fn is_protected(&self) -> bool {
+        self.access.load().password.is_some()
+    }
+
+    /// Takes the access settings of `spec` (the cluster manager calls this
+    /// on every pass; a change takes effect for the next selection or
+    /// flush).
+    pub fn apply_access(&self, spec: &BucketSpec) {
+        let wanted = BucketAccess::of(spec);
+        if **self.access.load() != wanted {
+            self.access.store(Arc::new(wanted));
         }
     }
 
@@ -207,15 +268,19 @@ impl LiveBucket {
     }
 
     /// `flush_all`: invalidates everything as of `deadline` (0 = now) and
-    /// records the deadline so a restart honours it.
-    pub fn flush_all(&self, deadline: u32, now: u32) -> Result<(), EngineError> {
+    /// records the deadline so a restart honours it — if the bucket allows
+    /// flushing at all.
+    pub fn flush_all(&self, deadline: u32, now: u32) -> Result<(), FlushError> {
+        if !self.access.load().flush_enabled {
+            return Err(FlushError::Disabled);
+        }
         let effective = self.engine.flush_all(deadline, now)?;
         let Some(store) = &self.store else {
             return Ok(());
         };
         if let Err(error) = store.set_flush_deadline(effective) {
             tracing::error!(bucket = %self.name, %error, "could not persist flush_all deadline");
-            return Err(EngineError::TempFail);
+            return Err(FlushError::Engine(EngineError::TempFail));
         }
         Ok(())
     }

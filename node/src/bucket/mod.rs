@@ -36,7 +36,7 @@ pub use buckets::{Buckets, NodeSettings};
 pub use clock::Clock;
 pub use counters::ServerStats;
 pub use durability::{DurabilityError, DurabilityMonitor, DURABILITY_TIMEOUT};
-pub use live::LiveBucket;
+pub use live::{BucketAccess, FlushError, LiveBucket};
 pub use spec::{BucketKind, BucketSpec, Durability};
 
 /// The bucket a standalone node serves, and the one a connection starts

@@ -31,8 +31,9 @@ pub fn settings(config: &NodeConfig) -> NodeSettings {
     }
 }
 
-/// Bucket `default` as the node's config describes it (a standalone node
-/// has no replicas to wait for).
+/// Bucket `default` as the node's config describes it: open and
+/// flushable, like memcached (a standalone node has no replicas to wait
+/// for).
 pub fn default_spec(config: &NodeConfig) -> BucketSpec {
     BucketSpec {
         name: DEFAULT_BUCKET.to_owned(),
@@ -41,6 +42,8 @@ pub fn default_spec(config: &NodeConfig) -> BucketSpec {
         replicas: 0,
         durability: Durability::None,
         num_vbuckets: u32::try_from(config.num_vbuckets).unwrap_or(u32::MAX),
+        password: None,
+        flush_enabled: true,
     }
 }
 

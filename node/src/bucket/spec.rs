@@ -2,8 +2,12 @@
 //! them from a form, the cluster metadata embeds them in its bucket record,
 //! and the runtime builds a [`LiveBucket`](super::LiveBucket) from them.
 //! Plain data: imports nothing of this crate.
+//!
+//! A bucket password is kept as a salted hash ([`PasswordHash`]), in the
+//! metadata and in memory alike; the password itself is never stored.
 
 use serde::{Deserialize, Serialize};
+use shoal_auth::PasswordHash;
 
 /// What a bucket is made of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +80,14 @@ pub struct BucketSpec {
     pub durability: Durability,
     /// vbuckets, a power of two (1 for memcached buckets).
     pub num_vbuckets: u32,
+    /// The bucket's SASL password (Membase's `authType=sasl`), hashed;
+    /// `None` for an open bucket, which any client may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<PasswordHash>,
+    /// Whether `flush_all` (binary FLUSH) may empty the bucket; off unless
+    /// asked for, as in Couchbase.
+    #[serde(default)]
+    pub flush_enabled: bool,
 }
 
 impl BucketSpec {

@@ -22,6 +22,7 @@
 pub mod autofailover;
 mod hosted;
 mod network;
+pub mod peers;
 pub mod rebalance;
 pub mod reconcile;
 pub mod state;
@@ -35,12 +36,16 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState};
+use shoal_auth::{PasswordHash, Secret};
 use tokio::sync::watch;
 
 pub use state::{
     AutoFailover, BucketRecord, ClusterState, Command, Membership, NodeId, NodeRecord, Rejection,
 };
 use store::{LogStore, StateMachine};
+
+use crate::access::{ClusterSecret, Directory, Role, UserRecord};
+use peers::PeerClient;
 
 openraft::declare_raft_types!(
     /// Raft's types for the metadata: commands in, `Result`s out.
@@ -100,7 +105,12 @@ pub struct Manager {
     raft: Raft<TypeConfig>,
     sm: StateMachine,
     me: NodeInfo,
-    http: reqwest::Client,
+    /// HTTP to other nodes, as the cluster.
+    peers: PeerClient,
+    /// The join this node asked for and waits to be handed the cluster
+    /// secret for: the token it sent with its `addNode` (see
+    /// [`Manager::accept_handoff`]).
+    pending_join: std::sync::Mutex<Option<String>>,
     /// The rebalance this node runs as leader, if any.
     pub rebalancer: rebalance::Rebalancer,
 }
@@ -145,6 +155,7 @@ impl Manager {
         host: String,
         data_port: u16,
         admin_port: u16,
+        secret: ClusterSecret,
     ) -> Result<Arc<Manager>, ManagerError> {
         let dir = data_dir.join("raft");
         std::fs::create_dir_all(&dir).map_err(internal)?;
@@ -163,7 +174,7 @@ impl Manager {
         let raft = Raft::new(
             id,
             Arc::new(config),
-            network::Network::new(),
+            network::Network::new(secret.clone()),
             log,
             sm.clone(),
         )
@@ -175,25 +186,21 @@ impl Manager {
             data_port,
             admin_port,
         };
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(internal)?;
         tracing::info!(id, "metadata service started");
         Ok(Arc::new(Manager {
             dir,
             raft,
             sm,
             me,
-            http,
+            peers: PeerClient::new(secret),
+            pending_join: std::sync::Mutex::new(None),
             rebalancer: rebalance::Rebalancer::default(),
         }))
     }
 
-    /// The HTTP client nodes talk to each other's admin ports with.
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
+    /// HTTP to other nodes' admin ports, authenticated as the cluster.
+    pub fn peers(&self) -> &PeerClient {
+        &self.peers
     }
 
     /// This node as it introduces itself.
@@ -276,8 +283,13 @@ impl Manager {
     }
 
     /// Starts a new cluster with this node as its only member (a no-op on a
-    /// node that already belongs to one), and records it as active.
-    pub async fn init_cluster(&self) -> Result<(), ManagerError> {
+    /// node that already belongs to one), records it as active and, while
+    /// the cluster has no user yet, `admin` as its first admin user. The
+    /// node's own secret becomes the cluster's.
+    pub async fn init_cluster(
+        &self,
+        admin: Option<(String, PasswordHash)>,
+    ) -> Result<(), ManagerError> {
         let initialized = self.raft.is_initialized().await.map_err(internal)?;
         if !initialized {
             let members = BTreeMap::from([(
@@ -299,25 +311,56 @@ impl Manager {
             self.write(Command::AddNode(self.record(Membership::Active)))
                 .await?;
         }
+        match admin {
+            Some((name, password)) if self.state().users.is_empty() && self.is_leader() => {
+                let record = UserRecord {
+                    role: Role::Admin,
+                    password,
+                };
+                self.write(Command::SetUser { name, record }).await?;
+            }
+            None if self.state().users.is_empty() => {
+                tracing::warn!(
+                    "the cluster has no admin user: start it with --username and --password"
+                );
+            }
+            _ => {}
+        }
         Ok(())
     }
 
-    /// Asks the cluster at `url` (an admin URL) to add this node, retrying
-    /// until it answers; a no-op once this node is a member.
-    pub async fn join(&self, url: &str) -> Result<(), ManagerError> {
+    /// Asks the cluster at `url` (an admin URL) to add this node, as the
+    /// admin `user` with `password`, retrying until it answers; a no-op
+    /// once this node is a member. The request carries a one-time token
+    /// that the leader must hand back with the cluster secret, so this node
+    /// takes a secret only from the cluster it asked.
+    pub async fn join(&self, url: &str, user: &str, password: &str) -> Result<(), ManagerError> {
         let url = format!("{}/controller/addNode", url.trim_end_matches('/'));
+        let token = shoal_auth::scram::new_nonce().map_err(internal)?;
+        *lock(&self.pending_join) = Some(token.clone());
         let mut last = String::new();
         for _ in 0..120 {
             if self.is_member() {
                 return Ok(());
             }
-            let form = [("hostname", self.admin_address())];
-            match self.http.post(&url).form(&form).send().await {
+            let form = [
+                ("hostname", self.admin_address()),
+                ("joinToken", token.clone()),
+            ];
+            let request = self
+                .peers
+                .anonymous()
+                .post(&url)
+                .basic_auth(user, Some(password));
+            match request.form(&form).send().await {
                 Ok(r) if r.status().is_success() => return Ok(()),
                 Ok(r) => {
                     let status = r.status();
                     last = format!("HTTP {status}: {}", r.text().await.unwrap_or_default());
-                    if status.is_client_error() {
+                    // 401: the cluster may not have its first user yet
+                    // (it is being formed alongside): ask again.
+                    let retry = status == reqwest::StatusCode::UNAUTHORIZED;
+                    if status.is_client_error() && !retry {
                         return Err(ManagerError::Internal(format!("join refused: {last}")));
                     }
                 }
@@ -328,6 +371,28 @@ impl Manager {
         Err(ManagerError::Unavailable(format!(
             "could not join via {url}: {last}"
         )))
+    }
+
+    /// `POST /internal/join` on a node being added: the leader hands over
+    /// the cluster secret. Taken only by a node that is not a member of a
+    /// cluster, and — when it asked to join itself — only with the token it
+    /// sent. (A node started without `--join` takes the first cluster that
+    /// adds it: an unowned node is anyone's until then.)
+    pub fn accept_handoff(&self, secret: Secret, token: Option<&str>) -> Result<(), ManagerError> {
+        if self.is_member() {
+            return Err(
+                Rejection::Conflict("this node already belongs to a cluster".into()).into(),
+            );
+        }
+        if let Some(expected) = lock(&self.pending_join).as_deref() {
+            if token != Some(expected) {
+                return Err(Rejection::Invalid(
+                    "this node asked to join another way (join token mismatch)".into(),
+                )
+                .into());
+            }
+        }
+        self.peers.secret().replace(secret).map_err(internal)
     }
 
     fn admin_address(&self) -> String {
@@ -377,10 +442,15 @@ impl Manager {
     /// (its admin address) who it is, makes it a Raft learner, records it,
     /// and promotes it to voter while there are fewer than
     /// [`MAX_VOTERS`]. Idempotent for a node already added.
-    pub async fn add_node(&self, hostname: &str) -> Result<NodeRecord, ManagerError> {
+    pub async fn add_node(
+        &self,
+        hostname: &str,
+        token: Option<&str>,
+    ) -> Result<NodeRecord, ManagerError> {
         self.confirm_quorum().await?;
         let info: NodeInfo = self
-            .http
+            .peers
+            .anonymous()
             .get(format!("http://{hostname}/internal/nodeInfo"))
             .send()
             .await
@@ -403,6 +473,7 @@ impl Manager {
                 return Ok(existing.clone());
             }
         }
+        self.hand_over_secret(hostname, token).await?;
         let membership = if state.buckets.is_empty() {
             Membership::Active
         } else {
@@ -428,6 +499,36 @@ impl Manager {
         self.write(Command::AddNode(record.clone())).await?;
         self.balance_voters().await?;
         Ok(record)
+    }
+
+    /// Gives the node at `hostname` (not yet a member) the cluster secret,
+    /// with the join token it sent if it asked to join itself.
+    async fn hand_over_secret(
+        &self,
+        hostname: &str,
+        token: Option<&str>,
+    ) -> Result<(), ManagerError> {
+        let body = serde_json::json!({
+            "secret": self.peers.secret().current().to_hex(),
+            "joinToken": token,
+        });
+        let reply = self
+            .peers
+            .anonymous()
+            .post(format!("http://{hostname}/internal/join"))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| Rejection::Invalid(format!("cannot reach {hostname}: {e}")))?;
+        if !reply.status().is_success() {
+            let status = reply.status();
+            let text = reply.text().await.unwrap_or_default();
+            return Err(Rejection::Invalid(format!(
+                "{hostname} refused to join ({status}): {text}"
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     /// Leader side of `/controller/ejectNode`: drops the node from the
@@ -516,22 +617,12 @@ impl Manager {
             .enumerate()
             .filter(|(_, id)| **id != failed);
         let asks = survivors.map(|(idx, id)| {
-            let url = state.nodes.get(id).map(|n| {
-                format!(
-                    "http://{}/internal/seqnos/{}",
-                    n.admin_address(),
-                    bucket.spec.name
-                )
+            let request = state.nodes.get(id).map(|n| {
+                let path = format!("/internal/seqnos/{}", bucket.spec.name);
+                self.peers.get(&n.admin_address(), &path)
             });
-            let http = self.http.clone();
             async move {
-                let url = url?;
-                let reply = http
-                    .get(url)
-                    .timeout(Duration::from_secs(1))
-                    .send()
-                    .await
-                    .ok()?;
+                let reply = request?.timeout(Duration::from_secs(1)).send().await.ok()?;
                 let pairs: Vec<(u16, u64)> = reply.error_for_status().ok()?.json().await.ok()?;
                 Some((u16::try_from(idx).ok()?, pairs))
             }
@@ -587,6 +678,16 @@ impl Manager {
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
     }
+}
+
+impl Directory for Manager {
+    fn user(&self, name: &str) -> Option<UserRecord> {
+        self.state().users.get(name).cloned()
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn internal(e: impl std::fmt::Display) -> ManagerError {

@@ -2,7 +2,8 @@
 //! (`POST /internal/raft/{append,vote,snapshot}`), so the cluster needs no
 //! port beyond the two a node already has. The receiving side is the admin
 //! API's Raft endpoints; it answers with the serialized `Result` of the local
-//! Raft call, which this side turns back into a remote error.
+//! Raft call, which this side turns back into a remote error. Every call
+//! proves the cluster secret (Basic, as the cluster's own user).
 
 use std::time::Duration;
 
@@ -18,29 +19,29 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{NodeId, TypeConfig};
+use shoal_auth::secret::CLUSTER_USER;
 
-/// Makes one [`Peer`] per target node, all sharing one HTTP client.
+use super::{NodeId, TypeConfig};
+use crate::access::ClusterSecret;
+
+/// Makes one [`Peer`] per target node, all sharing one HTTP client and
+/// proving the cluster secret on every call.
 #[derive(Clone, Debug)]
 pub struct Network {
     client: reqwest::Client,
+    secret: ClusterSecret,
 }
 
 impl Network {
     /// A transport with its own connection pool.
-    pub fn new() -> Network {
+    pub fn new(secret: ClusterSecret) -> Network {
         Network {
             client: reqwest::Client::builder()
                 .connect_timeout(Duration::from_millis(500))
                 .build()
                 .unwrap_or_default(),
+            secret,
         }
-    }
-}
-
-impl Default for Network {
-    fn default() -> Self {
-        Network::new()
     }
 }
 
@@ -50,6 +51,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
         Peer {
             client: self.client.clone(),
+            secret: self.secret.clone(),
             target,
             base: format!("http://{}/internal/raft", node.addr),
         }
@@ -60,6 +62,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 #[derive(Debug)]
 pub struct Peer {
     client: reqwest::Client,
+    secret: ClusterSecret,
     target: NodeId,
     base: String,
 }
@@ -86,6 +89,7 @@ impl Peer {
         let response = self
             .client
             .post(format!("{}/{path}", self.base))
+            .basic_auth(CLUSTER_USER, Some(self.secret.current().to_hex()))
             .header("content-type", "application/json")
             .timeout(option.hard_ttl())
             .body(body)

@@ -540,17 +540,13 @@ impl Manager {
     ) -> Result<Vec<Option<VbucketRows>>, Failure> {
         let state = self.state();
         let requests = servers.iter().map(|id| {
-            let addr = state.nodes.get(id).map(|n| n.admin_address());
-            let http = self.http.clone();
-            let name = name.to_string();
+            let path = format!("/internal/vbuckets/{name}");
+            let request = state
+                .nodes
+                .get(id)
+                .map(|n| self.peers().get(&n.admin_address(), &path));
             async move {
-                let addr = addr?;
-                let reply = http
-                    .get(format!("http://{addr}/internal/vbuckets/{name}"))
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await
-                    .ok()?;
+                let reply = request?.timeout(Duration::from_secs(2)).send().await.ok()?;
                 if !reply.status().is_success() {
                     return None;
                 }

@@ -30,6 +30,7 @@ use shoal_vbmap::map::VbucketMap;
 use tokio::sync::{watch, Notify};
 
 use super::hosted::Hosted;
+use super::peers::PeerClient;
 use super::state::{BucketRecord, ClusterState, Membership};
 use super::takeover::{take_over, TakeOver, Takeovers};
 use super::Manager;
@@ -129,10 +130,10 @@ pub async fn run(
 ) {
     let mut changes = manager.subscribe();
     let mut hosted = Hosted::load(manager.dir());
-    let replicator = Replicator::new(super::state::join_host_port(
-        &manager.me().host,
-        manager.me().data_port,
-    ));
+    let replicator = Replicator::new(
+        super::state::join_host_port(&manager.me().host, manager.me().data_port),
+        manager.peers().secret().clone(),
+    );
     let kick = Arc::new(Notify::new());
     let takeovers = Takeovers::default();
     let dead_since = DeadSince::default();
@@ -143,7 +144,7 @@ pub async fn run(
         takeovers: &takeovers,
         dead_since: &dead_since,
         kick: &kick,
-        http: manager.http(),
+        peers: manager.peers(),
     };
     loop {
         let state = changes.borrow_and_update().clone();
@@ -180,7 +181,7 @@ struct Sides<'a> {
     dead_since: &'a DeadSince,
     /// Runs the loop again (a takeover finished).
     kick: &'a Arc<Notify>,
-    http: &'a reqwest::Client,
+    peers: &'a PeerClient,
 }
 
 /// Since when each vbucket with data has been dead here, by (bucket,
@@ -290,6 +291,8 @@ async fn host(
             bucket: name.clone(),
             source,
         })?;
+    // Password and flush setting may have been edited since.
+    live.apply_access(&bucket.spec);
     let Some(map) = bucket.map() else {
         return Ok(false);
     };
@@ -382,7 +385,7 @@ fn start_takeovers(
         tracing::info!(bucket = %live.name, from = %source_admin, vbuckets = vbs.len(), "taking over vbuckets");
         tokio::spawn(take_over(TakeOver {
             ctx: live.clone(),
-            http: sides.http.clone(),
+            peers: sides.peers.clone(),
             source_admin,
             vbs,
             takeovers: sides.takeovers.clone(),

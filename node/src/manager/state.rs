@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use shoal_vbmap::config::{BucketConfig, NodeAddress};
 use shoal_vbmap::VbucketMap;
 
-use crate::bucket::{BucketKind, BucketSpec};
+use crate::access::{Role, UserRecord};
+use crate::bucket::{BucketKind, BucketSpec, Durability};
+use shoal_auth::PasswordHash;
 
 /// A node's Raft id (random, chosen once and kept in its data dir).
 pub type NodeId = u64;
@@ -158,6 +160,20 @@ pub enum Command {
         /// Forward chains during a rebalance.
         forward: Option<Vec<Vec<i64>>>,
     },
+    /// An admin user is created, or its password or role replaced.
+    SetUser {
+        /// The user's name.
+        name: String,
+        /// Its role and password hash.
+        record: UserRecord,
+    },
+    /// An admin user is deleted (refused for the last full admin).
+    DeleteUser {
+        /// The user's name.
+        name: String,
+    },
+    /// Settings of a bucket that can change while it runs.
+    EditBucket(BucketEdit),
     /// A rebalance ended early: the bucket's forward chains go, and so do
     /// the servers its map no longer names. Worked out from the state the
     /// entry applies to, so a leader whose view lags cannot put an older
@@ -166,6 +182,19 @@ pub enum Command {
         /// Bucket name.
         name: String,
     },
+}
+
+/// What an edit of a bucket changes; `None` keeps a setting as it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketEdit {
+    /// The bucket.
+    pub name: String,
+    /// A new password (`Some(None)` removes it: the bucket opens).
+    pub password: Option<Option<PasswordHash>>,
+    /// Whether flush is allowed.
+    pub flush_enabled: Option<bool>,
+    /// A new minimum durability.
+    pub durability: Option<Durability>,
 }
 
 /// Why a command was refused; the REST layer maps it to a status.
@@ -218,6 +247,9 @@ pub struct ClusterState {
     /// Automatic failover settings.
     #[serde(default)]
     pub auto_failover: AutoFailover,
+    /// The admin users, by name (their passwords hashed).
+    #[serde(default)]
+    pub users: BTreeMap<String, UserRecord>,
 }
 
 impl ClusterState {
@@ -242,7 +274,72 @@ impl ClusterState {
                 forward,
             } => self.set_bucket_map(index, &name, servers, chains, forward),
             Command::ClearForward { name } => self.clear_forward(index, &name),
+            Command::SetUser { name, record } => self.set_user(name, record),
+            Command::DeleteUser { name } => self.delete_user(&name),
+            Command::EditBucket(edit) => self.edit_bucket(index, edit),
         }
+    }
+
+    fn set_user(&mut self, name: String, record: UserRecord) -> Result<(), Rejection> {
+        check_user_name(&name)?;
+        if record.role != Role::Admin && self.is_last_admin(&name) {
+            return Err(Rejection::Conflict(format!(
+                "{name:?} is the last admin user; it keeps the admin role"
+            )));
+        }
+        self.users.insert(name, record);
+        Ok(())
+    }
+
+    fn delete_user(&mut self, name: &str) -> Result<(), Rejection> {
+        if !self.users.contains_key(name) {
+            return Err(Rejection::NotFound(format!("no user named {name:?}")));
+        }
+        if self.is_last_admin(name) {
+            return Err(Rejection::Conflict(format!(
+                "{name:?} is the last admin user; create another one first"
+            )));
+        }
+        self.users.remove(name);
+        Ok(())
+    }
+
+    /// Whether `name` is the only user with the admin role.
+    fn is_last_admin(&self, name: &str) -> bool {
+        let admins: Vec<&String> = self
+            .users
+            .iter()
+            .filter(|(_, u)| u.role == Role::Admin)
+            .map(|(n, _)| n)
+            .collect();
+        admins == [name]
+    }
+
+    fn edit_bucket(&mut self, index: u64, edit: BucketEdit) -> Result<(), Rejection> {
+        let bucket = self
+            .buckets
+            .get_mut(&edit.name)
+            .ok_or_else(|| no_bucket(&edit.name))?;
+        if edit.durability.is_some_and(|d| d != Durability::None)
+            && bucket.spec.kind == BucketKind::Memcached
+        {
+            return Err(Rejection::Invalid(
+                "memcached buckets have no durability".into(),
+            ));
+        }
+        let spec = &mut bucket.spec;
+        if let Some(password) = edit.password {
+            spec.password = password;
+        }
+        if let Some(flush) = edit.flush_enabled {
+            spec.flush_enabled = flush;
+        }
+        if let Some(durability) = edit.durability {
+            spec.durability = durability;
+        }
+        // The served config says whether the bucket wants a password.
+        bucket.rev = index;
+        Ok(())
     }
 
     fn add_node(&mut self, index: u64, node: NodeRecord) -> Result<(), Rejection> {
@@ -460,6 +557,12 @@ impl ClusterState {
         let quota = bucket.spec.ram_quota_mb.saturating_mul(1024 * 1024);
         let extra = &mut config.extra;
         extra.insert("replicaNumber".into(), bucket.spec.replicas.into());
+        let auth = if bucket.spec.password.is_some() {
+            "sasl"
+        } else {
+            "none"
+        };
+        extra.insert("authType".into(), auth.into());
         extra.insert(
             "durabilityMinLevel".into(),
             bucket.spec.durability.as_str().into(),
@@ -495,6 +598,24 @@ fn holds_vbuckets(bucket: &BucketRecord, id: NodeId) -> bool {
         .iter()
         .chain(bucket.forward.iter().flatten())
         .any(|chain| chain.contains(&idx))
+}
+
+/// User names: 1 to 128 characters, none of them a control character,
+/// `:` (Basic credentials split there) or a leading `@` (kept for the
+/// cluster's own user).
+fn check_user_name(name: &str) -> Result<(), Rejection> {
+    let ok = !name.is_empty()
+        && name.chars().count() <= 128
+        && !name.starts_with('@')
+        && !name.chars().any(|c| c.is_control() || c == ':');
+    if ok {
+        Ok(())
+    } else {
+        Err(Rejection::Invalid(format!(
+            "user name {name:?} is invalid: 1 to 128 characters, no ':' or control \
+             characters, not starting with '@'"
+        )))
+    }
 }
 
 fn no_node(id: NodeId) -> Rejection {
@@ -555,6 +676,8 @@ mod tests {
                 replicas,
                 durability: crate::bucket::Durability::None,
                 num_vbuckets: 16,
+                password: None,
+                flush_enabled: false,
             },
             uuid: "u".into(),
             servers,

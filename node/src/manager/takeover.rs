@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use shoal_engine::VbucketState;
 use tokio::sync::Notify;
 
+use super::peers::PeerClient;
 use crate::bucket::LiveBucket;
 
 /// Takeovers in progress, by (bucket, vbucket), and the lock that orders
@@ -50,7 +51,7 @@ pub(super) struct TakeOver {
     /// The bucket taking over.
     pub ctx: Arc<LiveBucket>,
     /// For asking the old active where it is.
-    pub http: reqwest::Client,
+    pub peers: PeerClient,
     /// The old active's admin address.
     pub source_admin: String,
     /// The vbuckets to take over.
@@ -77,17 +78,18 @@ const TAKEOVER_DEADLINE: Duration = Duration::from_secs(30);
 pub(super) async fn take_over(job: TakeOver) {
     let TakeOver {
         ctx,
-        http,
+        peers,
         source_admin,
         mut vbs,
         takeovers,
         kick,
     } = job;
-    let url = format!("http://{source_admin}/internal/vbuckets/{}", ctx.name);
+    let path = format!("/internal/vbuckets/{}", ctx.name);
     let started = Instant::now();
     let mut reached = Instant::now();
     while !vbs.is_empty() && !ctx.is_deleted() {
-        let reply = http.get(&url).timeout(Duration::from_secs(1)).send().await;
+        let request = peers.get(&source_admin, &path);
+        let reply = request.timeout(Duration::from_secs(1)).send().await;
         let states: Option<Vec<(u16, u32, u64)>> = match reply {
             Ok(r) if r.status().is_success() => r.json().await.ok(),
             _ => None,

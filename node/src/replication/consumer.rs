@@ -1,7 +1,8 @@
 //! The consumer side of replication: a [`Replicator`] per node keeps one
 //! task per (bucket, source node) that streams this node's replica
 //! vbuckets from their active. Each task connects to the source's data
-//! port, selects the bucket with SASL PLAIN, opens a DCP connection named
+//! port, logs in as the cluster (SCRAM with the cluster secret) and
+//! selects the bucket, opens a DCP connection named
 //! `replica:<our data address>`, asks for every vbucket from its high seqno
 //! and failover-log branch, and installs what arrives with the active's
 //! seqnos and CAS ([`Bucket::apply_replicated`](shoal_engine::Bucket::apply_replicated)).
@@ -29,6 +30,7 @@ use tokio::task::JoinHandle;
 
 use self::session::Session;
 use super::producer::REPLICA_NAME_PREFIX;
+use crate::access::ClusterSecret;
 use crate::bucket::LiveBucket;
 use shoal_engine::mutation::VbucketId;
 
@@ -99,16 +101,20 @@ pub struct Replicator {
     /// Our data address as the cluster map spells it: the producer's name
     /// for us, and what its durability monitor counts acks under.
     me: String,
+    /// The cluster secret, which streams log in to their sources with.
+    secret: ClusterSecret,
     /// Why a `std` mutex: held only to diff and swap task handles, never
     /// across an `.await`.
     state: Mutex<State>,
 }
 
 impl Replicator {
-    /// A replicator for the node whose data address is `me` ("host:port").
-    pub fn new(me: String) -> Replicator {
+    /// A replicator for the node whose data address is `me` ("host:port"),
+    /// logging in to sources with `secret`.
+    pub fn new(me: String, secret: ClusterSecret) -> Replicator {
         Replicator {
             me,
+            secret,
             state: Mutex::new(State::default()),
         }
     }
@@ -175,6 +181,7 @@ impl Replicator {
             let connected = Arc::new(AtomicBool::new(false));
             let link = Link {
                 ctx: ctx.clone(),
+                secret: self.secret.clone(),
                 source: source.clone(),
                 vbuckets: spec.vbuckets.clone(),
                 ack_persisted: spec.ack_persisted,
@@ -277,6 +284,8 @@ fn plan(
 #[derive(Debug)]
 struct Link {
     ctx: Arc<LiveBucket>,
+    /// What the link logs in to its source with.
+    secret: ClusterSecret,
     source: String,
     vbuckets: Vec<VbucketId>,
     ack_persisted: bool,

@@ -13,7 +13,7 @@ use shoal_protocol::cas::compare_value;
 
 use super::stats;
 use super::Flow;
-use crate::bucket::LiveBucket;
+use crate::bucket::{FlushError, LiveBucket};
 use crate::version::VERSION;
 use shoal_engine::{resolve_exptime, ArithOp, ArithRequest, EngineError, StoreMode, StoreRequest};
 
@@ -81,7 +81,11 @@ pub(super) fn execute(ctx: &LiveBucket, frame: &[u8], cmd: &Command, out: &mut B
             if !flush.noreply {
                 match result {
                     Ok(()) => out.put_slice(b"OK\r\n"),
-                    Err(e) => out.put_slice(error_line(e)),
+                    // memcached's words when started with flush disabled.
+                    Err(FlushError::Disabled) => {
+                        out.put_slice(b"CLIENT_ERROR flush_all not allowed\r\n")
+                    }
+                    Err(FlushError::Engine(e)) => out.put_slice(error_line(e)),
                 }
             }
             Flow::Wrote
@@ -119,13 +123,10 @@ pub(super) fn execute(ctx: &LiveBucket, frame: &[u8], cmd: &Command, out: &mut B
     }
 }
 
-/// The reply to a command that needs a bucket on a connection without one
-/// (sent even for `noreply`, as memcached sends errors).
-pub(super) const NO_BUCKET: &[u8] = b"SERVER_ERROR no bucket selected\r\n";
-
 /// Runs `cmd` on a connection with no bucket: `version`, `verbosity` and
-/// `quit` work, everything else is answered [`NO_BUCKET`].
-pub(super) fn without_bucket(cmd: &Command, out: &mut BytesMut) -> Flow {
+/// `quit` work, everything else is answered `refusal` (sent even for
+/// `noreply`, as memcached sends errors).
+pub(super) fn without_bucket(cmd: &Command, refusal: &[u8], out: &mut BytesMut) -> Flow {
     match cmd {
         Command::Version => {
             out.put_slice(b"VERSION ");
@@ -138,7 +139,7 @@ pub(super) fn without_bucket(cmd: &Command, out: &mut BytesMut) -> Flow {
             }
         }
         Command::Quit => return Flow::Close,
-        _ => out.put_slice(NO_BUCKET),
+        _ => out.put_slice(refusal),
     }
     Flow::Read
 }

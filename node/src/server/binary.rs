@@ -8,9 +8,13 @@
 //! are silent on success, errors are always sent. The vbucket commands
 //! (SET/GET/DEL_VBUCKET) are what the cluster manager drives a node with.
 //!
-//! Bucket selection, as Couchbase does it: SASL PLAIN authenticates as a
-//! user named like the bucket, SELECT_BUCKET names the bucket. Without a
-//! bucket, every command that needs one answers NO_BUCKET (0x08).
+//! Bucket selection, as Couchbase does it: SASL (PLAIN or SCRAM)
+//! authenticates as a bucket (its name and password, which selects it), an
+//! admin user or the cluster; SELECT_BUCKET names a bucket the connection
+//! may use. Without a bucket, every command that needs one answers
+//! NO_BUCKET (0x08), or AUTH_ERROR (0x20) when `default` waits for a
+//! password. SET_VBUCKET, DEL_VBUCKET and DCP answer NO_ACCESS (0x24) to
+//! anyone but the cluster.
 
 use bytes::{Bytes, BytesMut};
 use shoal_protocol::binary::{
@@ -18,19 +22,16 @@ use shoal_protocol::binary::{
     RequestHeader, ResponseFields, Status, VbucketState as WireState,
 };
 
-use super::connection::Session;
+use super::session::{SaslReply, Selection, Session, MECHANISMS};
 use super::stats;
 use super::Flow;
-use crate::bucket::{BucketKind, LiveBucket};
+use crate::bucket::{BucketKind, FlushError, LiveBucket};
 use crate::version::VERSION;
 use shoal_engine::VbucketId;
 use shoal_engine::{
     resolve_exptime, ArithCreate, ArithOp, ArithRequest, EngineError, Hit, StoreMode, StoreRequest,
     VbucketState,
 };
-
-/// The one SASL mechanism offered.
-const PLAIN: &[u8] = b"PLAIN";
 
 /// Runs `req`, parsed from `frame`, appending its reply (if any) to `out`:
 /// the commands that need no bucket here, the rest on the session's bucket.
@@ -42,74 +43,64 @@ pub(super) fn execute(
 ) -> Flow {
     let h = &req.header;
     match h.opcode {
-        Opcode::Noop | Opcode::Verbosity => {
-            Reply::ok(h).write(out);
-            Flow::Read
-        }
-        Opcode::Version => {
-            Reply::ok(h).value(VERSION.as_bytes()).write(out);
-            Flow::Read
-        }
+        Opcode::Noop | Opcode::Verbosity => Reply::ok(h).write(out),
+        Opcode::Version => Reply::ok(h).value(VERSION.as_bytes()).write(out),
         Opcode::Quit => {
             Reply::ok(h).write(out);
-            Flow::Close
+            return Flow::Close;
         }
-        Opcode::QuitQ => Flow::Close,
-        Opcode::SaslListMechs => {
-            Reply::ok(h).value(PLAIN).write(out);
-            Flow::Read
-        }
-        Opcode::SaslAuth => {
-            // No security yet: the password is not checked. The user names
-            // the bucket (Couchbase's per-bucket SASL, which moxi and the
-            // old smart clients rely on); an unknown one is an auth error
-            // and leaves the selection as it was.
-            let user = (req.key.of(frame) == PLAIN)
-                .then(|| plain_user(req.value.of(frame)))
-                .flatten();
-            match user {
-                Some(user) if session.select(user) => {
-                    Reply::ok(h).value(b"Authenticated").write(out)
-                }
-                _ => Reply::error(h, Status::AUTH_ERROR).write(out),
-            }
-            Flow::Read
-        }
-        // PLAIN completes in one step: there is nothing to continue.
-        Opcode::SaslStep => {
-            Reply::error(h, Status::AUTH_ERROR).write(out);
-            Flow::Read
-        }
+        Opcode::QuitQ => return Flow::Close,
+        Opcode::SaslListMechs => Reply::ok(h).value(MECHANISMS).write(out),
+        Opcode::SaslAuth | Opcode::SaslStep => sasl(session, frame, req, out),
         Opcode::SelectBucket => {
-            // Couchbase answers an unknown bucket "not found" and keeps the
-            // connection on the bucket it had.
-            if session.select(req.key.of(frame)) {
-                Reply::ok(h).write(out);
-            } else {
-                Reply::error(h, Status::KEY_NOT_FOUND).write(out);
+            // Couchbase answers an unknown bucket "not found", one the
+            // connection may not use "no access", and keeps the connection
+            // on the bucket it had.
+            match session.select(req.key.of(frame)) {
+                Selection::Selected => Reply::ok(h).write(out),
+                Selection::NoSuchBucket => Reply::error(h, Status::KEY_NOT_FOUND).write(out),
+                Selection::NoAccess => Reply::error(h, Status::NO_ACCESS).write(out),
             }
-            Flow::Read
         }
-        Opcode::Other(_) => {
-            Reply::error(h, Status::UNKNOWN_COMMAND).write(out);
-            Flow::Read
+        Opcode::Other(_) => Reply::error(h, Status::UNKNOWN_COMMAND).write(out),
+        // The cluster's own commands: vbucket states and replication
+        // streams. Only another node (proving the cluster secret) may.
+        op if is_cluster_only(op) && !session.principal().is_cluster() => {
+            Reply::error(h, Status::NO_ACCESS).write(out)
         }
         _ => match session.bucket() {
-            Some(bucket) => execute_on(bucket, frame, req, out),
-            None => {
-                Reply::error(h, Status::NO_BUCKET).write(out);
-                Flow::Read
-            }
+            Some(bucket) => return execute_on(bucket, frame, req, out),
+            None if session.needs_auth() => Reply::error(h, Status::AUTH_ERROR).write(out),
+            None => Reply::error(h, Status::NO_BUCKET).write(out),
         },
     }
+    Flow::Read
 }
 
-/// The user of a SASL PLAIN message (`authzid NUL authcid NUL password`,
-/// RFC 4616), if it is one.
-fn plain_user(message: &[u8]) -> Option<&[u8]> {
-    let mut parts = message.split(|&b| b == 0);
-    let (_authzid, user, _password) = (parts.next()?, parts.next()?, parts.next()?);
-    (parts.next().is_none() && !user.is_empty()).then_some(user)
+/// Opcodes only the cluster itself may send: they change vbucket states
+/// or stream (or acknowledge) a bucket's every write.
+pub(super) fn is_cluster_only(op: Opcode) -> bool {
+    matches!(op, Opcode::SetVbucket | Opcode::DelVbucket) || op.is_dcp()
+}
+
+/// SASL_AUTH and SASL_STEP: Couchbase's statuses (0x21 to continue a
+/// SCRAM exchange, 0x20 on any failure, with nothing said of why).
+fn sasl(session: &mut Session, frame: &[u8], req: &Request, out: &mut BytesMut) {
+    let h = &req.header;
+    let (mechanism, data) = (req.key.of(frame), req.value.of(frame));
+    let reply = if h.opcode == Opcode::SaslAuth {
+        session.sasl_auth(mechanism, data)
+    } else {
+        session.sasl_step(mechanism, data)
+    };
+    match reply {
+        SaslReply::Done(value) => Reply::ok(h).value(&value).write(out),
+        SaslReply::Continue(value) => Reply::ok(h)
+            .status(Status::AUTH_CONTINUE)
+            .value(&value)
+            .write(out),
+        SaslReply::Failed => Reply::error(h, Status::AUTH_ERROR).write(out),
+    }
 }
 
 /// One request against one bucket: what every verb below needs.
@@ -297,7 +288,9 @@ fn flush(call: &Call, out: &mut BytesMut) -> Flow {
     match call.bucket.flush_all(deadline, call.now) {
         Ok(()) if h.opcode.is_quiet() => {}
         Ok(()) => Reply::ok(h).write(out),
-        Err(e) => Reply::engine_error(h, e).write(out),
+        // memcached started with flush disabled (`-F`) answers the same.
+        Err(FlushError::Disabled) => Reply::error(h, Status::NOT_SUPPORTED).write(out),
+        Err(FlushError::Engine(e)) => Reply::engine_error(h, e).write(out),
     }
     Flow::Wrote
 }
@@ -553,15 +546,5 @@ mod tests {
             Err(EngineError::NotMyVbucket),
             "vbucket 1 is not a replica"
         );
-    }
-
-    #[test]
-    fn plain_messages() {
-        assert_eq!(plain_user(b"\0b1\0secret"), Some(&b"b1"[..]));
-        assert_eq!(plain_user(b"admin\0b1\0"), Some(&b"b1"[..]));
-        assert_eq!(plain_user(b"\0\0pw"), None, "no user");
-        assert_eq!(plain_user(b"b1"), None);
-        assert_eq!(plain_user(b"\0b1"), None, "no password field");
-        assert_eq!(plain_user(b"\0b1\0pw\0more"), None);
     }
 }

@@ -21,15 +21,17 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use shoal_protocol::binary::{encode_error_response, parse_request, peek_request_header, Status};
-use shoal_protocol::{ascii, meta, Limits, ParseError, Recovery};
+use shoal_protocol::{ascii, meta, ParseError, Recovery};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use shoal_engine::VbucketId;
 
+use super::session::Session;
 use super::{ascii as ascii_front, binary as binary_front, meta as meta_front, Flow};
-use crate::bucket::{Buckets, LiveBucket, ServerStats, DEFAULT_BUCKET};
+use crate::access::Authenticator;
+use crate::bucket::{Buckets, LiveBucket};
 
 /// Initial read buffer: a few MTUs, enough for most pipelined batches of
 /// small requests without growing.
@@ -82,10 +84,11 @@ pub struct DcpHandoff {
 pub async fn serve(
     mut stream: TcpStream,
     buckets: Arc<Buckets>,
+    auth: Arc<Authenticator>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Option<Handoff> {
     let _ = stream.set_nodelay(true);
-    let mut session = Session::on_node(buckets);
+    let mut session = Session::on_node(buckets, auth);
     let stats = session.stats.clone();
     let mut conn = Connection::new();
     loop {
@@ -189,6 +192,17 @@ fn ascii_write_key(cmd: &ascii::Command) -> Option<shoal_protocol::Span> {
     }
 }
 
+/// What a text command that needs a bucket hears on a connection without
+/// one: to authenticate (memcached's words for a client that skipped SASL)
+/// when `default` wants a password, else that no bucket is selected.
+fn no_bucket(session: &Session) -> &'static [u8] {
+    if session.needs_auth() {
+        b"CLIENT_ERROR unauthenticated\r\n"
+    } else {
+        b"SERVER_ERROR no bucket selected\r\n"
+    }
+}
+
 /// Resolves once the bucket `signal` belongs to is deleted; never without
 /// a bucket.
 async fn deleted(signal: &mut Option<watch::Receiver<bool>>) {
@@ -206,9 +220,12 @@ async fn deleted(signal: &mut Option<watch::Receiver<bool>>) {
 /// no socket: the input arrives in `chunks` (as reads would deliver it) and
 /// the replies are returned. Stops early, like a connection, at `quit` or at
 /// an error that closes the stream. For fuzzing and tests of the session
-/// logic; the connection is on `ctx`'s bucket, the only one it can select.
+/// logic; the connection acts as the cluster on `ctx`'s bucket, the only
+/// one it can select.
 pub fn drive(ctx: &Arc<LiveBucket>, chunks: &[&[u8]]) -> DriveOutcome {
-    let mut session = Session::on_bucket(ctx.clone());
+    static AUTH: std::sync::OnceLock<Arc<Authenticator>> = std::sync::OnceLock::new();
+    let auth = AUTH.get_or_init(|| Arc::new(Authenticator::in_memory()));
+    let mut session = Session::on_bucket(ctx.clone(), auth.clone());
     let mut conn = Connection::new();
     let mut output = Vec::new();
     for chunk in chunks {
@@ -262,104 +279,6 @@ enum Step {
     /// A DCP_OPEN is at the front of the read buffer: hand the connection
     /// to the replication producer.
     Dcp,
-}
-
-/// A connection's bucket, and where it can select another.
-pub(super) struct Session {
-    /// The selected bucket; `None` until one is (a node without `default`).
-    ctx: Option<Arc<LiveBucket>>,
-    /// Fires when the selected bucket is deleted.
-    deleted: Option<watch::Receiver<bool>>,
-    /// Where names are looked up.
-    directory: Directory,
-    /// The node's parser limits (the same for every bucket).
-    limits: Limits,
-    /// The node's counters.
-    stats: Arc<ServerStats>,
-}
-
-/// Where a [`Session`] looks bucket names up.
-enum Directory {
-    /// Every bucket of a node.
-    Node(Arc<Buckets>),
-    /// One bucket and nothing else ([`drive`]).
-    Single(Arc<LiveBucket>),
-}
-
-// === impl Session ===
-
-impl Session {
-    /// A session of a connection to the node of `buckets`: on `default` if
-    /// the node has one.
-    fn on_node(buckets: Arc<Buckets>) -> Session {
-        let mut session = Session {
-            ctx: None,
-            deleted: None,
-            limits: *buckets.limits(),
-            stats: buckets.stats().clone(),
-            directory: Directory::Node(buckets),
-        };
-        if let Some(ctx) = session.lookup(DEFAULT_BUCKET) {
-            session.set_bucket(ctx);
-        }
-        session
-    }
-
-    /// A session on `ctx`, which can select nothing else.
-    fn on_bucket(ctx: Arc<LiveBucket>) -> Session {
-        let mut session = Session {
-            ctx: None,
-            deleted: None,
-            limits: ctx.limits,
-            stats: ctx.stats.clone(),
-            directory: Directory::Single(ctx.clone()),
-        };
-        session.set_bucket(ctx);
-        session
-    }
-
-    /// The selected bucket.
-    #[inline]
-    pub(super) fn bucket(&self) -> Option<&Arc<LiveBucket>> {
-        self.ctx.as_ref()
-    }
-
-    /// Whether the selected bucket has been deleted.
-    fn bucket_deleted(&self) -> bool {
-        self.ctx.as_ref().is_some_and(|ctx| ctx.is_deleted())
-    }
-
-    /// Selects bucket `name`; false (and the selection unchanged, as
-    /// Couchbase keeps it) when there is no such bucket.
-    pub(super) fn select(&mut self, name: &[u8]) -> bool {
-        let found = std::str::from_utf8(name)
-            .ok()
-            .and_then(|name| self.lookup(name));
-        match found {
-            Some(ctx) => {
-                self.set_bucket(ctx);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn lookup(&self, name: &str) -> Option<Arc<LiveBucket>> {
-        match &self.directory {
-            Directory::Node(buckets) => buckets.get(name),
-            Directory::Single(ctx) => (ctx.name == name && !ctx.is_deleted()).then(|| ctx.clone()),
-        }
-    }
-
-    fn set_bucket(&mut self, ctx: Arc<LiveBucket>) {
-        // The batch may have written to the bucket being left; the serve
-        // loop only notifies the one selected when the batch ends.
-        if let Some(old) = &self.ctx {
-            old.wrote();
-        }
-        self.deleted = Some(ctx.deleted_signal());
-        self.ctx = Some(ctx);
-    }
 }
 
 /// A connection's buffers, kept apart from the socket so the processing
@@ -488,7 +407,12 @@ impl Connection {
         let limits = &session.limits;
         let before = self.wbuf.len();
         let (flow, used, durable) = match buf[0] {
-            0x80 if buf.get(1) == Some(&DCP_OPEN) && session.bucket().is_some() => {
+            // Only the cluster opens DCP streams; anyone else's DCP_OPEN is
+            // answered NO_ACCESS by the binary front end.
+            0x80 if buf.get(1) == Some(&DCP_OPEN)
+                && session.bucket().is_some()
+                && session.principal().is_cluster() =>
+            {
                 return Some(Flow::Dcp)
             }
             0x80 => match parse_request(buf, limits) {
@@ -509,7 +433,9 @@ impl Connection {
                 Ok(Some((cmd, used))) => {
                     let flow = match session.bucket() {
                         Some(ctx) => meta_front::execute(ctx, &buf[..used], &cmd, &mut self.wbuf),
-                        None => meta_front::without_bucket(&cmd, &mut self.wbuf),
+                        None => {
+                            meta_front::without_bucket(&cmd, no_bucket(session), &mut self.wbuf)
+                        }
                     };
                     let key = cmd
                         .key()
@@ -527,7 +453,9 @@ impl Connection {
                 Ok(Some((cmd, used))) => {
                     let flow = match session.bucket() {
                         Some(ctx) => ascii_front::execute(ctx, &buf[..used], &cmd, &mut self.wbuf),
-                        None => ascii_front::without_bucket(&cmd, &mut self.wbuf),
+                        None => {
+                            ascii_front::without_bucket(&cmd, no_bucket(session), &mut self.wbuf)
+                        }
                     };
                     let key = ascii_write_key(&cmd).and_then(|k| buf.get(k.start..k.end));
                     let durable = durable_target(session, flow).zip(key).map(|(ctx, key)| {

@@ -38,10 +38,10 @@ const MAX_KEY: usize = 250;
 
 /// Runs `cmd` on a connection with no bucket: `mn` works, everything else
 /// is answered `SERVER_ERROR no bucket selected`.
-pub(super) fn without_bucket(cmd: &MetaCommand, out: &mut BytesMut) -> Flow {
+pub(super) fn without_bucket(cmd: &MetaCommand, refusal: &[u8], out: &mut BytesMut) -> Flow {
     match cmd {
         MetaCommand::Noop => out.put_slice(b"MN\r\n"),
-        _ => out.put_slice(super::ascii::NO_BUCKET),
+        _ => out.put_slice(refusal),
     }
     Flow::Read
 }

@@ -1,13 +1,15 @@
 //! The data service: one port for ASCII, meta and binary memcached
 //! clients in front of the node's live buckets.
 //!
-//! Modules: `connection` (the per-client read/parse/run/write loop, its
-//! bucket selection and durable-write waits), `ascii`, `meta` and `binary`
-//! (one front end per protocol), `stats` (the `stats` groups).
+//! Modules: `connection` (the per-client read/parse/run/write loop and its
+//! durable-write waits), `session` (who the connection is — SASL PLAIN and
+//! SCRAM — and which bucket it works on), `ascii`, `meta` and `binary` (one
+//! front end per protocol), `stats` (the `stats` groups).
 //!
-//! A connection starts on bucket `default` when it exists and selects
-//! another with binary SASL PLAIN (the user names the bucket) or
-//! SELECT_BUCKET. A connection that opens a DCP stream is not served here:
+//! A connection starts as nobody on bucket `default` when it exists and
+//! has no password, and authenticates (binary SASL) or selects another
+//! bucket (SELECT_BUCKET) as Couchbase's data service lets it; vbucket
+//! commands and DCP are the cluster's alone. A connection that opens a DCP stream is not served here:
 //! [`serve`] returns it as a [`Handoff`] and the wiring gives it to the
 //! replication producer, so this layer never imports replication (its
 //! sibling). Must not import: `replication`, `cluster_view`, `manager`,
@@ -17,6 +19,7 @@ mod ascii;
 mod binary;
 mod connection;
 mod meta;
+mod session;
 mod stats;
 
 pub use connection::{drive, serve, DcpHandoff, DriveOutcome, Handoff};

@@ -39,6 +39,11 @@ impl Status {
     /// 0x0023: a DCP stream request cannot resume where the consumer asked;
     /// the body is the u64 seqno to roll back to (Couchbase's `Rollback`).
     pub const ROLLBACK: Status = Status(0x0023);
+    /// 0x0024: the connection is authenticated (or not at all) as someone
+    /// who may not do this (Couchbase's `Eaccess`): a vbucket command or DCP
+    /// from a client that is not the cluster, a protected bucket selected
+    /// without its credentials.
+    pub const NO_ACCESS: Status = Status(0x0024);
     /// 0x0081: unknown command.
     pub const UNKNOWN_COMMAND: Status = Status(0x0081);
     /// 0x0082: out of memory.
@@ -80,6 +85,7 @@ impl Status {
             Status::AUTH_ERROR => "Auth failure.",
             Status::AUTH_CONTINUE => "Auth continue",
             Status::ROLLBACK => "Rollback",
+            Status::NO_ACCESS => "No access",
             Status::UNKNOWN_COMMAND => "Unknown command",
             Status::OUT_OF_MEMORY => "Out of memory",
             Status::NOT_SUPPORTED => "Not supported",
@@ -132,6 +138,7 @@ mod tests {
             (Status::NO_BUCKET, 0x08),
             (Status::AUTH_ERROR, 0x20),
             (Status::AUTH_CONTINUE, 0x21),
+            (Status::NO_ACCESS, 0x24),
             (Status::ROLLBACK, 0x23),
             (Status::UNKNOWN_COMMAND, 0x81),
             (Status::OUT_OF_MEMORY, 0x82),

@@ -35,6 +35,8 @@ pub use metrics::{render as render_metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE
 const DRAINING: &str = "draining";
 /// `/health` and `/config`'s reason before the first map.
 const NO_MAP: &str = "no cluster map yet";
+/// `/health`'s reason while the cluster refuses the bucket's credentials.
+const REFUSED: &str = "the cluster refuses the bucket's credentials (check the bucket password)";
 
 /// Serves the admin endpoints on `listener`.
 ///
@@ -74,6 +76,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
 async fn health(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
     if shared.draining.load(Ordering::Acquire) {
         (StatusCode::SERVICE_UNAVAILABLE, DRAINING)
+    } else if shared.credentials_refused() {
+        (StatusCode::SERVICE_UNAVAILABLE, REFUSED)
     } else if !shared.maps.load().is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, NO_MAP)
     } else {

@@ -22,7 +22,9 @@ use shoal_protocol::binary::{
 use shoal_protocol::cas::compare_value;
 use shoal_protocol::Exptime;
 
-use super::call::{fan_out, flush_all, get_one, keyed, multi_get, CallError, KeyResult, Plain};
+use super::call::{
+    fan_out, flush_all, get_one, keyed, multi_get, CallError, Flushed, KeyResult, Plain,
+};
 use super::text::{call_error_line, refusal_line, TEMPORARY_FAILURE};
 use super::{report, Outcome, VERSION};
 use crate::downstream::Reply;
@@ -227,9 +229,13 @@ async fn touch(shared: &Shared, frame: &Bytes, touch: &Touch, out: &mut BytesMut
 async fn flush(shared: &Shared, flush: &FlushAll, out: &mut BytesMut) {
     let wire = exptime_to_wire(flush.delay);
     let delay = wire.to_be_bytes();
-    let ok = flush_all(shared, if wire == 0 { &[] } else { &delay }).await;
+    let flushed = flush_all(shared, if wire == 0 { &[] } else { &delay }).await;
     if !flush.noreply {
-        out.put_slice(if ok { b"OK\r\n" } else { TEMPORARY_FAILURE });
+        out.put_slice(match flushed {
+            Flushed::All => b"OK\r\n",
+            Flushed::NotAllowed => b"CLIENT_ERROR flush_all not allowed\r\n",
+            Flushed::Failed => TEMPORARY_FAILURE,
+        });
     }
 }
 

@@ -13,7 +13,7 @@ use shoal_protocol::binary::{
     encode_response, Opcode, Request, RequestHeader, ResponseFields, Status,
 };
 
-use super::call::{flush_all, keyed, CallError, Plain};
+use super::call::{check_login, flush_all, keyed, CallError, Flushed, Plain};
 use super::{report, Outcome, VERSION};
 use crate::downstream::Reply;
 use crate::shared::Shared;
@@ -54,8 +54,11 @@ pub(super) async fn execute(
         Opcode::Noop => local(out, h, Status::OK, &[], &[]),
         Opcode::Version => local(out, h, Status::OK, &[], VERSION.as_bytes()),
         Opcode::Verbosity => local(out, h, Status::OK, &[], &[]),
+        // The proxy checks PLAIN logins against the cluster; SCRAM would
+        // need the password, which only the nodes can verify.
         Opcode::SaslListMechs => local(out, h, Status::OK, &[], b"PLAIN"),
-        Opcode::SaslAuth | Opcode::SaslStep => local(out, h, Status::OK, &[], b"Authenticated"),
+        Opcode::SaslAuth => sasl_plain(shared, frame, req, out).await,
+        Opcode::SaslStep => status_reply(shared, out, h, Status::AUTH_ERROR),
         Opcode::Flush => flush(shared, frame, req, out).await,
         Opcode::Stat => {
             for (name, value) in report::stats(shared, req.key.of(frame)).await {
@@ -130,11 +133,11 @@ fn relay(out: &mut BytesMut, h: &RequestHeader, reply: &Reply) {
 /// FLUSH (FLUSHQ): every node; quiet, it is silent on success.
 async fn flush(shared: &Shared, frame: &Bytes, req: &Request, out: &mut BytesMut) {
     let h = &req.header;
-    let ok = flush_all(shared, req.extras_span().of(frame)).await;
-    match (ok, h.opcode.is_quiet()) {
-        (true, true) => {}
-        (true, false) => local(out, h, Status::OK, &[], &[]),
-        (false, _) => status_reply(shared, out, h, Status::TEMPORARY_FAILURE),
+    match flush_all(shared, req.extras_span().of(frame)).await {
+        Flushed::All if h.opcode.is_quiet() => {}
+        Flushed::All => local(out, h, Status::OK, &[], &[]),
+        Flushed::NotAllowed => status_reply(shared, out, h, Status::NOT_SUPPORTED),
+        Flushed::Failed => status_reply(shared, out, h, Status::TEMPORARY_FAILURE),
     }
 }
 
@@ -165,5 +168,28 @@ fn call_error(shared: &Shared, out: &mut BytesMut, h: &RequestHeader, e: CallErr
                 b"Outcome unknown: connection to node lost",
             );
         }
+        CallError::CredentialsRefused => {
+            shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+            local(
+                out,
+                h,
+                Status::AUTH_ERROR,
+                &[],
+                b"The cluster refuses the proxy's bucket credentials",
+            );
+        }
+    }
+}
+
+/// SASL_AUTH with PLAIN: answered OK only when a node of the cluster
+/// accepts the credentials and lets them use the proxy's bucket, never
+/// blindly. Any other mechanism, or no node to ask, is an auth error.
+async fn sasl_plain(shared: &Shared, frame: &[u8], req: &Request, out: &mut BytesMut) {
+    let h = &req.header;
+    let accepted = req.key.of(frame) == b"PLAIN" && check_login(shared, req.value.of(frame)).await;
+    if accepted {
+        local(out, h, Status::OK, &[], b"Authenticated");
+    } else {
+        status_reply(shared, out, h, Status::AUTH_ERROR);
     }
 }

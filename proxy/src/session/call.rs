@@ -21,7 +21,8 @@ use shoal_protocol::binary::{encode_request, Opcode, RequestFields, Status, HEAD
 use shoal_vbmap::{ServerIdx, VbucketId};
 use tokio::time::Instant;
 
-use crate::downstream::{Batch, DownstreamError, NodePool, Pending, Reply};
+use crate::config::MapSource;
+use crate::downstream::{self, Batch, DownstreamError, NodePool, Pending, Reply};
 use crate::routing::Routing;
 use crate::shared::Shared;
 
@@ -46,6 +47,10 @@ pub enum CallError {
     /// or may not have been applied, so it was not sent again.
     #[error("outcome unknown: connection to the node failed")]
     OutcomeUnknown,
+    /// The cluster refuses the proxy's credentials for its bucket: nothing
+    /// was sent, and retrying will not help until the password is fixed.
+    #[error("the cluster refuses the proxy's bucket credentials")]
+    CredentialsRefused,
 }
 
 /// A keyed request, encodable for any vbucket and opaque.
@@ -121,6 +126,9 @@ pub async fn keyed(
             _ => route.server,
         };
         let Some(pool) = server.and_then(|s| routing.pool(s)).cloned() else {
+            if shared.config_refused.load(Ordering::Relaxed) {
+                return Err(CallError::CredentialsRefused);
+            }
             wait_for_map(&mut changes, deadline).await?;
             continue;
         };
@@ -142,6 +150,7 @@ pub async fn keyed(
                     }
                 }
             }
+            Err(DownstreamError::AuthRefused) => return Err(CallError::CredentialsRefused),
             Err(DownstreamError::NotSent) => {
                 let until = deadline.min(Instant::now() + DOWN_RETRY);
                 let _ = tokio::time::timeout_at(until, changes.changed()).await;
@@ -155,6 +164,20 @@ pub async fn keyed(
             return Err(CallError::Unavailable);
         }
     }
+}
+
+/// Whether the cluster accepts a client's SASL PLAIN `message` for the
+/// proxy's bucket, asked of the first node of the current map on a
+/// connection of its own. A static ring has no cluster to ask: never.
+pub async fn check_login(shared: &Shared, message: &[u8]) -> bool {
+    let MapSource::Cluster { bucket, .. } = &shared.config.source else {
+        return false;
+    };
+    let routing = shared.maps.snapshot();
+    let Some(pool) = routing.pools.first() else {
+        return false;
+    };
+    downstream::check_plain(pool.addr(), message, bucket, &shared.config.downstream).await
 }
 
 /// `request` alone in a batch for `pool`, addressed to `vbucket`.
@@ -490,17 +513,37 @@ pub async fn fan_out(
     futures_util::future::join_all(calls).await
 }
 
-/// Sends FLUSH (with `extras`: its delay, if any) to every node; true when
-/// every node answered OK.
-pub async fn flush_all(shared: &Shared, extras: &[u8]) -> bool {
+/// What `flush_all` on every node came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flushed {
+    /// Every node flushed.
+    All,
+    /// A node does not allow flushing the bucket (its `flushEnabled` is
+    /// off): memcached's "not allowed".
+    NotAllowed,
+    /// A node failed or did not answer.
+    Failed,
+}
+
+/// FLUSH on every node of the map (`extras`: the optional delay).
+pub async fn flush_all(shared: &Shared, extras: &[u8]) -> Flushed {
     let request = Plain::new(Opcode::Flush, &[], extras);
-    fan_out(shared, &request).await.iter().all(|node| {
-        node.as_ref().is_ok_and(|replies| {
-            replies
-                .iter()
-                .all(|reply| reply.response.header.status == Status::OK)
-        })
-    })
+    let mut outcome = Flushed::All;
+    for node in fan_out(shared, &request).await {
+        let statuses = node.iter().flatten().map(|r| r.response.header.status);
+        for status in statuses {
+            match status {
+                Status::OK => {}
+                Status::NOT_SUPPORTED => outcome = Flushed::NotAllowed,
+                _ if outcome == Flushed::All => outcome = Flushed::Failed,
+                _ => {}
+            }
+        }
+        if node.is_err() && outcome == Flushed::All {
+            outcome = Flushed::Failed;
+        }
+    }
+    outcome
 }
 
 #[cfg(test)]

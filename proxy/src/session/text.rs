@@ -14,6 +14,9 @@ pub(super) fn call_error_line(error: CallError) -> &'static [u8] {
     match error {
         CallError::Unavailable => TEMPORARY_FAILURE,
         CallError::OutcomeUnknown => b"SERVER_ERROR outcome unknown: connection to node lost\r\n",
+        CallError::CredentialsRefused => {
+            b"SERVER_ERROR the cluster refuses the proxy's bucket credentials\r\n"
+        }
     }
 }
 

@@ -31,6 +31,7 @@ mod endpoints;
 
 use std::future::Future;
 use std::pin::{pin, Pin};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +40,7 @@ use shoal_vbmap::config::{BucketConfig, ConfigError, StreamSplitter, DEFAULT_MAX
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::MapSource;
+use crate::config::{MapSource, Password};
 use crate::shared::Shared;
 use backoff::RoundBackoff;
 use endpoints::{bucket_url, substitute_host, Endpoints, Redacted};
@@ -152,7 +153,12 @@ pub async fn run_with(
     mut shutdown: watch::Receiver<bool>,
     settings: WatcherSettings,
 ) {
-    let MapSource::Cluster { urls, bucket } = &shared.config.source else {
+    let MapSource::Cluster {
+        urls,
+        bucket,
+        password,
+    } = &shared.config.source
+    else {
         tracing::debug!("static map: no config watcher");
         return;
     };
@@ -181,6 +187,7 @@ pub async fn run_with(
         shared: shared.clone(),
         client,
         bucket: bucket.clone(),
+        password: password.clone(),
         settings,
         endpoints,
         next_refresh: Instant::now(),
@@ -209,6 +216,9 @@ struct Watcher {
     shared: Arc<Shared>,
     client: Client,
     bucket: String,
+    /// The bucket's password, sent as HTTP Basic credentials (the bucket's
+    /// name and password) for a bucket that has one.
+    password: Option<Password>,
     settings: WatcherSettings,
     endpoints: Endpoints,
     /// No refresh fetch may start before this.
@@ -248,14 +258,17 @@ impl Watcher {
     async fn follow(&mut self, base: &Url, delivered: &mut usize) -> WatchError {
         let liveness = self.settings.liveness_timeout;
         let url = bucket_url(base, "bucketsStreaming", &self.bucket);
-        let mut response = match tokio::time::timeout(liveness, self.client.get(url).send()).await {
+        let request = self.authorized(self.client.get(url));
+        let mut response = match tokio::time::timeout(liveness, request.send()).await {
             Err(_) => return WatchError::Silent(liveness),
             Ok(Err(error)) => return WatchError::Request(error),
             Ok(Ok(response)) if !response.status().is_success() => {
-                return WatchError::Status(response.status())
+                self.note_refusal(response.status());
+                return WatchError::Status(response.status());
             }
             Ok(Ok(response)) => response,
         };
+        self.note_refusal(response.status());
         let mut splitter = StreamSplitter::new(self.settings.max_document_size);
         // A clone so the pinned `Notified` does not borrow `self`.
         let shared = self.shared.clone();
@@ -300,10 +313,27 @@ impl Watcher {
         }
     }
 
+    /// `request` with the bucket's credentials, if it has a password.
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.password {
+            Some(Password(password)) => request.basic_auth(&self.bucket, Some(password)),
+            None => request,
+        }
+    }
+
+    /// Notes whether the node refused the credentials (401, 403): `/health`
+    /// and every request report it until a node accepts them.
+    fn note_refusal(&self, status: StatusCode) {
+        let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+        if self.shared.config_refused.swap(refused, Ordering::Relaxed) != refused && refused {
+            tracing::error!(bucket = %self.bucket, "the cluster refused the bucket's credentials");
+        }
+    }
+
     /// The one-shot fetch of `/pools/default/buckets/<bucket>` from `base`,
     /// started no earlier than the refresh interval allows.
     fn refresh(&self, base: &Url) -> Refresh {
-        let request = self.client.get(bucket_url(base, "buckets", &self.bucket));
+        let request = self.authorized(self.client.get(bucket_url(base, "buckets", &self.bucket)));
         let not_before = self.next_refresh;
         let timeout = self.settings.refresh_timeout;
         let max = self.settings.max_document_size;

@@ -1,5 +1,5 @@
-//! One connection of a replica stream task to its source: connect,
-//! authenticate as the bucket, DCP_OPEN, then request every vbucket and
+//! One connection of a replica stream task to its source: connect, log in
+//! as the cluster and select the bucket, DCP_OPEN, then request every vbucket and
 //! apply what arrives until the connection fails. Frames are applied in
 //! order from the read buffer; one the engine has no memory for stays there
 //! while reading pauses (back-pressure), and is retried.
@@ -21,6 +21,10 @@ use shoal_protocol::Limits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use shoal_auth::scram::{self, Mechanism};
+use shoal_auth::secret::CLUSTER_USER;
+use shoal_auth::{Hash, Secret};
 
 use super::acks::AckTracker;
 use super::Link;
@@ -87,7 +91,7 @@ pub(super) enum SessionError {
     Io(#[from] std::io::Error),
     #[error("timed out {0}")]
     Timeout(&'static str),
-    #[error("SASL auth as the bucket refused: {0}")]
+    #[error("logging in as the cluster or selecting the bucket refused: {0}")]
     Auth(Status),
     #[error("DCP_OPEN refused: {0}")]
     Open(Status),
@@ -168,7 +172,14 @@ impl<'a> Session<'a> {
             .map_err(|_| SessionError::Timeout("connecting"))??;
         let _ = stream.set_nodelay(true);
         let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
-        let auth = authenticate(&mut stream, &link.ctx.name, &mut rbuf, &self.limits);
+        let secret = link.secret.current();
+        let auth = authenticate(
+            &mut stream,
+            &secret,
+            &link.ctx.name,
+            &mut rbuf,
+            &self.limits,
+        );
         tokio::time::timeout(HANDSHAKE_TIMEOUT, auth)
             .await
             .map_err(|_| SessionError::Timeout("authenticating"))??;
@@ -626,39 +637,79 @@ impl<'a> Session<'a> {
     }
 }
 
-/// SASL PLAIN as the bucket (Couchbase's per-bucket auth, which selects it);
-/// leaves any bytes after the reply in `rbuf`.
+/// Logs in as the cluster (SCRAM-SHA512 with the cluster secret: the
+/// secret never crosses the wire) and selects `bucket`; leaves any bytes
+/// after the last reply in `rbuf`.
 async fn authenticate(
     stream: &mut TcpStream,
+    secret: &Secret,
     bucket: &str,
     rbuf: &mut BytesMut,
     limits: &Limits,
 ) -> Result<(), SessionError> {
-    let mut frame = BytesMut::new();
-    let message = format!("\0{bucket}\0");
-    encode_request(
-        &mut frame,
-        &RequestFields {
-            opaque: OPAQUE_SASL,
-            ..RequestFields::new(Opcode::SaslAuth)
-        },
+    let mech = Mechanism(Hash::Sha512);
+    let nonce = scram::new_nonce().map_err(|_| SessionError::Protocol("no random nonce"))?;
+    let (client, first) = scram::Client::new(mech, CLUSTER_USER, &secret.to_hex(), &nonce);
+    let name = mech.name().as_bytes();
+    let (status, server_first) = call(stream, rbuf, limits, Opcode::SaslAuth, name, &first).await?;
+    if status != Status::AUTH_CONTINUE {
+        return Err(SessionError::Auth(status));
+    }
+    let (waiting, last) = client
+        .respond(&server_first)
+        .map_err(|_| SessionError::Protocol("bad SCRAM server-first message"))?;
+    let (status, server_final) = call(stream, rbuf, limits, Opcode::SaslStep, name, &last).await?;
+    if status != Status::OK {
+        return Err(SessionError::Auth(status));
+    }
+    // The source proves it knows the secret too: a node that does not is
+    // no member of this cluster, whatever it answers.
+    waiting
+        .verify(&server_final)
+        .map_err(|_| SessionError::Protocol("the source does not know the cluster secret"))?;
+    let (status, _) = call(
+        stream,
+        rbuf,
+        limits,
+        Opcode::SelectBucket,
+        bucket.as_bytes(),
         &[],
-        b"PLAIN",
-        message.as_bytes(),
-    )?;
+    )
+    .await?;
+    match status {
+        Status::OK => Ok(()),
+        status => Err(SessionError::Auth(status)),
+    }
+}
+
+/// Sends one request (`key`, `value`) and reads its reply: the status and
+/// the value.
+async fn call(
+    stream: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    limits: &Limits,
+    opcode: Opcode,
+    key: &[u8],
+    value: &[u8],
+) -> Result<(Status, Vec<u8>), SessionError> {
+    let mut frame = BytesMut::new();
+    let fields = RequestFields {
+        opaque: OPAQUE_SASL,
+        ..RequestFields::new(opcode)
+    };
+    encode_request(&mut frame, &fields, &[], key, value)?;
     stream.write_all(&frame).await?;
     loop {
         match parse_dcp(rbuf, limits) {
-            Ok(Some((DcpMessage::Reply(reply), used)))
-                if reply.header.opcode == Opcode::SaslAuth =>
-            {
+            Ok(Some((DcpMessage::Reply(reply), used))) if reply.header.opcode == opcode => {
+                let value = rbuf
+                    .get(reply.value.start..reply.value.end)
+                    .unwrap_or_default()
+                    .to_vec();
                 rbuf.advance(used);
-                return match reply.header.status {
-                    Status::OK => Ok(()),
-                    status => Err(SessionError::Auth(status)),
-                };
+                return Ok((reply.header.status, value));
             }
-            Ok(Some(_)) => return Err(SessionError::Protocol("unexpected reply to SASL_AUTH")),
+            Ok(Some(_)) => return Err(SessionError::Protocol("unexpected reply while logging in")),
             Ok(None) => {}
             Err(e) => return Err(SessionError::Protocol(e.reason)),
         }
