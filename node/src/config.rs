@@ -183,5 +183,36 @@ mod tests {
         );
         assert_eq!(bad(|c| c.max_value_len = 0), NodeConfigError::MaxValue(0));
         assert_eq!(bad(|c| c.max_connections = 0), NodeConfigError::Connections);
+        let any = IpAddr::from([0, 0, 0, 0]);
+        assert_eq!(
+            bad(|c| c.host = IpAddr::from([0, 0, 0, 0])),
+            NodeConfigError::Unadvertised(any)
+        );
+        assert_eq!(
+            bad(|c| c.init_cluster = true),
+            NodeConfigError::NoCredentials
+        );
+        assert_eq!(
+            bad(|c| c.join = Some("http://10.0.0.1:8091".into())),
+            NodeConfigError::NoCredentials
+        );
+    }
+
+    #[test]
+    fn a_node_on_every_address_advertises_the_one_given() {
+        let config = NodeConfig {
+            host: IpAddr::from([0, 0, 0, 0]),
+            advertise_host: Some("10.0.0.7".into()),
+            ..NodeConfig::default()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(config.advertised_host(), "10.0.0.7");
+        assert_eq!(NodeConfig::default().advertised_host(), "127.0.0.1");
+        let credentials = Credentials {
+            username: "a".into(),
+            password: "secret-pw".into(),
+        };
+        assert!(!format!("{credentials:?}").contains("secret-pw"));
     }
 }

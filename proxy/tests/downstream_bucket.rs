@@ -1,8 +1,10 @@
 //! Downstream connections to a bucket other than `default`: each new
-//! connection authenticates with SASL PLAIN as the bucket (empty password)
-//! before any request goes out on it, and a refused authentication fails the
-//! batch as "not sent" (safe to retry), like a refused connect. The node is
-//! scripted on 127.0.0.1:0.
+//! connection authenticates as the bucket before any request goes out on
+//! it — SASL PLAIN with an empty password for an open bucket, SCRAM-SHA512
+//! with the bucket's password for one that has one — and a refused
+//! authentication fails the batch unsent (`AuthRefused`: retrying will not
+//! help until the password is fixed). The node is scripted on 127.0.0.1:0
+//! (its SCRAM side is shoal-auth's server).
 
 use std::time::Duration;
 
@@ -103,5 +105,70 @@ async fn connections_authenticate_as_the_bucket_before_use() {
 async fn a_refused_bucket_fails_the_batch_unsent() {
     let (result, (opcode, _, _)) = run(Status::AUTH_ERROR).await;
     assert_eq!(opcode, Opcode::SaslAuth.to_u8());
-    assert_eq!(result, Err(DownstreamError::NotSent));
+    assert_eq!(result, Err(DownstreamError::AuthRefused));
+    assert!(DownstreamError::AuthRefused.not_sent());
+}
+
+/// A scripted node whose bucket `b1` has `stored` as its password: it runs
+/// the server side of SCRAM, then answers one NOOP if the login worked.
+/// Returns the outcome of a NOOP sent through a pool holding `password`.
+async fn scram_run(password: &str) -> Result<usize, DownstreamError> {
+    use shoal_auth::scram::{Credential, Mechanism, ServerFirst};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = ServerAddr::parse(&listener.local_addr().unwrap().to_string()).unwrap();
+    let node = tokio::spawn(async move {
+        let stored =
+            shoal_auth::PasswordHash::with_salt(b"right-password", b"saltsaltsaltsalt", 4096)
+                .unwrap();
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let (opcode, opaque, mech, first) = read_frame(&mut stream).await;
+        assert_eq!(
+            (opcode, &mech[..]),
+            (Opcode::SaslAuth.to_u8(), &b"SCRAM-SHA512"[..])
+        );
+        let mech = Mechanism::parse(&mech).unwrap();
+        let lookup = |user: &str| {
+            (user == "b1").then(|| Credential {
+                salt: stored.salt().to_vec(),
+                iterations: stored.iterations(),
+                keys: stored.keys(mech.0).clone(),
+            })
+        };
+        let (server, reply) = ServerFirst::start(mech, &first, lookup, "servernonce").unwrap();
+        answer(&mut stream, opcode, opaque, Status::AUTH_CONTINUE, &reply).await;
+        let (opcode, opaque, _, last) = read_frame(&mut stream).await;
+        assert_eq!(opcode, Opcode::SaslStep.to_u8());
+        match server.finish(&last) {
+            Ok((_, server_final)) => {
+                answer(&mut stream, opcode, opaque, Status::OK, &server_final).await;
+                let (op, opaque, _, _) = read_frame(&mut stream).await;
+                answer(&mut stream, op, opaque, Status::OK, &[]).await;
+            }
+            Err(_) => answer(&mut stream, opcode, opaque, Status::AUTH_ERROR, b"").await,
+        }
+    });
+    let config = DownstreamConfig {
+        bucket: Some("b1".into()),
+        password: Some(shoal_proxy::downstream::Password(password.into())),
+        ..DownstreamConfig::default()
+    };
+    let pool = NodePool::new(addr, &config);
+    let result = tokio::time::timeout(PATIENCE, pool.call(noop(9)))
+        .await
+        .expect("a reply or an error in time")
+        .map(|replies| replies.len());
+    tokio::time::timeout(PATIENCE, node)
+        .await
+        .expect("node done")
+        .unwrap();
+    result
+}
+
+#[tokio::test]
+async fn a_bucket_with_a_password_is_logged_in_with_scram() {
+    assert_eq!(scram_run("right-password").await, Ok(1));
+    assert_eq!(
+        scram_run("wrong-password").await,
+        Err(DownstreamError::AuthRefused)
+    );
 }

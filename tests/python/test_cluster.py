@@ -836,12 +836,14 @@ def test_failover_promotes_replicas_and_drops_the_failed_node(harness):
     assert r.status == 200, r.describe()
     cluster.wait_bucket_gone("fo0")
 
-    # What a failover asks the survivors: each vbucket's high seqno.
-    r = leader.get("/internal/seqnos/fo")
+    # What a failover asks the survivors: each vbucket's high seqno (asked
+    # as the cluster, as nodes ask each other).
+    as_cluster = leader.cluster_credentials()
+    r = leader.get("/internal/seqnos/fo", auth=as_cluster)
     assert r.status == 200, r.describe()
     seqnos = dict(map(tuple, json.loads(r.body)))
     assert sorted(seqnos) == list(range(VBUCKETS)) and all(s >= 0 for s in seqnos.values()), seqnos
-    assert leader.get("/internal/seqnos/nope").status == 404
+    assert leader.get("/internal/seqnos/nope", auth=as_cluster).status == 404
 
     r = cluster.followers()[-1].post("/controller/failOver", {"otpNode": victim.otp_node})
     assert r.status == 200, r.describe()

@@ -834,10 +834,11 @@ def test_meta_flags_without_state_are_refused(shoal_node, request_bytes):
 def test_binary_verbosity_and_sasl(memcached_server, shoal_node):
     request = frame("VERBOSITY", extras=struct.pack(">I", 1), opaque=1) + frame(0x20, opaque=2)
     # memcached 1.6.18 (no -S) knows neither; Shoal answers VERBOSITY as
-    # the binary protocol specifies, and lists PLAIN for SASL clients (a
-    # standalone node lets every client in, node/src/server/binary.rs).
+    # the binary protocol specifies, and lists the SASL mechanisms it
+    # checks, strongest first in Couchbase's names and order
+    # (node/src/server/session.rs `MECHANISMS`).
     got = [(f[1], struct.unpack_from(">H", f, 6)[0], f[24:]) for f in binary_exchange_on(shoal_node.addr, request)]
-    assert got == [(0x1B, 0, b""), (0x20, 0, b"PLAIN")]
+    assert got == [(0x1B, 0, b""), (0x20, 0, b"SCRAM-SHA512 SCRAM-SHA256 SCRAM-SHA1 PLAIN")]
     want = binary_exchange_on(memcached_server.addr, frame(0x20, opaque=2))
     assert [(f[1], struct.unpack_from(">H", f, 6)[0]) for f in want] == [(0x20, 0x81)]
 

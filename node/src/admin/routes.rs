@@ -143,6 +143,10 @@ pub(super) fn table() -> Vec<(Route, MethodRouter<Admin>)> {
             r("GET", "/internal/nodeInfo", Public),
             get(internal::node_info),
         ),
+        (
+            r("GET", "/internal/whoami", Cluster),
+            get(internal::node_info),
+        ),
         (r("POST", "/internal/join", Public), post(internal::join)),
         (
             r("POST", "/internal/bucketConfig", Cluster),

@@ -474,6 +474,7 @@ impl Manager {
             }
         }
         self.hand_over_secret(hostname, token).await?;
+        self.confirm_joiner(&info).await?;
         let membership = if state.buckets.is_empty() {
             Membership::Active
         } else {
@@ -527,6 +528,34 @@ impl Manager {
                 "{hostname} refused to join ({status}): {text}"
             ))
             .into());
+        }
+        Ok(())
+    }
+
+    /// Checks that the node being added answers, as `info` says, at the
+    /// admin address it gives the cluster, and proves the cluster secret
+    /// there: something that only looked like a node is refused before it
+    /// becomes a Raft member.
+    async fn confirm_joiner(&self, info: &NodeInfo) -> Result<(), ManagerError> {
+        let address = state::join_host_port(&info.host, info.admin_port);
+        let refused = |why: String| {
+            ManagerError::Rejected(Rejection::Invalid(format!(
+                "the node at {address} did not prove it holds the cluster secret ({why})"
+            )))
+        };
+        let reply = self
+            .peers
+            .get(&address, "/internal/whoami")
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        if !reply.status().is_success() {
+            return Err(refused(format!("HTTP {}", reply.status())));
+        }
+        let said: NodeInfo = reply.json().await.map_err(|e| refused(e.to_string()))?;
+        if said != *info {
+            return Err(refused("it answers as another node".into()));
         }
         Ok(())
     }

@@ -7,14 +7,20 @@ modules below.
   server a test (or module) starts, stops and cleans them up, and gives
   their logs to a failing test's report (`report_sections`); `figure()`
   prints a measured figure (run pytest with `-s` to see them).
+- `harness.credentials`: who the harness is — `ADMIN`, the admin user of
+  every cluster it forms (in the nodes' environment), `Credentials`,
+  `CLUSTER_USER` and a node's cluster secret, `shoal up`'s credentials
+  file, a child's environment.
 - `harness.process`: the processes — `Child` (the base), `Memcached`,
-  `ShoalNode` (standalone, bare, or in a cluster), `ShoalProxy`, `ShoalUp`
-  — and `shoal_binary`, `free_port`, `consecutive_ports`.
+  `ShoalNode` (standalone, bare, or in a cluster; its cluster secret),
+  `ShoalProxy`, `ShoalUp` (and the credentials it printed) — and
+  `shoal_binary`, `free_port`, `consecutive_ports`.
 - `harness.wire`: the binary protocol (encode, decode, `BinaryConn`),
-  node data-port helpers carrying vbucket ids (bucket selection, direct
-  get/set, STAT, pipelines), ASCII requests, `addr_of`.
-- `harness.rest`: `rest()` and its self-describing `Reply`, error bodies,
-  otpNode ids, `ConfigStream` (a streaming config reader).
+  SASL PLAIN logins, node data-port helpers carrying vbucket ids (bucket
+  selection, direct get/set, STAT, pipelines), ASCII requests, `addr_of`.
+- `harness.rest`: `rest()` (as the harness's admin unless told
+  otherwise) and its self-describing `Reply`, error bodies, otpNode ids,
+  `ConfigStream` (a streaming config reader).
 - `harness.configserver`: the cluster manager's part played by the test
   for the proxy's tests — `ConfigServer`, `bucket_config`, `ManualCluster`.
 - `harness.cluster`: `Cluster` (nodes formed by Shoal's own cluster
@@ -32,6 +38,7 @@ since a suite that skips itself proves nothing.
 
 from .cluster import Cluster
 from .configserver import ConfigServer, ManualCluster
+from .credentials import ADMIN
 from .process import Child, Memcached, ShoalNode, ShoalProxy, ShoalUp
 
 
@@ -54,21 +61,23 @@ class Harness:
         self.children.append(child)
         return child
 
-    def node(self, name, *args):
+    def node(self, name, *args, credentials=ADMIN):
         """A `shoal node` (not started: `start(*flags)` it); `args` go on
-        every start."""
-        return self.add(ShoalNode(name, *args))
+        every start, `credentials` (the admin it forms or joins a cluster
+        with; None for none) in its environment."""
+        return self.add(ShoalNode(name, *args, credentials=credentials))
 
-    def proxy(self, *args, name="shoal-proxy"):
-        """A started `shoal proxy *args`."""
-        return self.add(ShoalProxy(*args, name=name)).start()
+    def proxy(self, *args, name="shoal-proxy", bucket_password=None):
+        """A started `shoal proxy *args` (with its bucket's password in
+        its environment, if given)."""
+        return self.add(ShoalProxy(*args, name=name, bucket_password=bucket_password)).start()
 
     def memcached(self, name="memcached", *args):
         """A started memcached; `args` are more of its options."""
         return self.add(Memcached(name, *args)).start()
 
     def up(self, **kw):
-        """A `shoal up` (not started)."""
+        """A `shoal up` (not started; `ShoalUp` for the options)."""
         return self.add(ShoalUp(**kw))
 
     def config_server(self):

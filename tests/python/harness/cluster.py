@@ -27,7 +27,10 @@ CONVERGE_DEADLINE_S = 20.0
 
 
 class Cluster:
-    """`size` nodes: the first starts the cluster, the others join it."""
+    """`size` nodes: the first starts the cluster, the others join it, all
+    with the harness's admin user (`harness.credentials.ADMIN`, in their
+    environment), which is the cluster's first admin and what the REST
+    helpers send."""
 
     def __init__(self, harness, size, prefix="node"):
         self.harness = harness
@@ -158,8 +161,9 @@ def summarize(view):
     }
 
 
-def wait_data_ready(nodes, bucket, config, deadline_s=None):
-    """Waits until every node lets a connection select `bucket` and, for a
+def wait_data_ready(nodes, bucket, config, deadline_s=None, credentials=None):
+    """Waits until every node lets a connection (logged in as
+    `credentials`, if given: a bucket with a password) select `bucket` and, for a
     membase bucket, reports (GET_VBUCKET) every vbucket its map makes
     active there as active: the REST config can run ahead of the data
     port, whose buckets and vbucket states follow the applied metadata.
@@ -170,7 +174,7 @@ def wait_data_ready(nodes, bucket, config, deadline_s=None):
     def ready(w):
         pending = {}
         for node in nodes:
-            with BinaryConn(node.addr) as conn:
+            with BinaryConn(node.addr, credentials=credentials) as conn:
                 r = select_bucket(conn, bucket)
                 if r.status != STATUS_OK:
                     pending[node.name] = f"SELECT_BUCKET {r.status:#x} {r.value!r}"

@@ -9,9 +9,11 @@ states.
   one-shot `/pools/default/buckets/default`.
 - `bucket_config()`: a Couchbase bucket config for given servers and map.
 - `ManualCluster`: bare nodes (`shoal node --vbuckets N`, every vbucket
-  dead until the test sets its state with SET_VBUCKET), a config server,
-  and the vbucket → node map the test owns, `publish()`ed as a bucket
-  config.
+  dead until the test sets its state with SET_VBUCKET, which only the
+  cluster may send: `ShoalNode.set_vbucket` logs in with the node's
+  cluster secret), a config server, and the vbucket → node map the test
+  owns, `publish()`ed as a bucket config. The nodes' `default` bucket has
+  no password, so the proxy needs none, for the config or the nodes.
 """
 
 import json

@@ -8,10 +8,13 @@
 - `ShoalNode`: `shoal node` in any mode — standalone (`--standalone`),
   bare with dead vbuckets for a test-owned map (`--vbuckets N`), or in a
   cluster (`--init-cluster`, `--join URL`, or bare to be added) — with the
-  binary data-port calls and the REST calls tests make on a node.
+  binary data-port calls (as a client, or as the cluster for SET_VBUCKET),
+  the REST calls tests make on a node (as the harness's admin unless told
+  otherwise) and its cluster secret.
 - `ShoalProxy`: `shoal proxy`, vbucket (`--cluster`) or ketama
-  (`--servers`) mode.
-- `ShoalUp`: `shoal up` in its own process group.
+  (`--servers`) mode, with a bucket password if given.
+- `ShoalUp`: `shoal up` in its own process group, and the admin
+  credentials it printed and kept.
 - `shoal_binary()`, `free_port()`, `consecutive_ports()`.
 
 Ports: a node and a proxy bind port 0 and announce the addresses they
@@ -20,10 +23,17 @@ from its data dir asks for the ports it announced the first time: they
 are its identity in the Raft membership. memcached and `shoal up` need
 numbers on their command lines (see `free_port` and `consecutive_ports`).
 A missing binary fails the test: a suite that skips itself proves nothing.
+
+Credentials: every node and `shoal up` gets the harness's admin user
+(`harness.credentials.ADMIN`) in its environment, which `--init-cluster`
+and `--join` need (on a restart with them too); a proxy gets a bucket
+password the same way when it has one. No child sees Shoal credentials
+from the shell running the tests.
 """
 
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -35,6 +45,14 @@ from pathlib import Path
 
 import pytest
 
+from .credentials import (
+    ADMIN,
+    Credentials,
+    child_env,
+    cluster_credentials,
+    read_cluster_secret,
+    read_credentials_file,
+)
 from .poll import LONGEST_INTERVAL_S, Watch, poll
 from .rest import node_id_of, rest
 from .wire import (
@@ -283,7 +301,9 @@ class Memcached(Child):
 class ShoalNode(Child):
     """`shoal node` with its own data dir. `args` go on every start (the
     mode: `--standalone`, `--vbuckets N`, `--max-value-bytes N`…), the
-    `flags` of one start only on that one (`--init-cluster`, `--join URL`).
+    `flags` of one start only on that one (`--init-cluster`, `--join URL`);
+    `credentials` (default the harness's admin; None for none) are in its
+    environment on every start.
 
     The first start binds port 0 for both ports and reads back the
     addresses the node announces; every later start (a restart from the
@@ -293,16 +313,18 @@ class ShoalNode(Child):
     moment: a restart told "address in use" is launched again until the
     start deadline."""
 
-    def __init__(self, name="shoal-node", *args):
+    def __init__(self, name="shoal-node", *args, credentials=ADMIN):
         super().__init__(name)
         self.args = [str(a) for a in args]
+        self.credentials = credentials
         self.data_dir = tempfile.mkdtemp(prefix=f"{name}-")
         # The admin (REST) (host, port), once known.
         self.admin = None
         self._flags = []
         self._id = None
-        # One binary connection for `call`, shared by the test's threads.
-        self._conn = None
+        # The binary connections of `call`, shared by the test's threads:
+        # one as an ordinary client, one logged in as the cluster.
+        self._conns = {}
         self._conn_lock = threading.Lock()
 
     # --- addresses ---
@@ -337,7 +359,7 @@ class ShoalNode(Child):
             "--data-dir", self.data_dir,
             "--port", str(port), "--admin-port", str(admin_port),
             *self.args, *self._flags,
-        ])  # fmt: skip
+        ], env=child_env(self.credentials))  # fmt: skip
         return self
 
     def wait_listening(self):
@@ -386,29 +408,46 @@ class ShoalNode(Child):
         super().cleanup()
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
+    # --- the cluster secret ---
+
+    def cluster_secret(self):
+        """The cluster secret in its data dir now (its own until it joins
+        a cluster, the cluster's after)."""
+        return read_cluster_secret(self.data_dir)
+
+    def cluster_credentials(self):
+        """`@cluster` with its cluster secret: for the `/internal/*`
+        endpoints (`auth=`) and a data-port login (SET_VBUCKET, DCP)."""
+        return cluster_credentials(self.data_dir)
+
     # --- binary requests with a vbucket id ---
 
-    def call(self, opcode, key=b"", value=b"", extras=b"", vbucket=0, cas=0):
-        """One binary request on this node's (shared, locked) connection."""
+    def call(self, opcode, key=b"", value=b"", extras=b"", vbucket=0, cas=0, as_cluster=False):
+        """One binary request on this node's (shared, locked) connection:
+        an ordinary client's, or with `as_cluster` one logged in as the
+        cluster."""
         with self._conn_lock:
-            if self._conn is None:
-                self._conn = BinaryConn(self.addr)
+            conn = self._conns.get(as_cluster)
+            if conn is None:
+                login = self.cluster_credentials() if as_cluster else None
+                conn = self._conns[as_cluster] = BinaryConn(self.addr, credentials=login)
             try:
-                return self._conn.call(opcode, key, value, extras, vbucket, 0, cas)
+                return conn.call(opcode, key, value, extras, vbucket, 0, cas)
             except Exception:
-                self._conn.close()
-                self._conn = None
+                conn.close()
+                del self._conns[as_cluster]
                 raise
 
     def _drop_connection(self):
         with self._conn_lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            for conn in self._conns.values():
+                conn.close()
+            self._conns.clear()
 
     def set_vbucket(self, vbucket, state):
+        """SET_VBUCKET, as the cluster (the only one allowed to)."""
         # The state as 4-byte big-endian extras.
-        r = self.call(OP_SET_VBUCKET, extras=state.to_bytes(4, "big"), vbucket=vbucket)
+        r = self.call(OP_SET_VBUCKET, extras=state.to_bytes(4, "big"), vbucket=vbucket, as_cluster=True)
         assert r.status == STATUS_OK, f"SET_VBUCKET {vbucket}={state} on {self.name}: status {r.status:#x} {r.value!r}"
 
     def binary_get(self, vbucket, key):
@@ -421,16 +460,16 @@ class ShoalNode(Child):
         r = self.call(OP_SET, key=key, value=value, extras=store_extras(flags), vbucket=vbucket)
         assert r.status == STATUS_OK, f"direct SET {key!r} vb {vbucket} on {self.name}: status {r.status:#x}"
 
-    # --- REST ---
+    # --- REST (as the harness's admin unless `auth` says otherwise) ---
 
-    def get(self, path):
-        return rest(self.admin, "GET", path)
+    def get(self, path, **kw):
+        return rest(self.admin, "GET", path, **kw)
 
     def post(self, path, form=None, **kw):
         return rest(self.admin, "POST", path, form=form, **kw)
 
-    def delete(self, path):
-        return rest(self.admin, "DELETE", path)
+    def delete(self, path, **kw):
+        return rest(self.admin, "DELETE", path, **kw)
 
     def pools(self):
         """GET /pools/default as JSON (a failure unless 200)."""
@@ -473,22 +512,26 @@ class ShoalNode(Child):
 
 class ShoalProxy(Child):
     """`shoal proxy … --port 0 --admin-port 0`; both addresses read back
-    from its stdout."""
+    from its stdout. `bucket_password` (the password of its bucket, if it
+    has one) goes in its environment."""
 
-    def __init__(self, *args, name="shoal-proxy"):
+    def __init__(self, *args, name="shoal-proxy", bucket_password=None):
         super().__init__(name)
         self.args = [str(a) for a in args]
+        self.bucket_password = bucket_password
         self.admin = None
 
     def start(self):
-        self.spawn([str(shoal_binary()), "proxy", *self.args, "--port", "0", "--admin-port", "0"])
+        self.spawn([str(shoal_binary()), "proxy", *self.args, "--port", "0", "--admin-port", "0"],
+                   env=child_env(bucket_password=self.bucket_password))  # fmt: skip
         self.addr = addr_of(self.wait_line("data "))
         self.admin = addr_of(self.wait_line("admin "))
         return self
 
     def http_get(self, path):
-        """(status, body) of a GET on the admin port."""
-        r = rest(self.admin, "GET", path, timeout=SOCKET_TIMEOUT_S)
+        """(status, body) of a GET on the admin port (which asks for no
+        credentials)."""
+        r = rest(self.admin, "GET", path, timeout=SOCKET_TIMEOUT_S, auth=None)
         return r.status, r.body
 
     def wait_healthy(self):
@@ -516,18 +559,31 @@ class ShoalProxy(Child):
 # === shoal up ===
 
 
+# `shoal up`'s line naming the admin user (src/up.rs `print_endpoints`),
+# without its "admin " prefix.
+UP_ADMIN_LINE = re.compile(r"^\s*user (?P<user>\S+)\s+password (?P<password>\S+)\s+\(kept in (?P<file>.+)\)$")
+
+
 class ShoalUp(Child):
     """`shoal up` in its own process group (its children share it), so
     cleanup can end the whole group by its id. Its ports are numbers on its
     command line (`consecutive_ports`), the same for a restart from the
-    same --dir."""
+    same --dir.
 
-    def __init__(self, nodes=3, replicas=1, vbuckets=None, name="shoal-up"):
+    `credentials` (default the harness's admin) go in its environment; with
+    None it makes its own. Either way `start()` reads back what it printed
+    and kept in `<dir>/credentials` (a failure if the two disagree) into
+    `self.credentials`."""
+
+    def __init__(self, nodes=3, replicas=1, vbuckets=None, name="shoal-up", credentials=ADMIN):
         super().__init__(name)
         self.dir = tempfile.mkdtemp(prefix="shoal-up-")
         self.nodes = nodes
         self.replicas = replicas
         self.vbuckets = vbuckets
+        self.given_credentials = credentials
+        # What it printed and kept, once started.
+        self.credentials = None
         self.proxy_port, proxy_admin_port = consecutive_ports(2)
         self.proxy_admin = ("127.0.0.1", proxy_admin_port)
         self.base_port = consecutive_ports(2 * nodes)[0]
@@ -552,10 +608,28 @@ class ShoalUp(Child):
         ]  # fmt: skip
         if self.vbuckets is not None:
             cmd += ["--vbuckets", str(self.vbuckets)]
-        self.spawn(cmd, start_new_session=True)
+        self.spawn(cmd, start_new_session=True, env=child_env(self.given_credentials))
         self.pgid = self.proc.pid
         self.wait_line("ready", UP_DEADLINE_S)
+        self.credentials = self._read_credentials()
         return self
+
+    def _read_credentials(self):
+        """The admin credentials `up` printed, checked against the file it
+        says it kept them in (and against those it was given)."""
+        line = self.wait_line("admin ")
+        printed = UP_ADMIN_LINE.match(line)
+        if printed is None:
+            self.fail(f"printed an admin line the harness cannot read: {line!r}")
+        kept_in = Path(printed["file"])
+        if kept_in.resolve() != (Path(self.dir) / "credentials").resolve():
+            self.fail(f"kept its credentials in {kept_in}, not in {self.dir}/credentials")
+        kept = read_credentials_file(kept_in)
+        if kept != Credentials(printed["user"], printed["password"]):
+            self.fail(f"printed user {printed['user']!r} with a password other than the one kept in {kept_in}")
+        if self.given_credentials is not None and kept != self.given_credentials:
+            self.fail(f"kept user {kept.user!r} and a password other than the ones it was given")
+        return kept
 
     def group_alive(self):
         if self.pgid is None:

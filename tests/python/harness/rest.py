@@ -1,11 +1,20 @@
 """Speaking HTTP to a node's or a proxy's admin port.
 
-- `rest()`: one request on a fresh connection; the `Reply` it returns
-  describes itself (request and response) for failure messages.
+- `rest()`: one request on a fresh connection, with the harness's admin
+  credentials (HTTP Basic) unless told otherwise (`auth`: other
+  `Credentials`, None for none, or a raw `Authorization` value); the
+  `Reply` it returns describes itself (request, who sent it, response) for
+  failure messages.
 - `error_message()`: the message of a JSON `{"error": ...}` body.
 - `node_id_of()`: the Raft id in an `otpNode` name.
 - `ConfigStream`: a raw reader of a streaming config path
   (`/pools/default/bucketsStreaming/<bucket>`), document by document.
+
+Who may call what (node/src/admin/routes.rs): `/pools`,
+`/internal/nodeInfo` and the config (and stream) of a bucket without a
+password are open to anyone; other reads need an admin user, changes a
+full admin, and the other `/internal/*` paths the cluster itself
+(`harness.credentials.cluster_credentials`).
 """
 
 import http.client
@@ -16,6 +25,8 @@ import urllib.parse
 from typing import NamedTuple
 
 import pytest
+
+from .credentials import ADMIN, Credentials, basic_authorization
 
 # A REST request: a change needs a Raft commit, so allow a slow one; only
 # a hang takes longer.
@@ -34,20 +45,35 @@ class Reply(NamedTuple):
     status: int
     headers: dict
     body: bytes
+    # Who sent it: a user name, "no credentials" or "raw Authorization".
+    who: str
 
     def json(self):
         return json.loads(self.body)
 
     def describe(self):
         sent = f" body {self.sent[:300]!r}" if self.sent else ""
-        return f"{self.method} {self.url}{sent} -> HTTP {self.status} {self.body[:600]!r}"
+        return f"{self.method} {self.url} as {self.who}{sent} -> HTTP {self.status} {self.body[:600]!r}"
 
 
-def rest(addr, method, path, form=None, body=None, content_type=None, timeout=HTTP_TIMEOUT_S):
-    """One request on a fresh connection. `form` (a dict) is sent
-    form-encoded; `body` as is. Raises OSError if the server cannot be
-    reached."""
-    headers = {"Connection": "close"}
+def authorization(auth):
+    """(headers, who) for `auth`: `Credentials` (HTTP Basic), None (no
+    header), or a str sent as the `Authorization` value itself (malformed
+    credentials)."""
+    if auth is None:
+        return {}, "no credentials"
+    if isinstance(auth, Credentials):
+        return {"Authorization": basic_authorization(auth)}, auth.user
+    assert isinstance(auth, str), f"auth must be Credentials, None or a str, not {auth!r}"
+    return {"Authorization": auth}, "raw Authorization"
+
+
+def rest(addr, method, path, form=None, body=None, content_type=None, timeout=HTTP_TIMEOUT_S, auth=ADMIN):
+    """One request on a fresh connection, as `auth` (see `authorization`;
+    the harness's admin by default). `form` (a dict) is sent form-encoded;
+    `body` as is. Raises OSError if the server cannot be reached."""
+    credentials, who = authorization(auth)
+    headers = {"Connection": "close", **credentials}
     if form is not None:
         body = urllib.parse.urlencode(form).encode()
         content_type = content_type or "application/x-www-form-urlencoded"
@@ -59,7 +85,7 @@ def rest(addr, method, path, form=None, body=None, content_type=None, timeout=HT
         response = conn.getresponse()
         data = response.read()
         return Reply(method, "http://%s:%d%s" % (*addr, path), body or b"", response.status,
-                     {k.lower(): v for k, v in response.getheaders()}, data)  # fmt: skip
+                     {k.lower(): v for k, v in response.getheaders()}, data, who)  # fmt: skip
     finally:
         conn.close()
 
@@ -84,11 +110,12 @@ def node_id_of(otp_node):
 
 
 class ConfigStream:
-    """`GET` of a streaming config path, read as it arrives."""
+    """`GET` of a streaming config path, read as it arrives; as `auth`
+    (see `authorization`; the harness's admin by default)."""
 
-    def __init__(self, addr, path):
+    def __init__(self, addr, path, auth=ADMIN):
         self.conn = http.client.HTTPConnection(*addr, timeout=STREAM_TIMEOUT_S)
-        self.conn.request("GET", path)
+        self.conn.request("GET", path, headers=authorization(auth)[0])
         self.response = self.conn.getresponse()
         self.buf = b""
         self.ended = False

@@ -2,12 +2,15 @@
 
 - The binary protocol: the header, opcodes, statuses and vbucket states the
   tests use, `encode_request`, `read_response` (a `Response`),
-  `BinaryConn` (one blocking connection, optionally on a selected bucket),
-  `vbucket_of` (libvbucket's key → vbucket rule).
+  `BinaryConn` (one blocking connection, optionally logged in and on a
+  selected bucket), `vbucket_of` (libvbucket's key → vbucket rule).
+- Logging in (SASL PLAIN): `sasl_plain` (any user, a bucket's name or
+  `@cluster`; the answer), `login` (a failure unless it succeeds). Only
+  a connection logged in as the cluster (`ShoalNode.cluster_credentials`)
+  may send SET_VBUCKET, DEL_VBUCKET or DCP: anyone else gets NO_ACCESS.
 - Node data-port helpers carrying the vbucket id: `select_bucket`,
-  `sasl_plain`, `direct_get`, `direct_set`, `node_stats` (binary STAT of a
-  bucket), `pipelined` (many requests in one write, replies matched by
-  opaque).
+  `direct_get`, `direct_set`, `node_stats` (binary STAT of a bucket),
+  `pipelined` (many requests in one write, replies matched by opaque).
 - ASCII: `ascii_call` (one request on a fresh connection, read up to a
   terminator), `parse_stats`.
 - `addr_of`: "host:port" → (host, port).
@@ -17,6 +20,8 @@ import socket
 import struct
 import zlib
 from typing import NamedTuple
+
+from .credentials import Credentials
 
 # A direct request to a node or memcached: only a hang takes longer.
 SOCKET_TIMEOUT_S = 10.0
@@ -40,6 +45,7 @@ OP_GETKQ = 0x0D
 OP_APPEND = 0x0E
 OP_STAT = 0x10
 OP_TOUCH = 0x1C
+OP_SASL_LIST_MECHS = 0x20
 OP_SASL_AUTH = 0x21
 OP_SET_VBUCKET = 0x3D
 OP_GET_VBUCKET = 0x3E
@@ -49,6 +55,8 @@ OP_SELECT_BUCKET = 0x89
 STATUS_OK = 0x00
 STATUS_KEY_NOT_FOUND = 0x01
 STATUS_NOT_MY_VBUCKET = 0x07
+STATUS_AUTH_ERROR = 0x20
+STATUS_NO_ACCESS = 0x24
 STATUS_TEMPORARY_FAILURE = 0x86
 
 VB_ACTIVE = 1
@@ -109,18 +117,23 @@ def store_extras(flags=0, exptime=0):
 
 
 class BinaryConn:
-    """One blocking binary connection (request, then its reply); on
-    `bucket`, selected first (a failure if the node refuses), if given."""
+    """One blocking binary connection (request, then its reply): logged in
+    as `credentials` (SASL PLAIN), then on `bucket` (SELECT_BUCKET), each
+    first if given and a failure if the node refuses."""
 
-    def __init__(self, addr, timeout=SOCKET_TIMEOUT_S, bucket=None):
+    def __init__(self, addr, timeout=SOCKET_TIMEOUT_S, bucket=None, credentials=None):
         self.addr = addr
         self.sock = socket.create_connection(addr, timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if bucket is not None:
-            r = select_bucket(self, bucket)
-            if r.status != STATUS_OK:
-                self.close()
-            assert r.status == STATUS_OK, f"SELECT_BUCKET {bucket} on {addr}: status {r.status:#x} {r.value!r}"
+        try:
+            if credentials is not None:
+                login(self, credentials)
+            if bucket is not None:
+                r = select_bucket(self, bucket)
+                assert r.status == STATUS_OK, f"SELECT_BUCKET {bucket} on {addr}: status {r.status:#x} {r.value!r}"
+        except BaseException:
+            self.close()
+            raise
 
     def call(self, opcode, key=b"", value=b"", extras=b"", vbucket=0, opaque=0, cas=0):
         self.sock.sendall(encode_request(opcode, key, value, extras, vbucket, opaque, cas))
@@ -143,9 +156,20 @@ def select_bucket(conn, bucket):
     return conn.call(OP_SELECT_BUCKET, key=bucket.encode())
 
 
-def sasl_plain(conn, bucket):
-    """SASL PLAIN with the bucket as the user and no password."""
-    return conn.call(OP_SASL_AUTH, key=b"PLAIN", value=b"\0" + bucket.encode() + b"\0")
+def sasl_plain(conn, user, password=""):
+    """SASL_AUTH PLAIN as `user` (a bucket's name, an admin user or
+    `@cluster`) with `password` (a bucket without one needs the empty
+    password); the `Response`."""
+    message = b"\0" + user.encode() + b"\0" + password.encode()
+    return conn.call(OP_SASL_AUTH, key=b"PLAIN", value=message)
+
+
+def login(conn, credentials):
+    """SASL PLAIN as `credentials`; a failure unless the node accepts."""
+    assert isinstance(credentials, Credentials), f"credentials must be Credentials, not {credentials!r}"
+    r = sasl_plain(conn, credentials.user, credentials.password)
+    assert r.status == STATUS_OK, f"SASL PLAIN as {credentials.user} on {conn.addr}: status {r.status:#x} {r.value!r}"
+    return r
 
 
 def direct_get(addr, key, vbucket, bucket=None):
