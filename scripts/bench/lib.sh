@@ -2,7 +2,8 @@
 # Shared helpers for the side-by-side benchmarks in scripts/bench/. Source it;
 # do not run it. Every function is prefixed bench_.
 #
-#   bench_init                      set strict mode, the cleanup trap, BENCH_ROOT
+#   bench_init                      set strict mode, the cleanup trap, the run's
+#                                   temporary directory BENCH_RUN_DIR
 #   bench_free_port                 print a free loopback TCP port (asks the OS)
 #   bench_wait_for_port PORT [SECS] [PID]
 #                                   poll 127.0.0.1:PORT until it accepts; fail after
@@ -51,12 +52,18 @@ BENCH_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BENCH_ROOT=$(cd "$BENCH_LIB_DIR/../.." && pwd)
 BENCH_PIDS=()
 BENCH_TMPDIRS=()
+BENCH_RUN_DIR=''
 
+# Every directory bench_tmpdir makes lives under BENCH_RUN_DIR, made here:
+# callers write `dir=$(bench_tmpdir)`, and that subshell cannot add to
+# BENCH_TMPDIRS, so directories it registered itself were never removed.
 bench_init() {
     set -euo pipefail
     trap bench_cleanup EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
+    BENCH_RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/shoal-bench.XXXXXX")
+    BENCH_TMPDIRS+=("$BENCH_RUN_DIR")
 }
 
 bench_log() {
@@ -126,8 +133,12 @@ bench_stop() {
 
 bench_tmpdir() {
     local dir
-    dir=$(mktemp -d "${TMPDIR:-/tmp}/shoal-bench.XXXXXX")
-    BENCH_TMPDIRS+=("$dir")
+    if [[ -n $BENCH_RUN_DIR ]]; then
+        dir=$(mktemp -d "$BENCH_RUN_DIR/tmp.XXXXXX")
+    else
+        dir=$(mktemp -d "${TMPDIR:-/tmp}/shoal-bench.XXXXXX")
+        BENCH_TMPDIRS+=("$dir")
+    fi
     printf '%s\n' "$dir"
 }
 

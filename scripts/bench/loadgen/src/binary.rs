@@ -45,6 +45,8 @@ pub const OP_NOOP: u8 = 0x0a;
 pub const OP_GETK: u8 = 0x0c;
 /// Opcode `GETKQ`: quiet `GETK`, no response on a miss.
 pub const OP_GETKQ: u8 = 0x0d;
+/// Opcode `SASL_AUTH`: the mechanism is the key, its first message the value.
+pub const OP_SASL_AUTH: u8 = 0x21;
 
 /// Status: no error.
 pub const STATUS_OK: u16 = 0x0000;
@@ -54,6 +56,14 @@ pub const STATUS_KEY_NOT_FOUND: u16 = 0x0001;
 pub const STATUS_KEY_EXISTS: u16 = 0x0002;
 /// Status: item not stored.
 pub const STATUS_NOT_STORED: u16 = 0x0005;
+/// Status: authentication failed (the server says nothing of why).
+pub const STATUS_AUTH_ERROR: u16 = 0x0020;
+/// Status: SASL wants another step (SASL_STEP).
+pub const STATUS_AUTH_CONTINUE: u16 = 0x0021;
+/// Status: unknown command (a server without SASL).
+pub const STATUS_UNKNOWN_COMMAND: u16 = 0x0081;
+/// Status: not supported.
+pub const STATUS_NOT_SUPPORTED: u16 = 0x0083;
 
 /// Largest response body accepted (the generator never stores more than
 /// 1 MB; anything far larger is a framing error).
@@ -102,7 +112,8 @@ fn begin_request(out: &mut Vec<u8>, opcode: u8, opaque: u32) -> usize {
 /// body is everything written after its header.
 fn finish_request(out: &mut [u8], start: usize, extras_len: u8, key_len: usize) {
     let body_len = (out.len() - start - HEADER_LEN) as u32;
-    // Keys are at most 250 bytes (checked by `Config::validate`).
+    // Keys are at most 250 bytes (checked by `Config::validate`); the one
+    // other key, a SASL mechanism name, is 5.
     let key_len = key_len as u16;
     out[start + 2..start + 4].copy_from_slice(&key_len.to_be_bytes());
     out[start + 4] = extras_len;
@@ -134,6 +145,15 @@ pub fn encode_set(out: &mut Vec<u8>, prefix: &[u8], idx: u64, template: &[u8], o
     let key_len = out.len() - key_start;
     push_value(out, template, idx);
     finish_request(out, start, 8, key_len);
+}
+
+/// Appends a `SASL_AUTH` of `mechanism` (the key) with its first
+/// `message` (the value), no extras.
+pub fn encode_sasl_auth(out: &mut Vec<u8>, mechanism: &[u8], message: &[u8], opaque: u32) {
+    let start = begin_request(out, OP_SASL_AUTH, opaque);
+    out.extend_from_slice(mechanism);
+    out.extend_from_slice(message);
+    finish_request(out, start, 0, mechanism.len());
 }
 
 /// Parses one response at the start of `buf`: the response and the number

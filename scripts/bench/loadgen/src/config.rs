@@ -5,6 +5,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::login::Credentials;
+
 /// memcached's longest key (`KEY_MAX_LENGTH`).
 pub const MAX_KEY_LEN: usize = 250;
 /// Longest decimal key index (`u64::MAX` has 20 digits).
@@ -83,6 +85,9 @@ pub struct Config {
     pub preload: bool,
     /// Seed for key and verb choice; each connection derives its own stream.
     pub seed: u64,
+    /// Log every connection in with SASL PLAIN right after it connects,
+    /// before the clock starts ([`crate::login`]); `None`: no login.
+    pub sasl: Option<Credentials>,
 }
 
 impl Default for Config {
@@ -103,6 +108,7 @@ impl Default for Config {
             threads: 1,
             preload: false,
             seed: 1,
+            sasl: None,
         }
     }
 }
@@ -163,6 +169,9 @@ impl Config {
         }
         if self.threads == 0 {
             return Err(reject("threads", "must be at least 1"));
+        }
+        if let Some((field, reason)) = self.sasl.as_ref().and_then(Credentials::problem) {
+            return Err(reject(field, reason));
         }
         Ok(self)
     }
@@ -366,6 +375,26 @@ mod tests {
                 "threads",
                 Config {
                     threads: 0,
+                    ..Config::default()
+                },
+            ),
+            (
+                "sasl-user",
+                Config {
+                    sasl: Some(Credentials {
+                        user: String::new(),
+                        password: b"pw".to_vec(),
+                    }),
+                    ..Config::default()
+                },
+            ),
+            (
+                "sasl-password-file",
+                Config {
+                    sasl: Some(Credentials {
+                        user: "locked".into(),
+                        password: b"p\0w".to_vec(),
+                    }),
                     ..Config::default()
                 },
             ),

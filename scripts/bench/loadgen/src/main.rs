@@ -2,14 +2,17 @@
 //! JSON object on stdout and a summary line on stderr.
 //!
 //! Exit status: 0 for a clean run; 1 when the run could not take place
-//! (invalid settings, no server, failed preload); 2 for a command-line
-//! usage error (clap's own status); 3 when it ran but saw errors or lost
-//! connections (the JSON is still printed, and says which).
+//! (invalid settings, no server, a refused `--sasl-user` login, failed
+//! preload); 2 for a command-line usage error (clap's own status); 3 when it
+//! ran but saw errors or lost connections (the JSON is still printed, and
+//! says which).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use shoal_loadgen::login::{self, Credentials};
 use shoal_loadgen::{parse_duration, Config, Protocol};
 
 /// Load a memcached-compatible server and report throughput, latency
@@ -65,11 +68,42 @@ struct Args {
     /// Seed for key and verb choice (runs with the same seed send the same requests).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Log every connection in with binary SASL PLAIN as USER right after it
+    /// connects, before preload and warmup (set-up, not measured); a bucket's
+    /// name selects that bucket. The run stops (exit 1) if the server refuses.
+    #[arg(long, value_name = "USER")]
+    sasl_user: Option<String>,
+    /// A file whose first line is the SASL password (kept off the command
+    /// line, where any user could read it). Without it the password is
+    /// empty: a bucket that has none.
+    #[arg(long, value_name = "FILE", requires = "sasl_user")]
+    sasl_password_file: Option<PathBuf>,
 }
 
 impl Args {
-    fn into_config(self) -> Config {
-        Config {
+    /// The run's settings, reading the password file if there is one.
+    fn into_config(self) -> Result<Config, String> {
+        let sasl = match (self.sasl_user, self.sasl_password_file) {
+            (None, _) => None,
+            (Some(user), None) => Some(Credentials {
+                user,
+                password: Vec::new(),
+            }),
+            (Some(user), Some(path)) => {
+                let contents = std::fs::read(&path).map_err(|e| {
+                    format!("cannot read the SASL password file {}: {e}", path.display())
+                })?;
+                let password = login::password_from_file(&contents).ok_or_else(|| {
+                    format!(
+                        "the SASL password file {} holds no password (its first line is empty; \
+                         leave out --sasl-password-file for an empty password)",
+                        path.display()
+                    )
+                })?;
+                Some(Credentials { user, password })
+            }
+        };
+        Ok(Config {
             server: self.server,
             protocol: self.protocol,
             connections: self.connections,
@@ -85,12 +119,20 @@ impl Args {
             threads: self.threads,
             preload: self.preload,
             seed: self.seed,
-        }
+            sasl,
+        })
     }
 }
 
 fn main() -> ExitCode {
-    let config = match Args::parse().into_config().validate() {
+    let config = match Args::parse().into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("shoal-loadgen: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let config = match config.validate() {
         Ok(config) => config,
         Err(e) => {
             eprintln!("shoal-loadgen: {e}");

@@ -216,6 +216,8 @@ pub struct Report {
     pub threads: usize,
     /// Whether every key was set before measuring.
     pub preloaded: bool,
+    /// The SASL user every connection logged in as (`--sasl-user`), if any.
+    pub sasl_user: Option<String>,
     /// CPU used by the generator during the window, in cores (1.0 = one core
     /// fully busy: the generator, not the server, may be the limit).
     pub loadgen_cpu: Option<f64>,
@@ -287,6 +289,7 @@ impl Report {
             warmup_s: config.warmup.as_secs_f64(),
             threads: config.threads,
             preloaded: config.preload,
+            sasl_user: config.sasl.as_ref().map(|c| c.user.clone()),
             loadgen_cpu: cpu.map(|c| round(c, 2)),
             send_lag_p99_us: all.send_lag.as_ref().map(|h| {
                 if h.is_empty() {
