@@ -36,6 +36,7 @@ from pymemcache.exceptions import MemcacheError
 from harness.cluster import active_addr, wait_data_ready
 from harness.credentials import ADMIN, Credentials
 from harness.poll import Watch, poll
+from harness.process import ShoalNode
 from harness.rest import rest
 from harness.wire import (
     OP_GET,
@@ -327,9 +328,13 @@ def test_a_proxy_holding_the_password_serves_legacy_clients(harness, locked_defa
     assert read_as_bucket(node, "via-proxy") == b"pymemcache"
 
 
-def test_a_proxy_with_a_wrong_password_says_so(harness, locked_default):
+def test_a_proxy_with_a_wrong_password_says_so(harness, locked_default, tmp_path):
     node = locked_default
-    proxy = harness.proxy("--cluster", node.admin_url, "--bucket", "default", bucket_password="not-the-password")
+    password_file = tmp_path / "bucket.pw"
+    password_file.write_text("not-the-password\n")
+    proxy = harness.proxy(
+        "--cluster", node.admin_url, "--bucket", "default", "--bucket-password-file", password_file
+    )
 
     def unhealthy(w):
         w.last = proxy.http_get("/health")
@@ -339,6 +344,22 @@ def test_a_proxy_with_a_wrong_password_says_so(harness, locked_default):
     reply = ascii_call(proxy.addr, b"set k 0 0 1\r\nv\r\n", b"\r\n")
     assert reply == b"SERVER_ERROR the cluster refuses the proxy's bucket credentials\r\n"
     assert read_as_bucket(node, "k") is None, "nothing was stored"
+
+
+# --- binding ---
+
+
+def test_the_admin_port_binds_apart_and_no_node_advertises_every_address(harness):
+    node = harness.node("apart", "--standalone", "--admin-host", "127.0.0.2").start()
+    assert node.addr[0] == "127.0.0.1" and node.admin[0] == "127.0.0.2", (node.addr, node.admin)
+    config = rest(node.admin, "GET", "/pools/default/buckets/default", auth=None).json()
+    assert config["vBucketServerMap"]["serverList"] == [node.addr_str]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", node.admin[1]), timeout=2).close()
+    everywhere = harness.add(ShoalNode("everywhere", "--standalone", "--host", "0.0.0.0"))
+    everywhere.launch()
+    assert everywhere.proc.wait(timeout=30) != 0
+    assert "--advertise-host" in everywhere.stderr_text()
 
 
 # --- shoal up ---
