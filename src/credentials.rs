@@ -5,7 +5,6 @@
 //! as a flag is visible to every user of the machine (in the process
 //! list): prefer `SHOAL_PASSWORD`, `--password-file` or `--credentials`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -91,23 +90,12 @@ pub fn read_credentials(path: &Path) -> anyhow::Result<Credentials> {
 
 /// Writes a credentials file readable by its owner only.
 pub fn write_credentials(path: &Path, credentials: &Credentials) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    writeln!(
-        file,
-        "username={}\npassword={}",
+    let text = format!(
+        "username={}\npassword={}\n",
         credentials.username, credentials.password
-    )?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    );
+    shoal_node::access::write_private(path, &text)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -413,8 +413,9 @@ impl ClusterSecret {
 }
 
 /// Writes `text` to `path` readable and writable by its owner only,
-/// replacing it atomically.
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+/// replacing it atomically (what every file holding a secret is written
+/// with: the cluster secret here, `shoal up`'s credentials).
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
