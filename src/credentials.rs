@@ -94,7 +94,7 @@ pub fn write_credentials(path: &Path, credentials: &Credentials) -> anyhow::Resu
         "username={}\npassword={}\n",
         credentials.username, credentials.password
     );
-    shoal_node::access::write_private(path, &text)
+    shoal_node::access::write_private(path, text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }
 

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod credentials;
 mod ctl;
+mod limits;
 mod up;
 use shoal_node::{Node, NodeConfig};
 use shoal_persist::FsyncPolicy;
@@ -93,6 +94,21 @@ struct NodeArgs {
     /// Most concurrent client connections.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Connections reserved beyond --max-connections for the cluster's own
+    /// traffic (replication, durable-write acknowledgements), so a client
+    /// flood never starves it.
+    #[arg(long, default_value_t = 1000)]
+    max_system_connections: usize,
+    /// TLS data port (Couchbase's is 11207; 0 picks a free one).
+    #[arg(long, requires = "tls_cert")]
+    tls_port: Option<u16>,
+    /// HTTPS admin port (Couchbase's is 18091; 0 picks a free one).
+    #[arg(long, requires = "tls_cert")]
+    admin_tls_port: Option<u16>,
+    #[command(flatten)]
+    tls: limits::TlsArgs,
+    #[command(flatten)]
+    limits: limits::LimitArgs,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -140,6 +156,17 @@ struct ProxyArgs {
     /// Downstream connections per node.
     #[arg(long, default_value_t = 1)]
     connections_per_node: usize,
+    /// Most concurrent client connections (both client ports together);
+    /// more are told so and closed.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// TLS client port (Couchbase's is 11207; 0 picks a free one).
+    #[arg(long, requires = "tls_cert")]
+    tls_port: Option<u16>,
+    #[command(flatten)]
+    tls: limits::TlsArgs,
+    #[command(flatten)]
+    limits: limits::LimitArgs,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -201,6 +228,12 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         },
         max_value_len: args.max_value_bytes,
         max_connections: args.max_connections,
+        max_system_connections: args.max_system_connections,
+        deadlines: args.limits.deadlines()?,
+        admin_limits: args.limits.admin()?,
+        tls: args.tls.files(),
+        tls_port: args.tls_port,
+        admin_tls_port: args.admin_tls_port,
         // A node that is or will be a cluster member gets its buckets from
         // the cluster; any other serves `default` as configured here.
         default_bucket: args.standalone || !(args.init_cluster || args.join.is_some() || member),
@@ -214,12 +247,18 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let runtime = runtime(args.threads)?;
     runtime.block_on(async {
         let node = Node::start(config).await?;
-        // Tests and scripts read this line to learn the bound port.
+        // Tests and scripts read these lines to learn the bound ports.
         announce(&format!(
             "data {}\nadmin {}",
             node.data_addr(),
             node.admin_addr()
         ));
+        if let Some(addr) = node.tls_data_addr() {
+            announce(&format!("tls {addr}"));
+        }
+        if let Some(addr) = node.https_addr() {
+            announce(&format!("https {addr}"));
+        }
         wait_for_signal().await?;
         tracing::info!("shutting down: flushing to disk");
         node.shutdown().await?;
@@ -264,6 +303,11 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         admin_port: args.admin_port,
         retry_deadline: Duration::from_millis(args.retry_deadline_ms),
         strict_multiget: args.strict_multiget,
+        max_connections: args.max_connections,
+        deadlines: args.limits.deadlines()?,
+        admin_limits: args.limits.admin()?,
+        tls: args.tls.files(),
+        tls_port: args.tls_port,
         ..ProxyConfig::default()
     };
     config.downstream.connections_per_node = args.connections_per_node;
@@ -276,6 +320,9 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
             proxy.data_addr(),
             proxy.admin_addr()
         ));
+        if let Some(addr) = proxy.tls_addr() {
+            announce(&format!("tls {addr}"));
+        }
         wait_for_signal().await?;
         tracing::info!("draining");
         proxy.shutdown(Duration::from_secs(10)).await;

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Args;
+use shoal_net::local_ca::LocalCa;
 use shoal_node::config::Credentials;
 use shoal_vbmap::config::{BucketConfig, NodeAddress};
 
@@ -52,6 +53,19 @@ pub struct UpArgs {
     /// RAM quota of bucket `default` per node, MiB.
     #[arg(long, default_value_t = 256)]
     ram_quota_mb: usize,
+    /// Also serve TLS: a local CA and a certificate for 127.0.0.1 and
+    /// localhost are made under `<dir>/tls` (kept for later runs), the
+    /// proxy gets a TLS port and every node a TLS data port and an HTTPS
+    /// admin port.
+    #[arg(long)]
+    tls: bool,
+    /// The proxy's TLS port, with --tls.
+    #[arg(long, default_value_t = 11207)]
+    tls_port: u16,
+    /// First TLS port for the nodes, with --tls: node i uses base+2i (TLS
+    /// data) and base+2i+1 (HTTPS).
+    #[arg(long, default_value_t = 13000)]
+    tls_base_port: u16,
     /// The cluster's first admin user (default: `Administrator` with a
     /// random password, kept in `<dir>/credentials`).
     #[command(flatten)]
@@ -60,6 +74,9 @@ pub struct UpArgs {
 
 /// The credentials file under `--dir`.
 const CREDENTIALS_FILE: &str = "credentials";
+
+/// The local CA and certificate's directory under `--dir`, with `--tls`.
+const TLS_DIR: &str = "tls";
 
 /// Length of a password `up` makes.
 const PASSWORD_LEN: usize = 20;
@@ -93,16 +110,33 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let admin = admin_credentials(&args)?;
-    let (mut children, servers) = start_nodes(&exe, &args, &admin)?;
-    let client = reqwest::Client::builder()
+    let tls = match args.tls {
+        true => Some(
+            LocalCa::ensure(&args.dir.join(TLS_DIR), &["127.0.0.1", "localhost"])
+                .context("making the local CA")?,
+        ),
+        false => None,
+    };
+    let (mut children, servers) = start_nodes(&exe, &args, &admin, tls.as_ref())?;
+    let client = shoal_net::tls::http_client(None)
         .no_proxy()
         .timeout(Duration::from_secs(30))
         .build()?;
     runtime.block_on(form_cluster(&client, &args, &servers, &admin))?;
     let proxy_admin = args.port.checked_add(1).context("--port too high")?;
-    children.push(start_proxy(&exe, &args, &servers, proxy_admin)?);
+    children.push(start_proxy(
+        &exe,
+        &args,
+        &servers,
+        proxy_admin,
+        tls.as_ref(),
+    )?);
     runtime.block_on(wait_healthy(&client, proxy_admin))?;
     print_endpoints(&args, &servers, proxy_admin, &admin);
+    if let Some(tls) = &tls {
+        print_tls_endpoints(&args, tls);
+    }
+    println!("ready");
     let outcome = runtime.block_on(wait_for_signal_or_exit(&mut children));
     stop_all(&mut children);
     outcome
@@ -138,6 +172,11 @@ fn validate(args: &UpArgs) -> anyhow::Result<()> {
         last_port <= u32::from(u16::MAX),
         "--base-port too high for --nodes"
     );
+    let last_tls_port = u32::from(args.tls_base_port) + 2 * args.nodes as u32;
+    anyhow::ensure!(
+        last_tls_port <= u32::from(u16::MAX),
+        "--tls-base-port too high for --nodes"
+    );
     Ok(())
 }
 
@@ -147,6 +186,7 @@ fn start_nodes(
     exe: &Path,
     args: &UpArgs,
     admin: &Credentials,
+    tls: Option<&LocalCa>,
 ) -> anyhow::Result<(Vec<Running>, Vec<NodeAddress>)> {
     let mut children = Vec::new();
     let mut servers = Vec::new();
@@ -168,6 +208,16 @@ fn start_nodes(
         } else {
             node_args.push("--join".into());
             node_args.push(format!("http://127.0.0.1:{}", args.base_port + 1));
+        }
+        if let Some(tls) = tls {
+            let tls_port = args.tls_base_port + 2 * i as u16;
+            node_args.extend(tls_args(tls));
+            node_args.extend([
+                "--tls-port".into(),
+                tls_port.to_string(),
+                "--admin-tls-port".into(),
+                (tls_port + 1).to_string(),
+            ]);
         }
         // The credentials go in the environment: a command line is public.
         let env = [
@@ -194,25 +244,26 @@ fn start_proxy(
     args: &UpArgs,
     servers: &[NodeAddress],
     proxy_admin: u16,
+    tls: Option<&LocalCa>,
 ) -> anyhow::Result<Running> {
     let cluster: Vec<String> = servers
         .iter()
         .map(|s| format!("http://127.0.0.1:{}", s.admin_port))
         .collect();
-    let child = spawn(
-        exe,
-        &args.dir.join("proxy.log"),
-        &[
-            "proxy".into(),
-            "--cluster".into(),
-            cluster.join(","),
-            "--port".into(),
-            args.port.to_string(),
-            "--admin-port".into(),
-            proxy_admin.to_string(),
-        ],
-        &[],
-    )?;
+    let mut proxy_args = vec![
+        "proxy".into(),
+        "--cluster".into(),
+        cluster.join(","),
+        "--port".into(),
+        args.port.to_string(),
+        "--admin-port".into(),
+        proxy_admin.to_string(),
+    ];
+    if let Some(tls) = tls {
+        proxy_args.extend(tls_args(tls));
+        proxy_args.extend(["--tls-port".into(), args.tls_port.to_string()]);
+    }
+    let child = spawn(exe, &args.dir.join("proxy.log"), &proxy_args, &[])?;
     let mut proxy = Running {
         name: "proxy".into(),
         child,
@@ -240,7 +291,34 @@ fn print_endpoints(args: &UpArgs, servers: &[NodeAddress], proxy_admin: u16, adm
         args.dir.join(CREDENTIALS_FILE).display()
     );
     println!("data      {}", args.dir.display());
-    println!("ready");
+}
+
+/// The `--tls-cert`/`--tls-key` flags naming `tls`'s files.
+fn tls_args(tls: &LocalCa) -> [String; 4] {
+    [
+        "--tls-cert".into(),
+        tls.cert.display().to_string(),
+        "--tls-key".into(),
+        tls.key.display().to_string(),
+    ]
+}
+
+fn print_tls_endpoints(args: &UpArgs, tls: &LocalCa) {
+    println!(
+        "proxy     127.0.0.1:{}   (memcached over TLS)",
+        args.tls_port
+    );
+    for i in 0..args.nodes {
+        let port = args.tls_base_port + 2 * i as u16;
+        println!(
+            "node-{i}    127.0.0.1:{port} (TLS data)   https://127.0.0.1:{}/pools",
+            port + 1
+        );
+    }
+    println!(
+        "tls CA    {}   (trust it: curl --cacert, ssl.create_default_context(cafile=...))",
+        tls.ca.display()
+    );
 }
 
 /// Starts `exe` with `args`, its stderr into `log`; `env` is all of the

@@ -38,7 +38,7 @@ const CRATES: &[(&str, &[&str], &[&str])] = &[
         &["shoal-engine"],
         &["tokio", "tokio-util", "reqwest", "axum", "shoal-protocol"],
     ),
-    ("accept", &[], &[]),
+    ("net", &[], &[]),
     ("auth", &[], &["tokio", "tokio-util", "reqwest", "axum"]),
     (
         "node",
@@ -47,19 +47,14 @@ const CRATES: &[(&str, &[&str], &[&str])] = &[
             "shoal-vbmap",
             "shoal-engine",
             "shoal-persist",
-            "shoal-accept",
+            "shoal-net",
             "shoal-auth",
         ],
         &["shoal-proxy"],
     ),
     (
         "proxy",
-        &[
-            "shoal-protocol",
-            "shoal-vbmap",
-            "shoal-accept",
-            "shoal-auth",
-        ],
+        &["shoal-protocol", "shoal-vbmap", "shoal-net", "shoal-auth"],
         &["shoal-node", "shoal-engine", "shoal-persist"],
     ),
 ];

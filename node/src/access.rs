@@ -17,7 +17,6 @@
 //! rest).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -350,7 +349,7 @@ impl ClusterSecret {
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let secret = Secret::generate().map_err(std::io::Error::other)?;
-                write_private(&path, &secret.to_hex())?;
+                write_private(&path, secret.to_hex().as_bytes())?;
                 secret
             }
             Err(e) => return Err(e),
@@ -382,7 +381,7 @@ impl ClusterSecret {
             return Ok(());
         }
         if let Some(path) = &self.path {
-            write_private(path, &secret.to_hex())?;
+            write_private(path, secret.to_hex().as_bytes())?;
         }
         self.current.store(Arc::new(secret));
         Ok(())
@@ -412,22 +411,10 @@ impl ClusterSecret {
     }
 }
 
-/// Writes `text` to `path` readable and writable by its owner only,
-/// replacing it atomically (what every file holding a secret is written
-/// with: the cluster secret here, `shoal up`'s credentials).
-pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
+/// Every file holding a secret (the cluster secret here, `shoal up`'s
+/// credentials) is written by this one function: mode 0600, replaced
+/// atomically.
+pub use shoal_net::private::write_private;
 
 #[cfg(test)]
 mod tests {

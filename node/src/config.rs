@@ -6,6 +6,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use shoal_net::deadline::Deadlines;
+use shoal_net::http::HttpLimits;
+pub use shoal_net::TlsFiles;
 use shoal_persist::FsyncPolicy;
 
 /// How a node is configured (the `shoal node` flags map onto it 1:1).
@@ -30,8 +33,24 @@ pub struct NodeConfig {
     pub fsync: FsyncPolicy,
     /// Largest value accepted, bytes (memcached's `-I`).
     pub max_value_len: usize,
-    /// Most client connections at once; more wait in the accept queue.
+    /// Most client connections at once (memcached's `-c`); beyond it only
+    /// the cluster's own connections are let in.
     pub max_connections: usize,
+    /// Connections reserved for the cluster's own traffic (replication,
+    /// durable-write acknowledgements) beyond `max_connections`, so a
+    /// client flood never starves it (Couchbase's system connections).
+    pub max_system_connections: usize,
+    /// Deadlines for half-sent requests, unread replies and idle
+    /// connections on the data ports.
+    pub deadlines: Deadlines,
+    /// The admin ports' connection cap and header deadline.
+    pub admin_limits: HttpLimits,
+    /// TLS certificate and key: needed by the TLS ports.
+    pub tls: Option<TlsFiles>,
+    /// TLS data port (Couchbase's 11207); `None`: no TLS data port.
+    pub tls_port: Option<u16>,
+    /// HTTPS admin port (Couchbase's 18091); `None`: none.
+    pub admin_tls_port: Option<u16>,
     /// Create bucket `default` (membase, with `ram_quota_mb` and
     /// `num_vbuckets`) at start, as a standalone node or a plain
     /// `shoal node` does. A cluster member starts with no bucket and gets
@@ -87,6 +106,12 @@ impl Default for NodeConfig {
             fsync: FsyncPolicy::Interval(Duration::from_millis(100)),
             max_value_len: 1024 * 1024,
             max_connections: 10_000,
+            max_system_connections: 1_000,
+            deadlines: Deadlines::default(),
+            admin_limits: HttpLimits::default(),
+            tls: None,
+            tls_port: None,
+            admin_tls_port: None,
             default_bucket: true,
             init_cluster: false,
             join: None,
@@ -115,6 +140,9 @@ pub enum NodeConfigError {
     /// Bound to every address with nothing to tell the cluster.
     #[error("--host {0} binds every address: give the address others reach this node at with --advertise-host")]
     Unadvertised(IpAddr),
+    /// A TLS port without a certificate and key.
+    #[error("--tls-port and --admin-tls-port need --tls-cert and --tls-key")]
+    NoCertificate,
     /// Forming or joining a cluster without admin credentials.
     #[error("--init-cluster and --join need admin credentials (--username with --password, --password-file or SHOAL_PASSWORD)")]
     NoCredentials,
@@ -134,6 +162,10 @@ impl NodeConfig {
         }
         if self.max_connections == 0 {
             return Err(NodeConfigError::Connections);
+        }
+        let tls_ports = self.tls_port.is_some() || self.admin_tls_port.is_some();
+        if tls_ports && self.tls.is_none() {
+            return Err(NodeConfigError::NoCertificate);
         }
         if self.host.is_unspecified() && self.advertise_host.is_none() {
             return Err(NodeConfigError::Unadvertised(self.host));
@@ -183,6 +215,20 @@ mod tests {
         );
         assert_eq!(bad(|c| c.max_value_len = 0), NodeConfigError::MaxValue(0));
         assert_eq!(bad(|c| c.max_connections = 0), NodeConfigError::Connections);
+        assert_eq!(
+            bad(|c| c.tls_port = Some(11207)),
+            NodeConfigError::NoCertificate
+        );
+        assert!(NodeConfig {
+            tls: Some(TlsFiles {
+                cert: "node.pem".into(),
+                key: "node-key.pem".into(),
+            }),
+            tls_port: Some(0),
+            ..ok.clone()
+        }
+        .validate()
+        .is_ok());
         let any = IpAddr::from([0, 0, 0, 0]);
         assert_eq!(
             bad(|c| c.host = IpAddr::from([0, 0, 0, 0])),

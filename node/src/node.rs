@@ -14,7 +14,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_accept::ConnectionCap;
+use shoal_net::accept::SeatKind;
+use shoal_net::http::HttpCounters;
+use shoal_net::{ConnectionBudget, Seat, Stream, TlsAcceptor, TlsError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -22,12 +24,12 @@ use tokio::task::JoinHandle;
 use shoal_auth::PasswordHash;
 
 use crate::access::{Authenticator, ClusterSecret};
-use crate::bucket::{open, BucketError, Buckets, LiveBucket, DEFAULT_BUCKET};
+use crate::bucket::{open, BucketError, Buckets, LiveBucket, ServerStats, DEFAULT_BUCKET};
 use crate::cluster_view::ClusterView;
 use crate::config::{Credentials, NodeConfig};
 use crate::manager::state::join_host_port;
 use crate::manager::Manager;
-use crate::server::Handoff;
+use crate::server::{Handoff, Served};
 
 /// How long shutdown waits for open connections to finish their batch.
 const CONNECTION_GRACE: Duration = Duration::from_secs(10);
@@ -47,6 +49,9 @@ pub enum NodeError {
     /// The cluster manager could not start.
     #[error("cluster manager: {0}")]
     Manager(String),
+    /// The TLS certificate or key could not be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A running node.
@@ -57,11 +62,15 @@ pub struct Node {
     manager: Option<Arc<Manager>>,
     data_addr: SocketAddr,
     admin_addr: SocketAddr,
-    admin: JoinHandle<()>,
+    /// The TLS data port's and HTTPS admin port's addresses, when open.
+    tls_addrs: TlsAddrs,
+    /// Every admin port's server loop.
+    admin: Vec<JoinHandle<()>>,
     view: Arc<ClusterView>,
     shutdown: watch::Sender<bool>,
-    accept: JoinHandle<()>,
-    connections: ConnectionCap,
+    /// Every data port's accept loop.
+    accept: Vec<JoinHandle<()>>,
+    connections: ConnectionBudget,
     /// Checks credentials on every port; holds the cluster secret.
     auth: Arc<Authenticator>,
 }
@@ -79,38 +88,36 @@ impl Node {
         if config.default_bucket {
             buckets.create(open::default_spec(&config)).await?;
         }
-        let listener = TcpListener::bind((config.host, config.port)).await?;
-        let data_addr = listener.local_addr()?;
-        let admin_host = config.admin_host.unwrap_or(config.host);
-        let admin_listener = TcpListener::bind((admin_host, config.admin_port)).await?;
-        let admin_addr = admin_listener.local_addr()?;
+        let tls = match &config.tls {
+            Some(files) => Some(TlsAcceptor::from_files(files)?),
+            None => None,
+        };
+        let ports = Listeners::bind(&config).await?;
+        let addrs = ports.addrs()?;
         let advertised = config.advertised_host();
         let view = Arc::new(ClusterView::open(
             &config.data_dir,
-            join_host_port(&advertised, data_addr.port()),
+            join_host_port(&advertised, addrs.data.port()),
             config.standalone,
         ));
         if config.standalone {
             view.publish_standalone(
                 &advertised,
-                data_addr.port(),
-                admin_addr.port(),
+                addrs.data.port(),
+                addrs.admin.port(),
                 config.num_vbuckets,
             );
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let connections = ConnectionCap::new(config.max_connections);
         let manager = if config.standalone {
             None
         } else {
-            let ports = (data_addr.port(), admin_addr.port());
             let manager =
-                start_manager(&config, ports, &buckets, &view, &secret, &shutdown_rx).await?;
+                start_manager(&config, &addrs, &buckets, &view, &secret, &shutdown_rx).await?;
             auth.set_directory(manager.clone());
             Some(manager)
         };
-        let admin = tokio::spawn(crate::admin::serve(
-            admin_listener,
+        let router = crate::admin::router(
             crate::admin::Services {
                 buckets: buckets.clone(),
                 view: view.clone(),
@@ -118,19 +125,50 @@ impl Node {
                 auth: auth.clone(),
             },
             shutdown_rx.clone(),
-        ));
-        let accept = tokio::spawn(shoal_accept::accept_loop(
-            listener,
-            connections.clone(),
-            shutdown_rx.clone(),
-            serve_clients(buckets.clone(), auth.clone(), shutdown_rx),
-        ));
-        tracing::info!(%data_addr, %admin_addr, dir = %config.data_dir.display(), "node listening");
+        );
+        let connections =
+            ConnectionBudget::new(config.max_connections, config.max_system_connections);
+        let stats = buckets.stats();
+        stats
+            .max_connections
+            .store(connections.max_clients() as u64, Ordering::Relaxed);
+        stats
+            .max_system_connections
+            .store(connections.max_system() as u64, Ordering::Relaxed);
+        let served = Served {
+            buckets: buckets.clone(),
+            auth: auth.clone(),
+            deadlines: config.deadlines,
+            shutdown: shutdown_rx.clone(),
+        };
+        let (data_ports, admin_ports) = ports.split(tls.as_ref());
+        let mut accept = Vec::new();
+        let mut admin = Vec::new();
+        for (listener, tls) in data_ports {
+            let serve = serve_clients(served.clone(), tls);
+            let loop_ =
+                shoal_net::accept_loop(listener, connections.clone(), shutdown_rx.clone(), serve);
+            accept.push(tokio::spawn(loop_));
+        }
+        let counters = Arc::new(AdminCounters(stats.clone()));
+        for (listener, tls) in admin_ports {
+            admin.push(tokio::spawn(shoal_net::http::serve(
+                listener,
+                router.clone(),
+                tls,
+                config.admin_limits,
+                counters.clone(),
+                shutdown_rx.clone(),
+                ADMIN_GRACE,
+            )));
+        }
+        tracing::info!(data_addr = %addrs.data, admin_addr = %addrs.admin, tls_data_addr = ?addrs.tls.data, https_addr = ?addrs.tls.admin, dir = %config.data_dir.display(), "node listening");
         Ok(Node {
             buckets,
             manager,
-            data_addr,
-            admin_addr,
+            data_addr: addrs.data,
+            admin_addr: addrs.admin,
+            tls_addrs: addrs.tls,
             admin,
             view,
             shutdown,
@@ -138,6 +176,16 @@ impl Node {
             connections,
             auth,
         })
+    }
+
+    /// The TLS data port's address, when the node has one.
+    pub fn tls_data_addr(&self) -> Option<SocketAddr> {
+        self.tls_addrs.data
+    }
+
+    /// The HTTPS admin port's address, when the node has one.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.tls_addrs.admin
     }
 
     /// The node's copy of the cluster secret (for harnesses that act as
@@ -194,8 +242,13 @@ impl Node {
     /// synced.
     pub async fn shutdown(self) -> Result<(), NodeError> {
         let _ = self.shutdown.send(true);
-        let _ = self.accept.await;
-        let _ = tokio::time::timeout(ADMIN_GRACE, self.admin).await;
+        for accept in self.accept {
+            let _ = accept.await;
+        }
+        for admin in self.admin {
+            // Each drains its own connections within the grace period.
+            let _ = tokio::time::timeout(ADMIN_GRACE * 2, admin).await;
+        }
         self.connections.drain(CONNECTION_GRACE).await;
         if let Some(manager) = &self.manager {
             manager.shutdown().await;
@@ -211,18 +264,22 @@ impl Node {
 /// and admin ports.
 async fn start_manager(
     config: &NodeConfig,
-    ports: (u16, u16),
+    addrs: &Addrs,
     buckets: &Arc<Buckets>,
     view: &Arc<ClusterView>,
     secret: &ClusterSecret,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Arc<Manager>, NodeError> {
-    let (data_port, admin_port) = ports;
+    let me = crate::manager::NodePorts {
+        data: addrs.data.port(),
+        admin: addrs.admin.port(),
+        tls_data: addrs.tls.data.map(|a| a.port()),
+        tls_admin: addrs.tls.admin.map(|a| a.port()),
+    };
     let manager = Manager::start(
         &config.data_dir,
         config.advertised_host(),
-        data_port,
-        admin_port,
+        me,
         secret.clone(),
     )
     .await
@@ -280,21 +337,101 @@ async fn init_cluster(manager: Arc<Manager>, credentials: Option<Credentials>) {
     }
 }
 
-/// Serves every accepted client: the data service, and the replication
-/// producer for a connection that opens a DCP stream.
+/// The node's listening sockets: the data and admin ports, and the TLS
+/// data port and HTTPS admin port when configured.
+struct Listeners {
+    data: TcpListener,
+    admin: TcpListener,
+    tls_data: Option<TcpListener>,
+    tls_admin: Option<TcpListener>,
+}
+
+/// Where the node's ports are bound.
+#[derive(Clone, Copy, Debug)]
+struct Addrs {
+    data: SocketAddr,
+    admin: SocketAddr,
+    tls: TlsAddrs,
+}
+
+/// Where the node's TLS ports are bound, when it has them.
+#[derive(Clone, Copy, Debug, Default)]
+struct TlsAddrs {
+    data: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+}
+
+impl Listeners {
+    /// Binds every configured port: data ports on `host`, admin ports on
+    /// `admin_host` (or `host`).
+    async fn bind(config: &NodeConfig) -> std::io::Result<Listeners> {
+        let admin_host = config.admin_host.unwrap_or(config.host);
+        let optional = |host, port: Option<u16>| async move {
+            match port {
+                Some(port) => TcpListener::bind((host, port)).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        Ok(Listeners {
+            data: TcpListener::bind((config.host, config.port)).await?,
+            admin: TcpListener::bind((admin_host, config.admin_port)).await?,
+            tls_data: optional(config.host, config.tls_port).await?,
+            tls_admin: optional(admin_host, config.admin_tls_port).await?,
+        })
+    }
+
+    fn addrs(&self) -> std::io::Result<Addrs> {
+        let addr = |l: &Option<TcpListener>| l.as_ref().map(TcpListener::local_addr).transpose();
+        Ok(Addrs {
+            data: self.data.local_addr()?,
+            admin: self.admin.local_addr()?,
+            tls: TlsAddrs {
+                data: addr(&self.tls_data)?,
+                admin: addr(&self.tls_admin)?,
+            },
+        })
+    }
+
+    /// The data ports and the admin ports, each with the TLS it speaks
+    /// (`None`: plaintext).
+    fn split(self, tls: Option<&TlsAcceptor>) -> (Vec<Port>, Vec<Port>) {
+        let with_tls = |listener: Option<TcpListener>| listener.map(|l| (l, tls.cloned()));
+        let data = std::iter::once((self.data, None)).chain(with_tls(self.tls_data));
+        let admin = std::iter::once((self.admin, None)).chain(with_tls(self.tls_admin));
+        (data.collect(), admin.collect())
+    }
+}
+
+/// A listening socket and the TLS it speaks (`None`: plaintext).
+type Port = (TcpListener, Option<TlsAcceptor>);
+
+/// Serves every client accepted on one data port (over TLS when `tls` is
+/// given): the data service, and the replication producer for a
+/// connection that opens a DCP stream.
 fn serve_clients(
-    buckets: Arc<Buckets>,
-    auth: Arc<Authenticator>,
-    shutdown: watch::Receiver<bool>,
-) -> impl FnMut(TcpStream, SocketAddr) -> BoxedConnection {
-    let stats = buckets.stats().clone();
-    move |stream, _peer| {
+    served: Served,
+    tls: Option<TlsAcceptor>,
+) -> impl FnMut(TcpStream, SocketAddr, Seat) -> BoxedConnection {
+    move |tcp, _peer, seat| {
+        let stats = served.buckets.stats().clone();
         stats.total_connections.fetch_add(1, Ordering::Relaxed);
         stats.curr_connections.fetch_add(1, Ordering::Relaxed);
-        let (buckets, stats, shutdown) = (buckets.clone(), stats.clone(), shutdown.clone());
-        let auth = auth.clone();
+        let (served, tls) = (served.clone(), tls.clone());
         Box::pin(async move {
-            serve_connection(stream, buckets, auth, shutdown).await;
+            let stream = match tls {
+                None => Some(Stream::Plain(tcp)),
+                Some(tls) => match tls.accept(tcp, served.deadlines.request).await {
+                    Ok(stream) => Some(stream),
+                    Err(error) => {
+                        tracing::debug!(%error, "TLS handshake failed");
+                        stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                },
+            };
+            if let Some(stream) = stream {
+                serve_connection(stream, seat, served).await;
+            }
             stats.curr_connections.fetch_sub(1, Ordering::Relaxed);
         })
     }
@@ -304,15 +441,30 @@ fn serve_clients(
 type BoxedConnection = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// One client connection: the data service until it ends, or until it
-/// turns into a replica's DCP stream, which the producer serves.
-async fn serve_connection(
-    stream: TcpStream,
-    buckets: Arc<Buckets>,
-    auth: Arc<Authenticator>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let served = crate::server::serve(stream, buckets, auth, shutdown.clone()).await;
-    if let Some(Handoff::Dcp(dcp)) = served {
+/// turns into a replica's DCP stream, which the producer serves. A
+/// connection that proved it is the cluster counts as a system connection
+/// while it lasts.
+async fn serve_connection(stream: Stream, mut seat: Seat, served: Served) {
+    let stats = served.buckets.stats().clone();
+    let shutdown = served.shutdown.clone();
+    let handoff = crate::server::serve(stream, &mut seat, served).await;
+    if let Handoff::Dcp(dcp) = handoff {
         crate::replication::producer::serve(dcp.stream, dcp.bucket, dcp.buffered, shutdown).await;
+    }
+    if seat.kind() == SeatKind::System {
+        // Counted up by the data service when the connection proved it is
+        // the cluster.
+        stats.system_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts what the admin ports turn away in the node's stats.
+struct AdminCounters(Arc<ServerStats>);
+
+impl HttpCounters for AdminCounters {
+    fn handshake_failed(&self) {
+        self.0
+            .tls_handshake_failures
+            .fetch_add(1, Ordering::Relaxed);
     }
 }

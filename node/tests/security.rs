@@ -57,7 +57,7 @@ async fn start_cluster(dir: &TestDir) -> Node {
 }
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
+    shoal_net::tls::http_client(None)
         .timeout(Duration::from_secs(10))
         .no_proxy()
         .build()

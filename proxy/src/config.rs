@@ -7,6 +7,9 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use shoal_net::deadline::Deadlines;
+use shoal_net::http::HttpLimits;
+pub use shoal_net::TlsFiles;
 use shoal_vbmap::config::ServerAddr;
 
 use crate::downstream::DownstreamConfig;
@@ -55,8 +58,17 @@ pub struct ProxyConfig {
     pub strict_multiget: bool,
     /// Downstream pools.
     pub downstream: DownstreamConfig,
-    /// Most client connections at once.
+    /// Most client connections at once; more are told so and closed.
     pub max_connections: usize,
+    /// Deadlines for half-sent requests, unread replies and idle clients.
+    pub deadlines: Deadlines,
+    /// The admin port's connection cap and header deadline.
+    pub admin_limits: HttpLimits,
+    /// Certificate and key for the TLS client port.
+    pub tls: Option<TlsFiles>,
+    /// TLS client port (Couchbase's 11207); `None`: none; 0 lets the OS
+    /// choose.
+    pub tls_port: Option<u16>,
 }
 
 impl Default for ProxyConfig {
@@ -73,6 +85,10 @@ impl Default for ProxyConfig {
             strict_multiget: false,
             downstream: DownstreamConfig::default(),
             max_connections: 10_000,
+            deadlines: Deadlines::default(),
+            admin_limits: HttpLimits::default(),
+            tls: None,
+            tls_port: None,
         }
     }
 }
@@ -97,6 +113,12 @@ pub enum ProxyConfigError {
     /// No connections per node.
     #[error("connections per node must be at least 1")]
     Connections,
+    /// No client connections at all.
+    #[error("--max-connections must be at least 1")]
+    MaxConnections,
+    /// A TLS port without a certificate and key.
+    #[error("--tls-port needs --tls-cert and --tls-key")]
+    NoCertificate,
 }
 
 impl ProxyConfig {
@@ -125,6 +147,12 @@ impl ProxyConfig {
         }
         if self.downstream.connections_per_node == 0 {
             return Err(ProxyConfigError::Connections);
+        }
+        if self.max_connections == 0 {
+            return Err(ProxyConfigError::MaxConnections);
+        }
+        if self.tls_port.is_some() && self.tls.is_none() {
+            return Err(ProxyConfigError::NoCertificate);
         }
         Ok(self)
     }
@@ -163,8 +191,33 @@ mod tests {
             ..base
         };
         assert!(matches!(
-            weights_off.validate(),
+            weights_off.clone().validate(),
             Err(ProxyConfigError::Weights { .. })
         ));
+        let servers = vec![ServerAddr::parse("127.0.0.1:11211").unwrap()];
+        let fixed = ProxyConfig {
+            source: MapSource::Static {
+                servers,
+                weights: vec![1],
+            },
+            ..weights_off
+        };
+        assert!(fixed.clone().validate().is_ok());
+        let no_cert = ProxyConfig {
+            tls_port: Some(11207),
+            ..fixed.clone()
+        };
+        assert_eq!(
+            no_cert.validate().unwrap_err(),
+            ProxyConfigError::NoCertificate
+        );
+        let closed = ProxyConfig {
+            max_connections: 0,
+            ..fixed
+        };
+        assert_eq!(
+            closed.validate().unwrap_err(),
+            ProxyConfigError::MaxConnections
+        );
     }
 }

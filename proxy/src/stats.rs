@@ -32,6 +32,18 @@ pub struct ProxyStats {
     pub multiget_missing_keys: AtomicU64,
     /// Requests the client's bytes could not be parsed as.
     pub protocol_errors: AtomicU64,
+    /// Client connections refused because the client port was full.
+    pub rejected_connections: AtomicU64,
+    /// Connections closed with a request half sent and nothing new for
+    /// the request deadline.
+    pub request_timeouts: AtomicU64,
+    /// Idle connections closed after the idle deadline.
+    pub idle_kicks: AtomicU64,
+    /// Connections closed because the client stopped reading its replies.
+    pub write_timeouts: AtomicU64,
+    /// TLS handshakes that failed or timed out (plaintext to the TLS port
+    /// among them).
+    pub tls_handshake_failures: AtomicU64,
     /// Request latency histogram (see [`LATENCY_BUCKETS`]).
     pub latency: [AtomicU64; LATENCY_BUCKETS],
 }
@@ -55,7 +67,7 @@ pub struct Counter {
 /// Every counter of [`ProxyStats`] but the latency histogram, in the order
 /// the reports list them: both `stats proxy` and `/metrics` read this table,
 /// so a new counter is added here once.
-pub const COUNTERS: [Counter; 8] = [
+pub const COUNTERS: [Counter; 13] = [
     Counter {
         stat: "proxy_curr_connections",
         metric: "shoal_proxy_current_connections",
@@ -111,6 +123,41 @@ pub const COUNTERS: [Counter; 8] = [
         gauge: false,
         help: "Client requests that could not be parsed.",
         read: |s| &s.protocol_errors,
+    },
+    Counter {
+        stat: "proxy_rejected_connections",
+        metric: "shoal_proxy_rejected_connections_total",
+        gauge: false,
+        help: "Client connections refused because the client port was full.",
+        read: |s| &s.rejected_connections,
+    },
+    Counter {
+        stat: "proxy_request_timeouts",
+        metric: "shoal_proxy_request_timeouts_total",
+        gauge: false,
+        help: "Connections closed holding a half-sent request past the request deadline.",
+        read: |s| &s.request_timeouts,
+    },
+    Counter {
+        stat: "proxy_idle_kicks",
+        metric: "shoal_proxy_idle_kicks_total",
+        gauge: false,
+        help: "Idle connections closed after the idle deadline.",
+        read: |s| &s.idle_kicks,
+    },
+    Counter {
+        stat: "proxy_write_timeouts",
+        metric: "shoal_proxy_write_timeouts_total",
+        gauge: false,
+        help: "Connections closed because the client stopped reading its replies.",
+        read: |s| &s.write_timeouts,
+    },
+    Counter {
+        stat: "proxy_tls_handshake_failures",
+        metric: "shoal_proxy_tls_handshake_failures_total",
+        gauge: false,
+        help: "TLS handshakes on the client port that failed or timed out.",
+        read: |s| &s.tls_handshake_failures,
     },
 ];
 
@@ -171,6 +218,11 @@ mod tests {
             &stats.not_my_vbucket,
             &stats.multiget_missing_keys,
             &stats.protocol_errors,
+            &stats.rejected_connections,
+            &stats.request_timeouts,
+            &stats.idle_kicks,
+            &stats.write_timeouts,
+            &stats.tls_handshake_failures,
         ];
         let mut seen: Vec<u64> = fields.iter().map(|f| f.load(Ordering::Relaxed)).collect();
         seen.sort_unstable();

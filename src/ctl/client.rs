@@ -158,7 +158,7 @@ impl Cluster {
         if urls.is_empty() {
             return Err(CtlError::Local("no cluster URL given".to_owned()));
         }
-        let http = reqwest::Client::builder()
+        let http = shoal_net::tls::http_client(None)
             // An admin tool talks to the cluster it names; an HTTP(S)_PROXY
             // meant for the internet must not capture loopback addresses.
             .no_proxy()

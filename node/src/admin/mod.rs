@@ -34,7 +34,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use shoal_auth::PasswordHash;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::access::Authenticator;
@@ -98,32 +97,26 @@ impl Admin {
     }
 }
 
-/// Serves the admin API on `listener` until `shutdown` flips.
-pub async fn serve(listener: TcpListener, services: Services, mut shutdown: watch::Receiver<bool>) {
+/// The admin API as a router, for the wiring to serve on the admin ports
+/// (plain and HTTPS). Config streams end when `shutdown` flips.
+pub fn router(services: Services, shutdown: watch::Receiver<bool>) -> Router {
     let admin = Admin {
         buckets: services.buckets,
         view: services.view,
         manager: services.manager,
         auth: services.auth,
-        shutdown: shutdown.clone(),
-        http: reqwest::Client::builder()
+        shutdown,
+        http: shoal_net::tls::http_client(None)
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_default(),
     };
-    let result = axum::serve(listener, router(admin))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await;
-    if let Err(error) = result {
-        tracing::error!(%error, "admin server failed");
-    }
+    routed(admin)
 }
 
 /// The admin routes, from the table in `routes`, behind its guard.
-fn router(admin: Admin) -> Router {
+fn routed(admin: Admin) -> Router {
     let router = routes::table()
         .into_iter()
         .fold(Router::new(), |router, (route, handler)| {

@@ -24,4 +24,25 @@ pub struct ServerStats {
     /// Writes answered with an error because their bucket's durability
     /// level was not met in time.
     pub durability_timeouts: AtomicU64,
+    /// Connections beyond the client limit that did not authenticate as
+    /// the cluster, answered "too many open connections" and closed.
+    pub rejected_conns: AtomicU64,
+    /// Connections closed holding a half-sent request (or an unfinished
+    /// TLS handshake) with nothing new for the request deadline.
+    pub request_timeouts: AtomicU64,
+    /// Idle connections closed after the idle deadline.
+    pub idle_kicks: AtomicU64,
+    /// Connections closed because the client left its replies unread for
+    /// the write deadline.
+    pub write_timeouts: AtomicU64,
+    /// TLS handshakes that failed (plaintext on a TLS port, an untrusted
+    /// certificate, a timeout).
+    pub tls_handshake_failures: AtomicU64,
+    /// The cluster's own connections open now (replication streams and
+    /// the like), outside the client budget.
+    pub system_connections: AtomicU64,
+    /// The client connection limit (memcached's `max_connections`).
+    pub max_connections: AtomicU64,
+    /// Connections reserved for the cluster beyond the client limit.
+    pub max_system_connections: AtomicU64,
 }

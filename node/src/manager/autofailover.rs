@@ -26,7 +26,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// Runs until `shutdown` flips.
 pub async fn run(manager: Arc<Manager>, mut shutdown: watch::Receiver<bool>) {
-    let http = match reqwest::Client::builder()
+    let http = match shoal_net::tls::http_client(None)
         .connect_timeout(PROBE_TIMEOUT)
         .timeout(PROBE_TIMEOUT)
         .build()

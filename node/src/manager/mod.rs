@@ -96,6 +96,37 @@ pub struct NodeInfo {
     pub data_port: u16,
     /// REST port.
     pub admin_port: u16,
+    /// TLS memcached port, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_data_port: Option<u16>,
+    /// HTTPS REST port, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_admin_port: Option<u16>,
+}
+
+impl NodeInfo {
+    /// The node's ports.
+    pub fn ports(&self) -> NodePorts {
+        NodePorts {
+            data: self.data_port,
+            admin: self.admin_port,
+            tls_data: self.tls_data_port,
+            tls_admin: self.tls_admin_port,
+        }
+    }
+}
+
+/// The ports a node listens on, as the wiring bound them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodePorts {
+    /// memcached port.
+    pub data: u16,
+    /// REST port.
+    pub admin: u16,
+    /// TLS memcached port, if any.
+    pub tls_data: Option<u16>,
+    /// HTTPS REST port, if any.
+    pub tls_admin: Option<u16>,
 }
 
 /// The metadata service of one node.
@@ -153,8 +184,7 @@ impl Manager {
     pub async fn start(
         data_dir: &Path,
         host: String,
-        data_port: u16,
-        admin_port: u16,
+        ports: NodePorts,
         secret: ClusterSecret,
     ) -> Result<Arc<Manager>, ManagerError> {
         let dir = data_dir.join("raft");
@@ -183,8 +213,10 @@ impl Manager {
         let me = NodeInfo {
             id,
             host,
-            data_port,
-            admin_port,
+            data_port: ports.data,
+            admin_port: ports.admin,
+            tls_data_port: ports.tls_data,
+            tls_admin_port: ports.tls_admin,
         };
         tracing::info!(id, "metadata service started");
         Ok(Arc::new(Manager {
@@ -240,6 +272,8 @@ impl Manager {
             host: self.me.host.clone(),
             data_port: self.me.data_port,
             admin_port: self.me.admin_port,
+            tls_data_port: self.me.tls_data_port,
+            tls_admin_port: self.me.tls_admin_port,
             membership,
         }
     }
@@ -469,7 +503,7 @@ impl Manager {
             })?;
         let state = self.state();
         if let Some(existing) = state.nodes.get(&info.id) {
-            if existing.admin_port == info.admin_port && existing.data_port == info.data_port {
+            if existing.ports() == info.ports() {
                 return Ok(existing.clone());
             }
         }
@@ -485,6 +519,8 @@ impl Manager {
             host: info.host.clone(),
             data_port: info.data_port,
             admin_port: info.admin_port,
+            tls_data_port: info.tls_data_port,
+            tls_admin_port: info.tls_admin_port,
             membership: state
                 .nodes
                 .get(&info.id)

@@ -36,7 +36,7 @@ impl Network {
     /// A transport with its own connection pool.
     pub fn new(secret: ClusterSecret) -> Network {
         Network {
-            client: reqwest::Client::builder()
+            client: shoal_net::tls::http_client(None)
                 .connect_timeout(Duration::from_millis(500))
                 .build()
                 .unwrap_or_default(),

@@ -21,7 +21,7 @@ impl PeerClient {
     /// A client with its own connection pool, proving `secret`.
     pub fn new(secret: ClusterSecret) -> PeerClient {
         PeerClient {
-            http: reqwest::Client::builder()
+            http: shoal_net::tls::http_client(None)
                 .connect_timeout(Duration::from_secs(1))
                 .timeout(Duration::from_secs(30))
                 .build()

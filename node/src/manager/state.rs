@@ -45,6 +45,12 @@ pub struct NodeRecord {
     pub data_port: u16,
     /// REST admin port.
     pub admin_port: u16,
+    /// TLS memcached port, if the node has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_data_port: Option<u16>,
+    /// HTTPS admin port, if the node has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_admin_port: Option<u16>,
     /// Active, added or failed.
     pub membership: Membership,
 }
@@ -65,9 +71,20 @@ impl NodeRecord {
         join_host_port(&self.host, self.data_port)
     }
 
+    /// The node's ports.
+    pub fn ports(&self) -> super::NodePorts {
+        super::NodePorts {
+            data: self.data_port,
+            admin: self.admin_port,
+            tls_data: self.tls_data_port,
+            tls_admin: self.tls_admin_port,
+        }
+    }
+
     /// The addresses a bucket config lists.
     pub fn address(&self) -> NodeAddress {
         NodeAddress::new(self.host.clone(), self.data_port, self.admin_port)
+            .with_tls(self.tls_data_port, self.tls_admin_port)
     }
 }
 
@@ -661,6 +678,8 @@ mod tests {
             host: "127.0.0.1".into(),
             data_port: 12000 + id as u16,
             admin_port: 9000 + id as u16,
+            tls_data_port: None,
+            tls_admin_port: None,
             membership,
         }
     }

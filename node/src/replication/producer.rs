@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use shoal_net::Stream as Connection;
 use shoal_protocol::binary::dcp::{
     encode_dcp_reply, encode_failover_log_reply, encode_noop, encode_stream_accepted,
     encode_stream_end, encode_stream_rollback, OpenFlags, StreamEndStatus, StreamReq,
@@ -40,7 +41,6 @@ use shoal_protocol::binary::dcp::{
 use shoal_protocol::binary::{parse_dcp, DcpMessage, EncodeError, FailoverEntry, Opcode, Status};
 use shoal_protocol::Limits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
@@ -167,12 +167,15 @@ impl Drop for Producer {
 /// loop when a client on a bucket sends DCP_OPEN; `rbuf` holds the
 /// unconsumed bytes, starting with that DCP_OPEN frame.
 pub async fn serve(
-    mut stream: TcpStream,
+    mut stream: Connection,
     ctx: Arc<LiveBucket>,
     mut rbuf: BytesMut,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
+    stream.set_nodelay();
+    // Over TLS a write can leave its last record in the TLS session: flush
+    // once the buffer is drained, before waiting on anything else.
+    let tls = stream.is_tls();
     let peer = stream.peer_addr().ok();
     let notify = Arc::new(Notify::new());
     // Each running scan sends exactly one result, and at most
@@ -208,7 +211,11 @@ pub async fn serve(
             .and_then(|()| producer.pump(&mut wbuf));
         if let Err(close) = worked {
             // Best effort: the replies already encoded go out first.
-            let _ = tokio::time::timeout(LAST_WRITE_TIMEOUT, wr.write_all(&wbuf)).await;
+            let last = async {
+                wr.write_all(&wbuf).await?;
+                wr.flush().await
+            };
+            let _ = tokio::time::timeout(LAST_WRITE_TIMEOUT, last).await;
             break Err(close);
         }
         if producer.closing && wbuf.is_empty() {
@@ -224,7 +231,7 @@ pub async fn serve(
                 Ok(0) | Err(_) => break Ok(()),
                 Ok(_) => producer.last_recv = Instant::now(),
             },
-            written = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => match written {
+            written = send(&mut wr, &mut wbuf, tls), if !wbuf.is_empty() => match written {
                 Ok(0) | Err(_) => break Ok(()),
                 Ok(_) => producer.last_write = Instant::now(),
             },
@@ -244,6 +251,19 @@ pub async fn serve(
             tracing::warn!(%bucket, %replica, ?peer, %reason, "dcp producer closed the connection")
         }
     }
+}
+
+/// Writes what it can of `wbuf`; over TLS, flushes once it is drained.
+async fn send(
+    wr: &mut shoal_net::stream::WriteHalf<'_>,
+    wbuf: &mut BytesMut,
+    tls: bool,
+) -> std::io::Result<usize> {
+    let written = wr.write_buf(wbuf).await?;
+    if tls && written > 0 && wbuf.is_empty() {
+        wr.flush().await?;
+    }
+    Ok(written)
 }
 
 // === impl Producer ===

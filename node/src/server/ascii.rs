@@ -22,7 +22,9 @@ pub(super) fn execute(ctx: &LiveBucket, frame: &[u8], cmd: &Command, out: &mut B
     let now = ctx.clock.now();
     match cmd {
         Command::Get(get) => {
-            retrieve(ctx, frame, get, now, out);
+            // Whole: the connection streams long gets through
+            // `retrieve_part` instead.
+            retrieve_part(ctx, frame, get, 0, usize::MAX, out);
             Flow::Read
         }
         Command::Store(store) => {
@@ -144,15 +146,24 @@ pub(super) fn without_bucket(cmd: &Command, refusal: &[u8], out: &mut BytesMut) 
     Flow::Read
 }
 
-/// Largest reply one `get` may build: replies are buffered whole before
-/// they are written, so this bounds what one request can make the node hold.
-const MAX_GET_REPLY: usize = 64 * 1024 * 1024;
-
-/// `get gets gat gats`: a `VALUE` block per hit, then `END`. An error on one
-/// key ends the reply with that error (as memcached does when it cannot
-/// build a reply), so the client never mistakes it for a miss.
-fn retrieve(ctx: &LiveBucket, frame: &[u8], get: &Get, now: u32, out: &mut BytesMut) {
-    let start = out.len();
+/// `get gets gat gats` from the key that starts at byte `from` of the
+/// frame (0: the first): a `VALUE` block per hit, then `END`. Stops early,
+/// once `out` holds at least `high_water` bytes and keys remain, and
+/// returns where the next key starts: the connection writes what is built
+/// and calls again from there, so a get of many large values streams out
+/// through a bounded buffer instead of being built whole (memcached
+/// streams them too). An error on one key ends the reply with that error
+/// (as memcached does when it cannot build a reply), so the client never
+/// mistakes it for a miss.
+pub(super) fn retrieve_part(
+    ctx: &LiveBucket,
+    frame: &[u8],
+    get: &Get,
+    from: usize,
+    high_water: usize,
+    out: &mut BytesMut,
+) -> Option<usize> {
+    let now = ctx.clock.now();
     let with_cas = get.verb.returns_cas();
     let touch_to = match get.verb {
         GetVerb::Gat { exptime } | GetVerb::Gats { exptime } => {
@@ -160,7 +171,10 @@ fn retrieve(ctx: &LiveBucket, frame: &[u8], get: &Get, now: u32, out: &mut Bytes
         }
         GetVerb::Get | GetVerb::Gets => None,
     };
-    for span in get.keys(frame) {
+    for span in get.keys(frame).skip_while(|span| span.start < from) {
+        if out.len() >= high_water {
+            return Some(span.start);
+        }
         let key = span.of(frame);
         let vb = vb_of(ctx, key);
         let result = match touch_to {
@@ -170,23 +184,16 @@ fn retrieve(ctx: &LiveBucket, frame: &[u8], get: &Get, now: u32, out: &mut Bytes
             }
         };
         match result {
-            Ok(hit) if out.len() - start + hit.value.len() > MAX_GET_REPLY => {
-                // A short line naming one large value many times would
-                // otherwise make the node buffer without bound; memcached
-                // answers the same way when it cannot build a reply.
-                out.truncate(start);
-                out.put_slice(b"SERVER_ERROR out of memory writing get response\r\n");
-                return;
-            }
             Ok(hit) => encode_value(out, key, hit.flags, &hit.value, with_cas.then_some(hit.cas)),
             Err(EngineError::NotFound) => {}
             Err(e) => {
                 out.put_slice(error_line(e));
-                return;
+                return None;
             }
         }
     }
     out.put_slice(b"END\r\n");
+    None
 }
 
 fn execute_store(

@@ -20,10 +20,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use shoal_net::accept::SeatKind;
+use shoal_net::deadline::{write_all, Deadlines, WriteError};
+use shoal_net::{Seat, Stream};
 use shoal_protocol::binary::{encode_error_response, parse_request, peek_request_header, Status};
 use shoal_protocol::{ascii, meta, ParseError, Recovery};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use shoal_engine::VbucketId;
@@ -41,8 +43,9 @@ const READ_BUFFER: usize = 16 * 1024;
 /// never tiny (see pelikan's `TARGET_READ_SIZE`).
 const MIN_READ_SPACE: usize = 4 * 1024;
 
-/// Write out early when a batch's replies pass this size, so a long
-/// pipeline of large gets does not buffer without bound.
+/// Write out early when a batch's replies pass this size: a long pipeline
+/// of large gets, or one get of many large values (streamed a part at a
+/// time), never buffers more than this plus one value per connection.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 
 /// A buffer that grew past this for one large request or reply (a 1 MiB
@@ -59,40 +62,60 @@ const RETAINED_BUFFER: usize = 4 * READ_BUFFER;
 /// churned) for every batch.
 const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
-/// What becomes of a connection this layer does not serve to its end.
-#[derive(Debug)]
-pub enum Handoff {
-    /// A replica's consumer opened a DCP stream: from here on the
-    /// connection speaks DCP, for the replication producer.
-    Dcp(DcpHandoff),
-}
-
 /// A connection turning into a DCP stream, as the producer takes it over.
 #[derive(Debug)]
 pub struct DcpHandoff {
-    /// The client's socket.
-    pub stream: TcpStream,
+    /// The client's stream.
+    pub stream: Stream,
     /// The bucket the connection had selected.
     pub bucket: Arc<LiveBucket>,
     /// What was read and not yet parsed: the DCP_OPEN and anything after.
     pub buffered: BytesMut,
 }
 
-/// Serves one client until it closes, errs, quits, its bucket is deleted
-/// or the node shuts down (`None`), or until it opens a DCP stream, which
-/// is handed back to the caller.
-pub async fn serve(
-    mut stream: TcpStream,
-    buckets: Arc<Buckets>,
-    auth: Arc<Authenticator>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Option<Handoff> {
-    let _ = stream.set_nodelay(true);
+/// What a connection is served with besides its stream.
+#[derive(Clone, Debug)]
+pub struct Served {
+    /// The node's buckets.
+    pub buckets: Arc<Buckets>,
+    /// Checks credentials.
+    pub auth: Arc<Authenticator>,
+    /// How long a half-sent request, an unread reply or an idle
+    /// connection may last.
+    pub deadlines: Deadlines,
+    /// Flips when the node stops.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Why [`serve`] stopped serving a connection.
+#[derive(Debug)]
+pub enum Handoff {
+    /// The connection ended (closed, erred, quit, timed out, its bucket
+    /// deleted, the node stopping): nothing more to do.
+    Closed,
+    /// A replica's consumer opened a DCP stream: from here on the
+    /// connection speaks DCP, for the replication producer.
+    Dcp(DcpHandoff),
+}
+
+/// Serves one client until it closes, errs, quits, breaks a deadline, its
+/// bucket is deleted or the node shuts down, or until it opens a DCP
+/// stream, which is handed back to the caller. `seat` is the connection's
+/// place in the node's connection budget: a provisional seat must
+/// authenticate as the cluster before anything else.
+pub async fn serve(mut stream: Stream, seat: &mut Seat, served: Served) -> Handoff {
+    stream.set_nodelay();
+    let Served {
+        buckets,
+        auth,
+        deadlines,
+        mut shutdown,
+    } = served;
     let mut session = Session::on_node(buckets, auth);
     let stats = session.stats.clone();
     let mut conn = Connection::new();
     loop {
-        let (flow, mutated) = conn.process(&mut session);
+        let (flow, mutated) = conn.process(&mut session, seat.is_provisional());
         if !conn.durable.is_empty() {
             if let Some(ctx) = session.bucket() {
                 // The flusher and the replication streams start on the
@@ -102,8 +125,13 @@ pub async fn serve(
             conn.await_durability(&session).await;
         }
         if !conn.wbuf.is_empty() {
-            if stream.write_all(&conn.wbuf).await.is_err() {
-                return None;
+            match write_all(&mut stream, &conn.wbuf, deadlines.write).await {
+                Ok(()) => {}
+                Err(WriteError::Stalled) => {
+                    stats.write_timeouts.fetch_add(1, Ordering::Relaxed);
+                    return Handoff::Closed;
+                }
+                Err(WriteError::Io(_)) => return Handoff::Closed,
             }
             stats
                 .bytes_written
@@ -115,55 +143,84 @@ pub async fn serve(
                 ctx.wrote();
             }
         }
+        if session.principal().is_cluster() && seat.kind() != SeatKind::System {
+            // The cluster's own connection: off the client budget (the
+            // wiring counts it down when it ends).
+            seat.promote();
+            stats.system_connections.fetch_add(1, Ordering::Relaxed);
+        }
         if session.bucket_deleted() {
-            return None;
+            return Handoff::Closed;
         }
         match flow {
-            Step::Close => return None,
+            Step::Close => return Handoff::Closed,
             Step::Flushed => continue,
             Step::NeedBytes => {}
             Step::Dcp => {
                 // The DCP_OPEN is still in the read buffer.
-                return session.bucket().cloned().map(|bucket| {
-                    Handoff::Dcp(DcpHandoff {
+                return match session.bucket().cloned() {
+                    Some(bucket) => Handoff::Dcp(DcpHandoff {
                         stream,
                         bucket,
                         buffered: std::mem::take(&mut conn.rbuf),
-                    })
-                });
+                    }),
+                    None => Handoff::Closed,
+                };
             }
         }
         conn.rbuf.reserve(MIN_READ_SPACE);
         // Right after a reserve the capacity is the whole allocation (or a
         // lower bound of it); once bytes are consumed it no longer says.
         conn.rbuf_grown |= conn.rbuf.capacity() > RETAINED_BUFFER;
-        let read = if conn.holds_large_buffers() {
-            // A timer only while there is something to give back, so
-            // ordinary connections pay nothing for it.
-            tokio::select! {
-                read = stream.read_buf(&mut conn.rbuf) => read,
-                () = tokio::time::sleep(IDLE_RELEASE) => {
-                    // `read_buf` is cancel-safe: nothing was read.
-                    conn.release_large_buffers();
-                    continue;
-                }
-                _ = shutdown.changed() => return None,
-                () = deleted(&mut session.deleted) => return None,
+        let mid_request = !conn.rbuf.is_empty() || conn.skip > 0 || seat.is_provisional();
+        let wait = deadlines.for_read(mid_request);
+        let read = match conn
+            .read(&mut stream, wait, &mut shutdown, &mut session)
+            .await
+        {
+            Read::Bytes(n) => n,
+            Read::Release => {
+                conn.release_large_buffers();
+                continue;
             }
-        } else {
-            tokio::select! {
-                read = stream.read_buf(&mut conn.rbuf) => read,
-                _ = shutdown.changed() => return None,
-                () = deleted(&mut session.deleted) => return None,
+            Read::TimedOut => {
+                let counter = if mid_request {
+                    &stats.request_timeouts
+                } else {
+                    &stats.idle_kicks
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                return Handoff::Closed;
             }
+            Read::End => return Handoff::Closed,
         };
-        match read {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => {
-                stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
-            }
-        }
+        stats.bytes_read.fetch_add(read as u64, Ordering::Relaxed);
     }
+}
+
+/// What waiting for the client's next bytes came to.
+enum Read {
+    /// This many bytes arrived.
+    Bytes(usize),
+    /// The connection idled with grown buffers: give them back, then wait
+    /// again.
+    Release,
+    /// Nothing arrived within the deadline.
+    TimedOut,
+    /// The client closed or the socket failed, the bucket was deleted or
+    /// the node is stopping.
+    End,
+}
+
+/// Memcached's answer to a client beyond the connection limit, then the
+/// connection closes.
+const TOO_MANY_CONNECTIONS: &[u8] = b"SERVER_ERROR too many open connections\r\n";
+
+/// True when the request at the front of `buf` is one a connection may
+/// send before it has authenticated: binary HELLO, SASL_LIST_MECHS,
+/// SASL_AUTH or SASL_STEP (or a header too short to tell yet).
+fn authenticating(buf: &[u8]) -> bool {
+    buf.first() == Some(&0x80) && buf.get(1).is_none_or(|op| (0x1f..=0x22).contains(op))
 }
 
 /// DCP_OPEN's opcode: the first frame of a replica's stream connection.
@@ -231,7 +288,7 @@ pub fn drive(ctx: &Arc<LiveBucket>, chunks: &[&[u8]]) -> DriveOutcome {
     for chunk in chunks {
         conn.rbuf.extend_from_slice(chunk);
         loop {
-            let (step, _) = conn.process(&mut session);
+            let (step, _) = conn.process(&mut session, false);
             // No replicas here: nothing to wait for.
             conn.durable.clear();
             output.extend_from_slice(&conn.wbuf);
@@ -295,6 +352,9 @@ struct Connection {
     /// Writes of this batch whose replies wait for the bucket's
     /// durability level.
     durable: Vec<DurableWrite>,
+    /// Where the next key starts in the ASCII get at the front of `rbuf`
+    /// whose reply is being streamed out a part at a time.
+    resume_get: Option<usize>,
 }
 
 /// A write whose success reply (`wbuf[start..end]`, empty for a quiet
@@ -317,6 +377,45 @@ impl Connection {
             skip: 0,
             rbuf_grown: false,
             durable: Vec::new(),
+            resume_get: None,
+        }
+    }
+
+    /// Waits for the client's next bytes, at most `wait` (none: as long as
+    /// it takes), or until the node stops or the bucket is deleted. An idle
+    /// connection holding grown buffers wakes after [`IDLE_RELEASE`] to
+    /// give them back.
+    async fn read(
+        &mut self,
+        stream: &mut Stream,
+        wait: Option<Duration>,
+        shutdown: &mut watch::Receiver<bool>,
+        session: &mut Session,
+    ) -> Read {
+        let release = self.holds_large_buffers().then_some(IDLE_RELEASE);
+        let (timer, expiry) = match (wait, release) {
+            (Some(wait), Some(release)) if release < wait => (Some(release), Read::Release),
+            (Some(wait), _) => (Some(wait), Read::TimedOut),
+            (None, release) => (release, Read::Release),
+        };
+        // A timer only when there is a deadline or something to give back:
+        // an ordinary idle connection pays nothing for it.
+        let expired = async {
+            match timer {
+                Some(after) => tokio::time::sleep(after).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            // `read_buf` is cancel-safe: when another branch wins, nothing
+            // was read.
+            read = stream.read_buf(&mut self.rbuf) => match read {
+                Ok(0) | Err(_) => Read::End,
+                Ok(n) => Read::Bytes(n),
+            },
+            () = expired => expiry,
+            _ = shutdown.changed() => Read::End,
+            () = deleted(&mut session.deleted) => Read::End,
         }
     }
 
@@ -373,7 +472,7 @@ impl Connection {
 
     /// Handles every complete request in `rbuf`; returns the next step and
     /// whether anything was written to the bucket.
-    fn process(&mut self, session: &mut Session) -> (Step, bool) {
+    fn process(&mut self, session: &mut Session, provisional: bool) -> (Step, bool) {
         let mut mutated = false;
         loop {
             if self.skip > 0 {
@@ -386,6 +485,12 @@ impl Connection {
             }
             if self.rbuf.is_empty() {
                 return (Step::NeedBytes, mutated);
+            }
+            if provisional && !session.principal().is_cluster() && !authenticating(&self.rbuf) {
+                // Beyond the client limit only the cluster gets in.
+                session.stats.rejected_conns.fetch_add(1, Ordering::Relaxed);
+                self.wbuf.extend_from_slice(TOO_MANY_CONNECTIONS);
+                return (Step::Close, mutated);
             }
             match self.one(session) {
                 Some(Flow::Read) => {}
@@ -450,6 +555,25 @@ impl Connection {
                 Err(e) => return Some(self.text_error(session, e)),
             },
             _ => match ascii::parse_command(buf, limits) {
+                Ok(Some((ascii::Command::Get(get), used))) if session.bucket().is_some() => {
+                    let ctx = session.bucket()?;
+                    let from = self.resume_get.take().unwrap_or(0);
+                    let part = ascii_front::retrieve_part(
+                        ctx,
+                        &buf[..used],
+                        &get,
+                        from,
+                        WRITE_HIGH_WATER,
+                        &mut self.wbuf,
+                    );
+                    if let Some(next) = part {
+                        // More keys: the get stays at the front of `rbuf`
+                        // while what it built so far is written out.
+                        self.resume_get = Some(next);
+                        return Some(Flow::Read);
+                    }
+                    (Flow::Read, used, None)
+                }
                 Ok(Some((cmd, used))) => {
                     let flow = match session.bucket() {
                         Some(ctx) => ascii_front::execute(ctx, &buf[..used], &cmd, &mut self.wbuf),

@@ -22,7 +22,7 @@ mod meta;
 mod session;
 mod stats;
 
-pub use connection::{drive, serve, DcpHandoff, DriveOutcome, Handoff};
+pub use connection::{drive, serve, DcpHandoff, DriveOutcome, Handoff, Served};
 
 /// What a request does to the connection after its reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -84,6 +84,20 @@ fn general(ctx: &LiveBucket, emit: &mut impl FnMut(&str, &str)) {
     emit("pointer_size", &(usize::BITS).to_string());
     emit("curr_connections", &load(&ctx.stats.curr_connections));
     emit("total_connections", &load(&ctx.stats.total_connections));
+    emit("max_connections", &load(&ctx.stats.max_connections));
+    emit("system_connections", &load(&ctx.stats.system_connections));
+    emit(
+        "max_system_connections",
+        &load(&ctx.stats.max_system_connections),
+    );
+    emit("rejected_conns", &load(&ctx.stats.rejected_conns));
+    emit("request_timeouts", &load(&ctx.stats.request_timeouts));
+    emit("idle_kicks", &load(&ctx.stats.idle_kicks));
+    emit("write_timeouts", &load(&ctx.stats.write_timeouts));
+    emit(
+        "tls_handshake_failures",
+        &load(&ctx.stats.tls_handshake_failures),
+    );
     emit("bytes_read", &load(&ctx.stats.bytes_read));
     emit("bytes_written", &load(&ctx.stats.bytes_written));
     // `ep_bg_fetched` comes with the engine's stats below (values put back

@@ -22,8 +22,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::config::MapSource;
 use crate::routing::Locator;
@@ -38,32 +36,8 @@ const NO_MAP: &str = "no cluster map yet";
 /// `/health`'s reason while the cluster refuses the bucket's credentials.
 const REFUSED: &str = "the cluster refuses the bucket's credentials (check the bucket password)";
 
-/// Serves the admin endpoints on `listener`.
-///
-/// Keeps serving through a drain — `/health` answers 503 as soon as
-/// [`Shared::draining`] is set — and stops accepting once the `shutdown`
-/// sender is dropped (the drain is over), letting requests in progress
-/// finish. The proxy's shutdown aborts the task sooner if needed.
-pub async fn serve(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let addr = listener.local_addr().ok();
-    let closed = async move {
-        // `changed` fails only once the sender is gone; a `true` sent on
-        // it starts the drain, during which the port stays up.
-        while shutdown.changed().await.is_ok() {}
-    };
-    let served = axum::serve(listener, router(shared))
-        .with_graceful_shutdown(closed)
-        .await;
-    if let Err(error) = served {
-        tracing::error!(?addr, %error, "admin port failed");
-    }
-}
-
-/// The admin routes, for tests and embedding.
+/// The admin routes. The wiring serves them (with the admin port's
+/// connection cap and header deadline) and keeps serving through a drain.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/health", get(health))
@@ -155,6 +129,14 @@ mod tests {
 
     use super::*;
     use crate::config::ProxyConfig;
+    use tokio::net::TcpListener;
+    use tokio::sync::watch;
+
+    struct NoTls;
+
+    impl shoal_net::http::HttpCounters for NoTls {
+        fn handshake_failed(&self) {}
+    }
 
     /// A running admin port over fresh shared state.
     struct Admin {
@@ -171,11 +153,19 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());
             let (tx, rx) = watch::channel(false);
-            let task = tokio::spawn(serve(listener, shared.clone(), rx));
+            let task = tokio::spawn(shoal_net::http::serve(
+                listener,
+                router(shared.clone()),
+                None,
+                shoal_net::http::HttpLimits::default(),
+                Arc::new(NoTls),
+                rx,
+                std::time::Duration::from_secs(1),
+            ));
             Admin {
                 shared,
                 base,
-                client: reqwest::Client::builder().no_proxy().build().unwrap(),
+                client: shoal_net::tls::http_client(None).build().unwrap(),
                 shutdown: Some(tx),
                 task,
             }
@@ -222,15 +212,13 @@ mod tests {
 
         // A drain: 503 at once, and the port still answers.
         admin.shared.draining.store(true, Ordering::Release);
-        let tx = admin.shutdown.take().unwrap();
-        tx.send(true).unwrap();
         let (status, _, body) = admin.get("/health").await;
         assert_eq!(
             (status, body.as_str()),
             (StatusCode::SERVICE_UNAVAILABLE, DRAINING)
         );
-        // Dropping the sender ends the drain and the server.
-        drop(tx);
+        // Once the drain is over the wiring stops the port.
+        admin.shutdown.take().unwrap().send(true).unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(5), &mut admin.task)
             .await
             .expect("admin port stops once the shutdown sender is gone")

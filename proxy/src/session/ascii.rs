@@ -34,6 +34,11 @@ use crate::shared::Shared;
 /// they are written, so this bounds what one request can make the proxy hold.
 const MAX_GET_REPLY: usize = 64 * 1024 * 1024;
 
+/// Keys fetched together when the session serves a long `get` in waves,
+/// writing each wave's values before it fetches the next: what one `get`
+/// makes the proxy hold is one wave's values, not the whole reply.
+pub(super) const WAVE_KEYS: usize = 64;
+
 /// Runs one ASCII command parsed from `frame`, appending its reply to `out`.
 pub(super) async fn execute(
     shared: &Shared,
@@ -76,7 +81,40 @@ async fn get(shared: &Shared, frame: &Bytes, get: &Get, out: &mut BytesMut) {
         out.put_slice(TEMPORARY_FAILURE);
         return;
     }
-    write_values(shared, out, &keys, &results, get.verb.returns_cas());
+    if write_values(shared, out, &keys, &results, get.verb.returns_cas()) {
+        out.put_slice(b"END\r\n");
+    }
+}
+
+/// A long `get` as a series of waves: the keys of one wave
+/// (`WAVE_KEYS` at most), their `VALUE` blocks appended to `out`, `END`
+/// after the `last`. Keys that fail are left out and counted, as in a
+/// lenient multi-get, unless every key of the first wave failed; with
+/// strict multi-gets any failure ends the reply with an error line (the
+/// values before it are already on their way). Returns false once the
+/// reply has ended.
+pub(super) async fn get_wave(
+    shared: &Shared,
+    get: &Get,
+    keys: &[&[u8]],
+    (first, last): (bool, bool),
+    out: &mut BytesMut,
+) -> bool {
+    let results = fetch(shared, keys, get.verb).await;
+    let failed = results.iter().any(|r| matches!(r, KeyResult::Failed(_)));
+    let all_failed = results.iter().all(|r| matches!(r, KeyResult::Failed(_)));
+    if failed && (shared.config.strict_multiget || (first && all_failed)) {
+        shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+        out.put_slice(TEMPORARY_FAILURE);
+        return false;
+    }
+    if !write_values(shared, out, keys, &results, get.verb.returns_cas()) {
+        return false;
+    }
+    if last {
+        out.put_slice(b"END\r\n");
+    }
+    !last
 }
 
 /// Fetches `keys` with the opcode `verb` needs (GAT and the new TTL for
@@ -95,15 +133,16 @@ async fn fetch(shared: &Shared, keys: &[&[u8]], verb: GetVerb) -> Vec<KeyResult>
     }
 }
 
-/// A `VALUE` block per hit, then `END`; keys that failed are left out and
-/// counted.
+/// A `VALUE` block per hit; keys that failed are left out and counted.
+/// False when the values were too large to buffer and an error line took
+/// their place.
 fn write_values(
     shared: &Shared,
     out: &mut BytesMut,
     keys: &[&[u8]],
     results: &[KeyResult],
     with_cas: bool,
-) {
+) -> bool {
     // Room for the whole reply at once: a hit takes its key, its value and
     // at most 63 more bytes (`VALUE`, flags, length and CAS, spaces, two
     // CRLFs).
@@ -125,7 +164,7 @@ fn write_values(
                 // when it cannot build a reply).
                 out.truncate(start);
                 out.put_slice(b"SERVER_ERROR out of memory writing get response\r\n");
-                return;
+                return false;
             }
             KeyResult::Hit(reply) => {
                 let flags = match reply.response.decoded {
@@ -145,7 +184,7 @@ fn write_values(
             }
         }
     }
-    out.put_slice(b"END\r\n");
+    true
 }
 
 // === storage ===

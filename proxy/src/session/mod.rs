@@ -33,12 +33,13 @@ use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
+use shoal_net::deadline::{self, WriteError};
+use shoal_net::Stream;
 use shoal_protocol::binary::{
     encode_error_response, parse_request, peek_request_header, Opcode, Request, Status,
 };
 use shoal_protocol::{ascii as ascii_codec, meta as meta_codec, ParseError, Recovery};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::shared::Shared;
@@ -52,6 +53,12 @@ const READ_BUFFER: usize = 16 * 1024;
 /// Most requests of one read started together: bounds the memory a client
 /// pipelining without reading replies can make the proxy hold.
 const MAX_PIPELINE: usize = 1024;
+
+/// Replies buffered past this are written before more are gathered: with
+/// the write deadline, what a client that does not read can make the
+/// proxy hold is about this much plus one request's reply (a long `get`
+/// is served in waves, so that is one wave).
+const REPLY_HIGH_WATER: usize = 1024 * 1024;
 
 /// What follows a request whose reply (possibly empty: quiet, noreply or
 /// `quit`) has been appended to the output buffer.
@@ -71,9 +78,10 @@ enum Parsed {
     Binary(Request),
 }
 
-/// Serves one client until it closes, errs, quits or the proxy drains.
-pub async fn serve(stream: TcpStream, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
-    let _ = stream.set_nodelay(true);
+/// Serves one client until it closes, errs, quits, breaks a deadline or
+/// the proxy drains.
+pub async fn serve(stream: Stream, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    stream.set_nodelay();
     // The socket's own halves: no lock per read and write, unlike
     // `tokio::io::split`.
     let (read, write) = stream.into_split();
@@ -89,40 +97,22 @@ where
     run(read, write, shared, shutdown).await;
 }
 
-async fn run<R, W>(
-    mut read: R,
-    mut write: W,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) where
+/// Why a session ended early.
+enum Ended {
+    /// The client closed, reset or quit, or the proxy drains.
+    Closed,
+    /// A deadline passed (already counted).
+    Deadline,
+}
+
+async fn run<R, W>(mut read: R, mut write: W, shared: Arc<Shared>, shutdown: watch::Receiver<bool>)
+where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut session = Session::new(shared);
-    loop {
-        let started = session.start_requests();
-        let close = session.finish_requests(started).await;
-        if !session.wbuf.is_empty() {
-            if write.write_all(&session.wbuf).await.is_err() {
-                return;
-            }
-            session.wbuf.clear();
-        }
-        if close {
-            return;
-        }
-        if session.holds_more_requests() {
-            continue;
-        }
-        session.rbuf.reserve(READ_BUFFER / 4);
-        let read_result = tokio::select! {
-            r = read.read_buf(&mut session.rbuf) => r,
-            _ = shutdown.changed() => return,
-        };
-        match read_result {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
+    if let Err(Ended::Deadline) = session.run(&mut read, &mut write, shutdown).await {
+        tracing::debug!("client connection closed by a deadline");
     }
 }
 
@@ -154,6 +144,92 @@ struct Started {
 // === impl Session ===
 
 impl Session {
+    /// The session's loop: start every complete request, finish them in
+    /// order into `wbuf`, write, read more.
+    async fn run<R, W>(
+        &mut self,
+        read: &mut R,
+        write: &mut W,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), Ended>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            let started = self.start_requests();
+            let close = self.finish_requests(started, write).await?;
+            self.write_out(write).await?;
+            if close {
+                return Ok(());
+            }
+            if self.holds_more_requests() {
+                continue;
+            }
+            self.read_more(read, &mut shutdown).await?;
+        }
+    }
+
+    /// Reads the client's next bytes, waiting at most the request deadline
+    /// while a request is half sent and the idle deadline otherwise.
+    async fn read_more<R>(
+        &mut self,
+        read: &mut R,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), Ended>
+    where
+        R: AsyncRead + Unpin,
+    {
+        self.rbuf.reserve(READ_BUFFER / 4);
+        let mid_request = !self.rbuf.is_empty() || self.skip > 0;
+        let wait = self.shared.config.deadlines.for_read(mid_request);
+        // A timer only when there is a deadline: an idle connection with
+        // none pays nothing for it.
+        let expired = async {
+            match wait {
+                Some(after) => tokio::time::sleep(after).await,
+                None => std::future::pending().await,
+            }
+        };
+        let stats = &self.shared.stats;
+        tokio::select! {
+            read = read.read_buf(&mut self.rbuf) => match read {
+                Ok(0) | Err(_) => Err(Ended::Closed),
+                Ok(_) => Ok(()),
+            },
+            () = expired => {
+                let counter = if mid_request { &stats.request_timeouts } else { &stats.idle_kicks };
+                counter.fetch_add(1, Ordering::Relaxed);
+                Err(Ended::Deadline)
+            }
+            _ = shutdown.changed() => Err(Ended::Closed),
+        }
+    }
+
+    /// Writes `wbuf` out; a client that reads nothing for the write
+    /// deadline is given up on.
+    async fn write_out<W>(&mut self, write: &mut W) -> Result<(), Ended>
+    where
+        W: AsyncWrite + Unpin,
+    {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let stall = self.shared.config.deadlines.write;
+        match deadline::write_all(write, &self.wbuf, stall).await {
+            Ok(()) => {
+                self.wbuf.clear();
+                Ok(())
+            }
+            Err(WriteError::Stalled) => {
+                let stats = &self.shared.stats;
+                stats.write_timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(Ended::Deadline)
+            }
+            Err(WriteError::Io(_)) => Err(Ended::Closed),
+        }
+    }
+
     fn new(shared: Arc<Shared>) -> Session {
         Session {
             shared,
@@ -179,8 +255,16 @@ impl Session {
             }
             match parse(&self.rbuf, &self.shared) {
                 Ok(Some((parsed, used))) => {
+                    // A long `get` runs alone, in waves (see
+                    // `get_in_waves`): started beside others, its whole
+                    // reply would be held until theirs are written.
+                    let long_get = matches!(&parsed,
+                        Parsed::Ascii(ascii_codec::Command::Get(get)) if get.key_count > ascii::WAVE_KEYS);
+                    if long_get && !self.pending.is_empty() {
+                        break;
+                    }
                     let frame = self.rbuf.split_to(used).freeze();
-                    if self.pending.is_empty() && self.rbuf.is_empty() {
+                    if long_get || (self.pending.is_empty() && self.rbuf.is_empty()) {
                         // The read's only request (a client waiting for
                         // each reply): run it in this task, its reply
                         // written straight into `wbuf` — no boxed future
@@ -242,21 +326,64 @@ impl Session {
     }
 
     /// Runs the inline request, then appends every started request's reply
-    /// to `wbuf` in request order. True when the connection is to close
-    /// once they are written.
-    async fn finish_requests(&mut self, started: Started) -> bool {
+    /// to `wbuf` in request order, writing whenever it passes
+    /// [`REPLY_HIGH_WATER`]. True when the connection is to close once they
+    /// are written.
+    async fn finish_requests<W>(&mut self, started: Started, write: &mut W) -> Result<bool, Ended>
+    where
+        W: AsyncWrite + Unpin,
+    {
         let mut close = started.close;
         if let Some((frame, parsed)) = started.inline {
-            let outcome = execute(&self.shared, &frame, &parsed, &mut self.wbuf).await;
+            let outcome = match &parsed {
+                Parsed::Ascii(ascii_codec::Command::Get(get))
+                    if get.key_count > ascii::WAVE_KEYS =>
+                {
+                    self.get_in_waves(&frame, get, write).await?
+                }
+                _ => execute(&self.shared, &frame, &parsed, &mut self.wbuf).await,
+            };
             close |= outcome == Outcome::Close;
         }
         while let Some((bytes, outcome)) = self.pending.next().await {
             self.wbuf.put_slice(&bytes);
             if outcome == Outcome::Close {
-                return true;
+                return Ok(true);
+            }
+            if self.wbuf.len() >= REPLY_HIGH_WATER {
+                self.write_out(write).await?;
             }
         }
-        close
+        Ok(close)
+    }
+
+    /// A `get` of many keys, fetched and written a wave at a time, so its
+    /// reply is never held whole.
+    async fn get_in_waves<W>(
+        &mut self,
+        frame: &Bytes,
+        get: &ascii_codec::Get,
+        write: &mut W,
+    ) -> Result<Outcome, Ended>
+    where
+        W: AsyncWrite + Unpin,
+    {
+        let started = Instant::now();
+        let keys: Vec<&[u8]> = get.keys(frame).map(|s| s.of(frame)).collect();
+        let mut waves = keys.chunks(ascii::WAVE_KEYS).enumerate().peekable();
+        while let Some((i, wave)) = waves.next() {
+            let place = (i == 0, waves.peek().is_none());
+            if !ascii::get_wave(&self.shared, get, wave, place, &mut self.wbuf).await {
+                break;
+            }
+            if self.wbuf.len() >= REPLY_HIGH_WATER {
+                self.write_out(write).await?;
+            }
+        }
+        let stats = &self.shared.stats;
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        stats.observe(started.elapsed());
+        Ok(Outcome::Continue)
     }
 
     /// True when the buffer still holds a complete request that the
@@ -264,7 +391,6 @@ impl Session {
     fn holds_more_requests(&self) -> bool {
         !self.rbuf.is_empty()
             && self.skip == 0
-            && self.rbuf.len() < READ_BUFFER
             && !matches!(parse(&self.rbuf, &self.shared), Ok(None))
     }
 }

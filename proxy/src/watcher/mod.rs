@@ -170,7 +170,7 @@ pub async fn run_with(
         tracing::error!("no usable cluster URL: the proxy will never get a map");
         return;
     }
-    let client = match Client::builder()
+    let client = match shoal_net::tls::http_client(None)
         .connect_timeout(settings.connect_timeout)
         // Admin ports are cluster-internal: never go through an HTTP proxy
         // from the environment.

@@ -4,7 +4,7 @@
 //! of that era reads, and validate the result so the cluster never
 //! publishes a config its own proxies would refuse.
 
-use serde_json::Map;
+use serde_json::{Map, Value};
 
 use super::{BucketConfig, ConfigError, Node, NodeLocator, Ports, ServerAddr, VBucketServerMap};
 use crate::map::VbucketMap;
@@ -18,6 +18,10 @@ pub struct NodeAddress {
     pub data_port: u16,
     /// REST port (`nodes[].hostname`).
     pub admin_port: u16,
+    /// TLS memcached port (`ports.sslDirect`), if the node has one.
+    pub tls_data_port: Option<u16>,
+    /// HTTPS REST port (`ports.httpsMgmt`), if the node has one.
+    pub tls_admin_port: Option<u16>,
 }
 
 impl NodeAddress {
@@ -27,7 +31,16 @@ impl NodeAddress {
             host: host.into(),
             data_port,
             admin_port,
+            tls_data_port: None,
+            tls_admin_port: None,
         }
+    }
+
+    /// This node with TLS data and HTTPS admin ports (`None`: not open).
+    pub fn with_tls(mut self, data_port: Option<u16>, admin_port: Option<u16>) -> Self {
+        self.tls_data_port = data_port;
+        self.tls_admin_port = admin_port;
+        self
     }
 
     /// `host:port` with IPv6 brackets, as the JSON writes addresses.
@@ -41,12 +54,21 @@ impl NodeAddress {
 
     /// The `nodes` entry for this node.
     fn to_node(&self) -> Node {
+        // The TLS ports under the names Couchbase 2.5+ gave them.
+        let tls_ports = [
+            ("sslDirect", self.tls_data_port),
+            ("httpsMgmt", self.tls_admin_port),
+        ];
+        let extra = tls_ports
+            .into_iter()
+            .filter_map(|(name, port)| Some((name.to_owned(), Value::from(port?))))
+            .collect();
         Node {
             hostname: self.join(self.admin_port),
             ports: Ports {
                 direct: self.data_port,
                 proxy: None,
-                extra: Map::new(),
+                extra,
             },
             couch_api_base: None,
             // Servers always send it, and some 1.x-era clients read it.
@@ -149,6 +171,21 @@ mod tests {
                 r#""serverList":["10.0.0.1:11210","[::1]:11211"],"vBucketMap":[[0,1],[1,-1]]}}"#
             )
         );
+    }
+
+    #[test]
+    fn tls_ports_are_listed_as_couchbase_names_them() {
+        let map = VbucketMap::from_chains(&[vec![0]], 0, 1).unwrap();
+        let nodes = [NodeAddress::new("10.0.0.1", 11210, 8091).with_tls(Some(11207), Some(18091))];
+        let json = BucketConfig::for_vbucket_map("b", 1, &nodes, &map, None)
+            .unwrap()
+            .to_json();
+        assert!(
+            json.contains(r#""ports":{"direct":11210,"httpsMgmt":18091,"sslDirect":11207}"#),
+            "{json}"
+        );
+        let parsed = BucketConfig::parse(&json).unwrap();
+        assert_eq!(parsed.nodes[0].ports.extra["sslDirect"], 11207);
     }
 
     #[test]
