@@ -85,9 +85,10 @@ class Harness:
         self.config_servers.append(server)
         return server
 
-    def cluster(self, size, prefix="node"):
-        """`size` nodes formed into a cluster by Shoal's cluster manager."""
-        return Cluster(self, size, prefix)
+    def cluster(self, size, prefix="node", args=()):
+        """`size` nodes formed into a cluster by Shoal's cluster manager
+        (`args` on every node's command line)."""
+        return Cluster(self, size, prefix, args)
 
     def manual_cluster(self, nodes=3, vbuckets=64):
         """Bare nodes whose vbucket map the test sets and publishes."""

@@ -30,11 +30,11 @@ class Cluster:
     """`size` nodes: the first starts the cluster, the others join it, all
     with the harness's admin user (`harness.credentials.ADMIN`, in their
     environment), which is the cluster's first admin and what the REST
-    helpers send."""
+    helpers send. `args` go on every node's command line."""
 
-    def __init__(self, harness, size, prefix="node"):
+    def __init__(self, harness, size, prefix="node", args=()):
         self.harness = harness
-        self.nodes = [harness.node(f"{prefix}-{i}") for i in range(size)]
+        self.nodes = [harness.node(f"{prefix}-{i}", *args) for i in range(size)]
         first = self.nodes[0].start("--init-cluster")
         for node in self.nodes[1:]:
             node.start("--join", first.admin_url)

@@ -575,8 +575,16 @@ class ShoalUp(Child):
     and kept in `<dir>/credentials` (a failure if the two disagree) into
     `self.credentials`."""
 
-    def __init__(self, nodes=3, replicas=1, vbuckets=None, name="shoal-up", credentials=ADMIN):
+    def __init__(self, nodes=3, replicas=1, vbuckets=None, name="shoal-up", credentials=ADMIN, tls=False):
         super().__init__(name)
+        # With `tls`, its TLS ports (proxy, then node i's TLS data port at
+        # base+2i and HTTPS port at base+2i+1) and, once started, the CA
+        # it printed.
+        self.tls = tls
+        self.ca = None
+        if tls:
+            self.proxy_tls_port = consecutive_ports(1)[0]
+            self.tls_base_port = consecutive_ports(2 * nodes)[0]
         self.dir = tempfile.mkdtemp(prefix="shoal-up-")
         self.nodes = nodes
         self.replicas = replicas
@@ -599,6 +607,16 @@ class ShoalUp(Child):
     def node_admin(self, i):
         return ("127.0.0.1", self.base_port + 2 * i + 1)
 
+    @property
+    def proxy_tls(self):
+        return ("127.0.0.1", self.proxy_tls_port)
+
+    def node_tls(self, i):
+        return ("127.0.0.1", self.tls_base_port + 2 * i)
+
+    def node_https(self, i):
+        return ("127.0.0.1", self.tls_base_port + 2 * i + 1)
+
     def start(self):
         cmd = [
             str(shoal_binary()), "up",
@@ -608,10 +626,14 @@ class ShoalUp(Child):
         ]  # fmt: skip
         if self.vbuckets is not None:
             cmd += ["--vbuckets", str(self.vbuckets)]
+        if self.tls:
+            cmd += ["--tls", "--tls-port", str(self.proxy_tls_port), "--tls-base-port", str(self.tls_base_port)]
         self.spawn(cmd, start_new_session=True, env=child_env(self.given_credentials))
         self.pgid = self.proc.pid
         self.wait_line("ready", UP_DEADLINE_S)
         self.credentials = self._read_credentials()
+        if self.tls:
+            self.ca = self.wait_line("tls CA").split()[0]
         return self
 
     def _read_credentials(self):
