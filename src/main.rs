@@ -105,6 +105,12 @@ struct NodeArgs {
     /// HTTPS admin port (Couchbase's is 18091; 0 picks a free one).
     #[arg(long, requires = "tls_cert")]
     admin_tls_port: Option<u16>,
+    /// Node-to-node encryption: talk to other nodes (replication, Raft,
+    /// internal calls) over TLS only, to their TLS ports, trusting the CA
+    /// in this PEM file. Every node of the cluster needs it; add nodes by
+    /// their https:// admin address.
+    #[arg(long, value_name = "CA_FILE", requires_all = ["tls_port", "admin_tls_port"])]
+    cluster_tls: Option<PathBuf>,
     #[command(flatten)]
     tls: limits::TlsArgs,
     #[command(flatten)]
@@ -163,6 +169,11 @@ struct ProxyArgs {
     /// TLS client port (Couchbase's is 11207; 0 picks a free one).
     #[arg(long, requires = "tls_cert")]
     tls_port: Option<u16>,
+    /// Talk to the cluster over TLS only — config streams from https://
+    /// cluster URLs, requests to the nodes' TLS data ports — trusting the
+    /// CA in this PEM file.
+    #[arg(long, value_name = "CA_FILE")]
+    cluster_tls: Option<PathBuf>,
     #[command(flatten)]
     tls: limits::TlsArgs,
     #[command(flatten)]
@@ -234,6 +245,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         tls: args.tls.files(),
         tls_port: args.tls_port,
         admin_tls_port: args.admin_tls_port,
+        cluster_ca: args.cluster_tls,
         // A node that is or will be a cluster member gets its buckets from
         // the cluster; any other serves `default` as configured here.
         default_bucket: args.standalone || !(args.init_cluster || args.join.is_some() || member),
@@ -311,6 +323,9 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         ..ProxyConfig::default()
     };
     config.downstream.connections_per_node = args.connections_per_node;
+    if let Some(ca) = &args.cluster_tls {
+        config.downstream.tls = Some(shoal_net::TlsConnector::trusting(ca)?);
+    }
     let config = config.validate()?;
     let runtime = runtime(args.threads)?;
     runtime.block_on(async {

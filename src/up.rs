@@ -56,7 +56,8 @@ pub struct UpArgs {
     /// Also serve TLS: a local CA and a certificate for 127.0.0.1 and
     /// localhost are made under `<dir>/tls` (kept for later runs), the
     /// proxy gets a TLS port and every node a TLS data port and an HTTPS
-    /// admin port.
+    /// admin port, and the nodes and the proxy talk to each other over TLS
+    /// only.
     #[arg(long)]
     tls: bool,
     /// The proxy's TLS port, with --tls.
@@ -206,8 +207,13 @@ fn start_nodes(
         if i == 0 {
             node_args.push("--init-cluster".into());
         } else {
-            node_args.push("--join".into());
-            node_args.push(format!("http://127.0.0.1:{}", args.base_port + 1));
+            // With TLS the nodes talk to each other over TLS only: a joiner
+            // asks the first node's HTTPS port.
+            let first = match tls {
+                Some(_) => format!("https://127.0.0.1:{}", args.tls_base_port + 1),
+                None => format!("http://127.0.0.1:{}", args.base_port + 1),
+            };
+            node_args.extend(["--join".into(), first]);
         }
         if let Some(tls) = tls {
             let tls_port = args.tls_base_port + 2 * i as u16;
@@ -217,6 +223,8 @@ fn start_nodes(
                 tls_port.to_string(),
                 "--admin-tls-port".into(),
                 (tls_port + 1).to_string(),
+                "--cluster-tls".into(),
+                tls.ca.display().to_string(),
             ]);
         }
         // The credentials go in the environment: a command line is public.
@@ -246,10 +254,22 @@ fn start_proxy(
     proxy_admin: u16,
     tls: Option<&LocalCa>,
 ) -> anyhow::Result<Running> {
-    let cluster: Vec<String> = servers
-        .iter()
-        .map(|s| format!("http://127.0.0.1:{}", s.admin_port))
-        .collect();
+    // With TLS the proxy, too, talks to the nodes over TLS only: their
+    // HTTPS ports for the config, their TLS data ports for requests.
+    let cluster: Vec<String> = match tls {
+        Some(_) => (0..servers.len())
+            .map(|i| {
+                format!(
+                    "https://127.0.0.1:{}",
+                    args.tls_base_port + 2 * i as u16 + 1
+                )
+            })
+            .collect(),
+        None => servers
+            .iter()
+            .map(|s| format!("http://127.0.0.1:{}", s.admin_port))
+            .collect(),
+    };
     let mut proxy_args = vec![
         "proxy".into(),
         "--cluster".into(),
@@ -262,6 +282,7 @@ fn start_proxy(
     if let Some(tls) = tls {
         proxy_args.extend(tls_args(tls));
         proxy_args.extend(["--tls-port".into(), args.tls_port.to_string()]);
+        proxy_args.extend(["--cluster-tls".into(), tls.ca.display().to_string()]);
     }
     let child = spawn(exe, &args.dir.join("proxy.log"), &proxy_args, &[])?;
     let mut proxy = Running {

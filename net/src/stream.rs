@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 
@@ -100,6 +100,19 @@ pub enum WriteHalf<'a> {
     Plain(tokio::net::tcp::WriteHalf<'a>),
     /// TLS.
     Tls(tokio::io::WriteHalf<&'a mut TlsStream<TcpStream>>),
+}
+
+impl WriteHalf<'_> {
+    /// Writes what the socket takes of `buf` (cancel-safe, like
+    /// `write_buf`); over TLS, flushes once `buf` is drained, as the TLS
+    /// session may hold its last record until then.
+    pub async fn write_some<B: bytes::Buf>(&mut self, buf: &mut B) -> io::Result<usize> {
+        let written = self.write_buf(buf).await?;
+        if matches!(self, WriteHalf::Tls(_)) && written > 0 && !buf.has_remaining() {
+            self.flush().await?;
+        }
+        Ok(written)
+    }
 }
 
 /// The read half of an owned [`Stream`].

@@ -51,6 +51,11 @@ pub struct NodeConfig {
     pub tls_port: Option<u16>,
     /// HTTPS admin port (Couchbase's 18091); `None`: none.
     pub admin_tls_port: Option<u16>,
+    /// Talk to other nodes over TLS only — replication streams, Raft, the
+    /// internal calls — checking their certificates against this CA (PEM)
+    /// (Couchbase's node-to-node encryption). Needs both TLS ports, which
+    /// is where the other nodes reach this one.
+    pub cluster_ca: Option<PathBuf>,
     /// Create bucket `default` (membase, with `ram_quota_mb` and
     /// `num_vbuckets`) at start, as a standalone node or a plain
     /// `shoal node` does. A cluster member starts with no bucket and gets
@@ -112,6 +117,7 @@ impl Default for NodeConfig {
             tls: None,
             tls_port: None,
             admin_tls_port: None,
+            cluster_ca: None,
             default_bucket: true,
             init_cluster: false,
             join: None,
@@ -143,6 +149,9 @@ pub enum NodeConfigError {
     /// A TLS port without a certificate and key.
     #[error("--tls-port and --admin-tls-port need --tls-cert and --tls-key")]
     NoCertificate,
+    /// Cluster TLS without the TLS ports peers reach this node at.
+    #[error("--cluster-tls needs --tls-port and --admin-tls-port")]
+    ClusterTls,
     /// Forming or joining a cluster without admin credentials.
     #[error("--init-cluster and --join need admin credentials (--username with --password, --password-file or SHOAL_PASSWORD)")]
     NoCredentials,
@@ -166,6 +175,9 @@ impl NodeConfig {
         let tls_ports = self.tls_port.is_some() || self.admin_tls_port.is_some();
         if tls_ports && self.tls.is_none() {
             return Err(NodeConfigError::NoCertificate);
+        }
+        if self.cluster_ca.is_some() && (self.tls_port.is_none() || self.admin_tls_port.is_none()) {
+            return Err(NodeConfigError::ClusterTls);
         }
         if self.host.is_unspecified() && self.advertise_host.is_none() {
             return Err(NodeConfigError::Unadvertised(self.host));
@@ -218,6 +230,10 @@ mod tests {
         assert_eq!(
             bad(|c| c.tls_port = Some(11207)),
             NodeConfigError::NoCertificate
+        );
+        assert_eq!(
+            bad(|c| c.cluster_ca = Some("ca.pem".into())),
+            NodeConfigError::ClusterTls
         );
         assert!(NodeConfig {
             tls: Some(TlsFiles {

@@ -9,9 +9,10 @@
 //! Modules, in layers: each imports only the layers below it, never one
 //! above or a sibling (`docs/DESIGN.md` draws them; `tests/layering.rs`
 //! holds them):
-//! 1. [`config`], [`version`], [`access`]: [`NodeConfig`], the validated
-//!    settings `shoal node` maps its flags onto; the version string; who a
-//!    request acts as and what it may do.
+//! 1. [`config`], [`version`], [`access`], [`transport`]: [`NodeConfig`],
+//!    the validated settings `shoal node` maps its flags onto; the version
+//!    string; who a request acts as and what it may do; how this node
+//!    reaches other nodes (plain or TLS).
 //! 2. [`bucket`]: the bucket runtime — [`bucket::LiveBucket`] (one running
 //!    bucket: engine, store, flusher, background work, durability) and
 //!    [`bucket::Buckets`], created and deleted at runtime.
@@ -35,6 +36,7 @@ pub mod manager;
 pub mod node;
 pub mod replication;
 pub mod server;
+pub mod transport;
 pub mod version;
 
 pub use config::NodeConfig;

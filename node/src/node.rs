@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use shoal_net::accept::SeatKind;
 use shoal_net::http::HttpCounters;
-use shoal_net::{ConnectionBudget, Seat, Stream, TlsAcceptor, TlsError};
+use shoal_net::{ConnectionBudget, Seat, Stream, TlsAcceptor, TlsConnector, TlsError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -30,6 +30,7 @@ use crate::config::{Credentials, NodeConfig};
 use crate::manager::state::join_host_port;
 use crate::manager::Manager;
 use crate::server::{Handoff, Served};
+use crate::transport::Transport;
 
 /// How long shutdown waits for open connections to finish their batch.
 const CONNECTION_GRACE: Duration = Duration::from_secs(10);
@@ -276,11 +277,16 @@ async fn start_manager(
         tls_data: addrs.tls.data.map(|a| a.port()),
         tls_admin: addrs.tls.admin.map(|a| a.port()),
     };
+    let transport = match &config.cluster_ca {
+        Some(ca) => Transport::tls(TlsConnector::trusting(ca)?),
+        None => Transport::plain(),
+    };
     let manager = Manager::start(
         &config.data_dir,
         config.advertised_host(),
         me,
         secret.clone(),
+        transport,
     )
     .await
     .map_err(|e| NodeError::Manager(e.to_string()))?;

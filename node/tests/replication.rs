@@ -10,6 +10,8 @@
 //! - a replica started after the writes backfills from disk (A's flusher
 //!   ran, so A's queue no longer holds them), then follows from memory;
 //! - a replica whose history is not A's rolls back to 0 and streams again;
+//! - with a TLS transport, B's streams reach A's TLS data port (a CA made
+//!   for the test) and replicate the same;
 //! - a raw DCP client sees the producer's side of the protocol: flow
 //!   control holds the stream at the window until BUFFER_ACKs return it,
 //!   and stream requests are refused, rolled back, closed and ended as
@@ -28,8 +30,11 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use shoal_engine::{CursorStart, EngineError, Lookup, VbucketId, VbucketState};
+use shoal_net::local_ca::LocalCa;
+use shoal_net::{TlsConnector, TlsFiles};
 use shoal_node::bucket::LiveBucket;
 use shoal_node::replication::consumer::Replicator;
+use shoal_node::transport::{PeerPorts, Transport};
 use shoal_node::{Node, NodeConfig};
 use shoal_protocol::binary::dcp::{
     encode_buffer_ack, encode_close_stream, encode_control, encode_noop, encode_open,
@@ -59,6 +64,11 @@ const NOT_MY_VBUCKET: u16 = 0x07;
 
 /// A standalone node (every vbucket active, bucket `default`) in `dir`.
 async fn start(dir: &Path) -> (Node, Arc<LiveBucket>) {
+    start_with(dir, NodeConfig::default()).await
+}
+
+/// [`start`] with the other settings of `config`.
+async fn start_with(dir: &Path, config: NodeConfig) -> (Node, Arc<LiveBucket>) {
     let node = Node::start(NodeConfig {
         data_dir: dir.to_path_buf(),
         port: 0,
@@ -66,7 +76,7 @@ async fn start(dir: &Path) -> (Node, Arc<LiveBucket>) {
         standalone: true,
         num_vbuckets: usize::from(NUM_VBUCKETS),
         ram_quota_mb: 64,
-        ..NodeConfig::default()
+        ..config
     })
     .await
     .expect("start the node");
@@ -88,20 +98,55 @@ struct Pair {
 
 impl Pair {
     async fn start(name: &str) -> Pair {
+        Pair::start_with(name, false).await
+    }
+
+    /// With `tls`, both nodes have a TLS data port and B's streams reach
+    /// A's over TLS only, checking its certificate against a CA made for
+    /// the test.
+    async fn start_with(name: &str, tls: bool) -> Pair {
         let (da, db) = (
             TestDir::new("replication", &format!("{name}-a")),
             TestDir::new("replication", &format!("{name}-b")),
         );
-        let (a, a_ctx) = start(da.path()).await;
-        let (b, b_ctx) = start(db.path()).await;
+        let ca = tls.then(|| LocalCa::ensure(&da.path().join("tls"), &["127.0.0.1"]).unwrap());
+        let config = || NodeConfig {
+            tls: ca.as_ref().map(|ca| TlsFiles {
+                cert: ca.cert.clone(),
+                key: ca.key.clone(),
+            }),
+            tls_port: tls.then_some(0),
+            ..NodeConfig::default()
+        };
+        let (a, a_ctx) = start_with(da.path(), config()).await;
+        let (b, b_ctx) = start_with(db.path(), config()).await;
         for vb in 0..NUM_VBUCKETS {
             b_ctx
                 .engine
                 .set_vbucket_state(vb, VbucketState::Replica)
                 .expect("replica");
         }
+        let transport = match &ca {
+            None => Transport::plain(),
+            Some(ca) => {
+                let tls = Transport::tls(TlsConnector::trusting(&ca.ca).unwrap());
+                let (plain, secure) = (a.data_addr(), a.tls_data_addr().unwrap());
+                tls.add(&PeerPorts {
+                    host: plain.ip().to_string(),
+                    data: plain.port(),
+                    admin: a.admin_addr().port(),
+                    tls_data: Some(secure.port()),
+                    tls_admin: None,
+                });
+                tls
+            }
+        };
         // b's streams log in to a as the cluster: with a's secret.
-        let replicator = Replicator::new(b.data_addr().to_string(), a.cluster_secret().clone());
+        let replicator = Replicator::new(
+            b.data_addr().to_string(),
+            a.cluster_secret().clone(),
+            transport,
+        );
         Pair {
             a,
             a_ctx,
@@ -303,6 +348,23 @@ fn assert_replicated(a: &LiveBucket, b: &LiveBucket, model: &Model) {
 }
 
 // === tests ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_streams_over_tls_when_the_transport_asks_for_it() {
+    let pair = Pair::start_with("tls", true).await;
+    pair.stream();
+    let mut client = Client::connect(&pair.a).await;
+    let mut model = Model::new();
+    write_batch(&mut client, &mut model, "tls-", 200).await;
+    pair.converged().await;
+    assert_replicated(&pair.a_ctx, &pair.b_ctx, &model);
+    // The stream came in on A's TLS port: its handshake counted nowhere
+    // as a failure, and A served it as a connection of the cluster.
+    let stats = pair.a.buckets().stats();
+    assert_eq!(stats.tls_handshake_failures.load(Ordering::Relaxed), 0);
+    assert!(stats.system_connections.load(Ordering::Relaxed) >= 1);
+    pair.shutdown().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_writes_and_deletions_reach_the_replica_with_their_seqnos_and_cas() {

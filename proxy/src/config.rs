@@ -99,9 +99,10 @@ pub enum ProxyConfigError {
     /// Neither cluster URLs nor servers.
     #[error("give --cluster URL[,URL…] with --bucket, or --servers host:port[,…]")]
     NoSource,
-    /// A cluster URL that is not http://host:port.
-    #[error("cluster URL {0:?} must start with http://")]
-    Url(String),
+    /// A cluster URL that is not http://host:port (https:// with TLS to
+    /// the cluster).
+    #[error("cluster URL {0:?} must start with {1}")]
+    Url(String, &'static str),
     /// Weights do not match servers.
     #[error("{weights} weights for {servers} servers")]
     Weights {
@@ -129,8 +130,14 @@ impl ProxyConfig {
                 if urls.is_empty() {
                     return Err(ProxyConfigError::NoSource);
                 }
-                if let Some(bad) = urls.iter().find(|u| !u.starts_with("http://")) {
-                    return Err(ProxyConfigError::Url(bad.clone()));
+                // With TLS to the cluster, its admin ports too: no
+                // plaintext URL is taken.
+                let scheme = match self.downstream.tls {
+                    Some(_) => "https://",
+                    None => "http://",
+                };
+                if let Some(bad) = urls.iter().find(|u| !u.starts_with(scheme)) {
+                    return Err(ProxyConfigError::Url(bad.clone(), scheme));
                 }
             }
             MapSource::Static { servers, weights } => {
@@ -180,7 +187,7 @@ mod tests {
         assert!(cluster(vec!["http://127.0.0.1:8091"]).validate().is_ok());
         assert_eq!(
             cluster(vec!["127.0.0.1:8091"]).validate().unwrap_err(),
-            ProxyConfigError::Url("127.0.0.1:8091".into())
+            ProxyConfigError::Url("127.0.0.1:8091".into(), "http://")
         );
         let servers = vec![ServerAddr::parse("127.0.0.1:11211").unwrap()];
         let weights_off = ProxyConfig {

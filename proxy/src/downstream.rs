@@ -20,11 +20,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use shoal_net::stream::{OwnedReadHalf, OwnedWriteHalf};
+use shoal_net::{Stream, TlsConnector};
 use shoal_protocol::binary::{parse_response, Response};
 use shoal_protocol::Limits;
 use shoal_vbmap::config::ServerAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -48,6 +49,9 @@ pub struct DownstreamConfig {
     /// The bucket's password, for a bucket that has one (SCRAM-SHA512);
     /// `None` logs in with SASL PLAIN and no password, as to an open bucket.
     pub password: Option<Password>,
+    /// Connect to the nodes' TLS data ports only, trusting this connector's
+    /// CA; `None`: plain TCP to their data ports.
+    pub tls: Option<TlsConnector>,
 }
 
 /// A password, kept out of `Debug` output (and so out of logs).
@@ -82,6 +86,7 @@ impl Default for DownstreamConfig {
             },
             bucket: None,
             password: None,
+            tls: None,
         }
     }
 }
@@ -179,6 +184,8 @@ pub struct NodeStats {
 #[derive(Debug)]
 pub struct NodePool {
     addr: ServerAddr,
+    /// The node's TLS data port, if it has one.
+    tls_port: Option<u16>,
     slots: Box<[mpsc::Sender<Queued>]>,
     next: AtomicUsize,
     down: Arc<AtomicBool>,
@@ -207,13 +214,23 @@ impl NodePool {
     /// Starts the connections to `addr` (connecting lazily in the
     /// background). Must be called inside the tokio runtime.
     pub fn new(addr: ServerAddr, config: &DownstreamConfig) -> Arc<NodePool> {
+        NodePool::with_tls_port(addr, None, config)
+    }
+
+    /// [`NodePool::new`] for a node whose TLS data port is `tls_port`,
+    /// which the pool connects to instead when `config` asks for TLS.
+    pub fn with_tls_port(
+        addr: ServerAddr,
+        tls_port: Option<u16>,
+        config: &DownstreamConfig,
+    ) -> Arc<NodePool> {
         let down = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(NodeStats::default());
         let slots = (0..config.connections_per_node.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
                 tokio::spawn(run_slot(
-                    addr.clone(),
+                    (addr.clone(), tls_port),
                     rx,
                     config.clone(),
                     down.clone(),
@@ -224,12 +241,18 @@ impl NodePool {
             .collect();
         Arc::new(NodePool {
             addr,
+            tls_port,
             slots,
             next: AtomicUsize::new(0),
             down,
             opaque: AtomicU32::new(1),
             stats,
         })
+    }
+
+    /// The node's TLS data port, if it has one.
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
     }
 
     /// The node's address.
@@ -312,7 +335,7 @@ impl Drop for Pending {
 /// reconnects with backoff. While the node refuses, queued batches fail
 /// fast with [`DownstreamError::NotSent`].
 async fn run_slot(
-    addr: ServerAddr,
+    (addr, tls_port): (ServerAddr, Option<u16>),
     mut rx: mpsc::Receiver<Queued>,
     config: DownstreamConfig,
     down: Arc<AtomicBool>,
@@ -324,7 +347,7 @@ async fn run_slot(
         // no sockets to nodes it does not use.
         let Some(first) = rx.recv().await else { return };
         let connected = tokio::time::timeout(config.connect_timeout, async {
-            let mut stream = TcpStream::connect((addr.host.as_str(), addr.port)).await?;
+            let mut stream = connect(&addr, tls_port, &config).await?;
             if let Some(bucket) = &config.bucket {
                 log_in(
                     &mut stream,
@@ -344,7 +367,7 @@ async fn run_slot(
         }
         match connected {
             Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
+                stream.set_nodelay();
                 stats.connects.fetch_add(1, Ordering::Relaxed);
                 down.store(false, Ordering::Relaxed);
                 backoff = Duration::from_millis(20);
@@ -373,13 +396,37 @@ async fn run_slot(
     }
 }
 
+/// A connection to the node at `addr`: plain TCP, or with `config.tls`
+/// TLS to its `tls_port` (refused when it has none: never plaintext).
+async fn connect(
+    addr: &ServerAddr,
+    tls_port: Option<u16>,
+    config: &DownstreamConfig,
+) -> std::io::Result<Stream> {
+    let Some(tls) = &config.tls else {
+        return Ok(Stream::Plain(
+            TcpStream::connect((addr.host.as_str(), addr.port)).await?,
+        ));
+    };
+    let Some(port) = tls_port else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("node {addr} has no TLS data port"),
+        ));
+    };
+    let tcp = TcpStream::connect((addr.host.as_str(), port)).await?;
+    tls.connect(&addr.host, tcp, config.connect_timeout)
+        .await
+        .map_err(std::io::Error::other)
+}
+
 /// Logs a fresh node connection in as `bucket`, which selects it (the
 /// way moxi picked a Couchbase bucket): SCRAM-SHA512 with the bucket's
 /// `password` (the password never crosses the wire), or SASL PLAIN with no
 /// password for an open bucket. A refusal is `PermissionDenied`; anything
 /// else failing is handled like a refused connect.
 async fn log_in(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     bucket: &str,
     password: Option<&Password>,
     limits: &Limits,
@@ -437,7 +484,7 @@ fn invalid_data(e: impl std::fmt::Display) -> std::io::Error {
 /// reads its reply: the status and the value. `buf` keeps what was read
 /// past the reply.
 pub(crate) async fn call(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     limits: &Limits,
     opcode: shoal_protocol::binary::Opcode,
@@ -449,6 +496,7 @@ pub(crate) async fn call(
     encode_request(&mut frame, &RequestFields::new(opcode), &[], key, value)
         .map_err(|_| invalid_data("request too large"))?;
     stream.write_all(&frame).await?;
+    stream.flush().await?;
     loop {
         match parse_response(buf, limits) {
             Ok(Some((reply, used))) => {
@@ -473,14 +521,14 @@ pub(crate) async fn call(
 /// at `addr`: the node must accept the login and then let the connection
 /// select `bucket`. Checked on a connection of its own, closed after.
 pub async fn check_plain(
-    addr: &ServerAddr,
+    (addr, tls_port): (&ServerAddr, Option<u16>),
     message: &[u8],
     bucket: &str,
     config: &DownstreamConfig,
 ) -> bool {
     use shoal_protocol::binary::{Opcode, Status};
     let check = async {
-        let mut stream = TcpStream::connect((addr.host.as_str(), addr.port)).await?;
+        let mut stream = connect(addr, tls_port, config).await?;
         let mut buf = BytesMut::with_capacity(256);
         let limits = &config.limits;
         let (status, _) = call(
@@ -513,7 +561,7 @@ pub async fn check_plain(
 
 /// Runs one connection until it fails.
 async fn serve(
-    stream: TcpStream,
+    stream: Stream,
     first: Queued,
     rx: &mut mpsc::Receiver<Queued>,
     config: &DownstreamConfig,
@@ -589,8 +637,11 @@ fn coalesce(
     }
 }
 
+/// Writes `bytes` and flushes (a no-op on TCP; over TLS the session may
+/// hold the last record until then).
 async fn write_all(write: &mut OwnedWriteHalf, bytes: &[u8]) -> std::io::Result<()> {
-    write.write_all(bytes).await
+    write.write_all(bytes).await?;
+    write.flush().await
 }
 
 /// The reader half: matches replies to in-flight batches, in order.

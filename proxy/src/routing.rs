@@ -180,11 +180,13 @@ impl MapStore {
                 Locator::Ketama(ring_of(KetamaMode::Libvbucket, map.servers(), &[]))
             }
         };
+        let servers = map.servers().to_vec();
+        let tls_ports = tls_ports(config, &servers);
         self.install(
             &old,
             Some(map.revision()),
             locator,
-            map.servers().to_vec(),
+            (servers, tls_ports),
             Some(source),
         );
         Ok(true)
@@ -196,7 +198,8 @@ impl MapStore {
     pub fn install_static(&self, servers: Vec<ServerAddr>, weights: &[u32]) {
         let old = self.current.load_full();
         let ring = ring_of(KetamaMode::Libketama, &servers, weights);
-        self.install(&old, None, Locator::Ketama(ring), servers, None);
+        let no_tls = vec![None; servers.len()];
+        self.install(&old, None, Locator::Ketama(ring), (servers, no_tls), None);
     }
 
     fn install(
@@ -204,18 +207,22 @@ impl MapStore {
         old: &Routing,
         revision: Option<Revision>,
         locator: Locator,
-        servers: Vec<ServerAddr>,
+        (servers, tls_ports): (Vec<ServerAddr>, Vec<Option<u16>>),
         source: Option<Arc<str>>,
     ) {
         // Keep the pools (and their warm connections) of servers that stay.
         let pools = servers
             .iter()
-            .map(|addr| {
+            .zip(tls_ports)
+            .map(|(addr, tls_port)| {
                 old.servers
                     .iter()
                     .position(|a| a == addr)
                     .and_then(|i| old.pools.get(i).cloned())
-                    .unwrap_or_else(|| NodePool::new(addr.clone(), &self.downstream))
+                    .filter(|pool| pool.tls_port() == tls_port)
+                    .unwrap_or_else(|| {
+                        NodePool::with_tls_port(addr.clone(), tls_port, &self.downstream)
+                    })
             })
             .collect();
         self.current.store(Arc::new(Routing {
@@ -227,6 +234,23 @@ impl MapStore {
         }));
         self.generation.send_modify(|g| *g += 1);
     }
+}
+
+/// Each server's TLS data port, from the node list of `config`
+/// (`ports.sslDirect` of the node with that host and data port).
+fn tls_ports(config: &BucketConfig, servers: &[ServerAddr]) -> Vec<Option<u16>> {
+    servers
+        .iter()
+        .map(|server| {
+            let node = config.nodes.iter().find(|n| {
+                let host = n.hostname.rsplit_once(':').map_or(&*n.hostname, |(h, _)| h);
+                n.ports.direct == server.port
+                    && host.trim_start_matches('[').trim_end_matches(']') == server.host
+            })?;
+            let port = node.ports.extra.get("sslDirect")?.as_u64()?;
+            u16::try_from(port).ok()
+        })
+        .collect()
 }
 
 fn ring_of(mode: KetamaMode, servers: &[ServerAddr], weights: &[u32]) -> KetamaRing {
@@ -242,4 +266,28 @@ fn ring_of(mode: KetamaMode, servers: &[ServerAddr], weights: &[u32]) -> KetamaR
     KetamaRing::new(mode, &specs).unwrap_or_else(|_| {
         KetamaRing::new(mode, &[] as &[ServerSpec<'_>]).expect("an empty ring always builds")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_ports_come_from_the_node_list() {
+        let config = BucketConfig::parse(
+            r#"{"rev":1,"name":"b","nodes":[
+                {"hostname":"10.0.0.1:8091","ports":{"direct":11210,"sslDirect":11207}},
+                {"hostname":"[::1]:8091","ports":{"direct":11210,"sslDirect":11307}},
+                {"hostname":"10.0.0.2:8091","ports":{"direct":11210}}],
+               "vBucketServerMap":{"hashAlgorithm":"CRC","numReplicas":0,
+                "serverList":["10.0.0.1:11210","[::1]:11210","10.0.0.2:11210"],
+                "vBucketMap":[[0],[1],[2],[0]]}}"#,
+        )
+        .unwrap();
+        let servers = config.validate().unwrap().servers().to_vec();
+        assert_eq!(
+            tls_ports(&config, &servers),
+            [Some(11207), Some(11307), None]
+        );
+    }
 }

@@ -142,3 +142,71 @@ def test_curl_over_https_with_the_printed_ca(up):
     assert plain.returncode != 0 and plain.stdout == "000", (plain.returncode, plain.stdout, plain.stderr)
     answer = plaintext_answer((host, port), b"GET /pools HTTP/1.1\r\nHost: x\r\n\r\n")
     assert b"HTTP/" not in answer and (answer == b"" or answer[0] == 0x15), answer
+
+
+def established_peers(pid):
+    """(remote host, remote port) of every established TCP connection the
+    process `pid` holds (from /proc: its socket inodes, then the kernel's
+    TCP tables)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    peers = []
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            remote, state, inode = fields[2], fields[3], fields[9]
+            if state == "01" and inode in inodes:
+                host_hex, port_hex = remote.split(":")
+                host = socket.inet_ntoa(bytes.fromhex(host_hex)[::-1])
+                peers.append((host, int(port_hex, 16)))
+    return peers
+
+
+def node_pids(up, role=b"node"):
+    """The pids of `up`'s node (or proxy) processes."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{pid}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if parent == up.proc.pid and argv[1:2] == [role]:
+            pids.append(int(pid))
+    return pids
+
+
+def test_nodes_and_proxy_talk_to_each_other_over_tls_only(up):
+    # A write through the proxy (to a node) replicates (to the other).
+    client = PyClient(up.proxy, connect_timeout=TIMEOUT_S, timeout=TIMEOUT_S)
+    assert client.set("tls-replicated", b"copied")
+    client.close()
+    plain_ports = {p for i in range(up.nodes) for p in (up.node_data(i)[1], up.node_admin(i)[1])}
+    tls_data_ports = {up.node_tls(i)[1] for i in range(up.nodes)}
+    pids = node_pids(up)
+    (proxy_pid,) = node_pids(up, b"proxy")
+    assert len(pids) == up.nodes, pids
+
+    def connections(of):
+        return [peer for pid in of for peer in established_peers(pid)]
+
+    # Each node streams its replicas from the other's TLS data port; the
+    # proxy sends requests to the nodes' TLS data ports.
+    poll(
+        lambda: sum(port in tls_data_ports for _, port in connections(pids)) >= up.nodes,
+        TIMEOUT_S,
+        "replication streams to the nodes' TLS data ports",
+    )
+    assert any(port in tls_data_ports for _, port in connections([proxy_pid]))
+    to_plain = [peer for peer in connections(pids + [proxy_pid]) if peer[1] in plain_ports]
+    assert to_plain == [], f"plaintext connections between nodes and proxy: {to_plain}"

@@ -264,7 +264,10 @@ where
         .to_string();
     let mut request = admin
         .http
-        .request(incoming.method, format!("http://{leader}{path}"))
+        .request(
+            incoming.method,
+            manager.peers().transport().admin_url(&leader, &path),
+        )
         .header(FORWARDED, "1")
         .body(incoming.body);
     // The leader checks the caller's own credentials again.
@@ -440,12 +443,7 @@ pub(super) async fn add_node(State(admin): State<Admin>, incoming: Incoming) -> 
         let Some(hostname) = form.get("hostname").filter(|h| !h.is_empty()) else {
             return error(StatusCode::BAD_REQUEST, "hostname is required");
         };
-        let hostname = hostname.trim_start_matches("http://").trim_end_matches('/');
-        let hostname = if hostname.contains(':') {
-            hostname.to_string()
-        } else {
-            format!("{hostname}:8091")
-        };
+        let hostname = add_node_target(hostname);
         let token = form.get("joinToken").map(String::as_str);
         match manager.add_node(&hostname, token).await {
             Ok(record) => json(serde_json::json!({ "otpNode": record.otp_node() }).to_string()),
@@ -453,6 +451,27 @@ pub(super) async fn add_node(State(admin): State<Admin>, incoming: Incoming) -> 
         }
     })
     .await
+}
+
+/// The node `addNode` names: `host[:port]` (plain, port 8091 by default)
+/// or `https://host[:port]` (its HTTPS admin port, 18091 by default, as a
+/// cluster with node-to-node TLS needs).
+fn add_node_target(hostname: &str) -> String {
+    let hostname = hostname.trim_end_matches('/');
+    let (scheme, rest, default_port) = match hostname.strip_prefix("https://") {
+        Some(rest) => ("https://", rest, 18091),
+        None => ("", hostname.trim_start_matches("http://"), 8091),
+    };
+    // A port follows the last colon, unless it closes an IPv6 literal.
+    let has_port = rest
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.ends_with(']'))
+        && (!rest.starts_with('[') || rest.contains("]:"));
+    if has_port {
+        format!("{scheme}{rest}")
+    } else {
+        format!("{scheme}{rest}:{default_port}")
+    }
 }
 
 /// `POST /controller/ejectNode` with `otpNode=ns_<id>@host` (or the
@@ -626,6 +645,25 @@ mod tests {
             .extend_pairs(pairs)
             .finish();
         bucket_params(&form(body.as_bytes()))
+    }
+
+    #[test]
+    fn add_node_names_a_plain_or_https_admin_address() {
+        assert_eq!(add_node_target("10.0.0.2"), "10.0.0.2:8091");
+        assert_eq!(add_node_target("http://10.0.0.2:9000/"), "10.0.0.2:9000");
+        assert_eq!(
+            add_node_target("https://10.0.0.2"),
+            "https://10.0.0.2:18091"
+        );
+        assert_eq!(
+            add_node_target("https://10.0.0.2:13001"),
+            "https://10.0.0.2:13001"
+        );
+        assert_eq!(add_node_target("[::1]"), "[::1]:8091");
+        assert_eq!(
+            add_node_target("https://[::1]:13001"),
+            "https://[::1]:13001"
+        );
     }
 
     #[test]

@@ -100,17 +100,26 @@ impl Admin {
 /// The admin API as a router, for the wiring to serve on the admin ports
 /// (plain and HTTPS). Config streams end when `shutdown` flips.
 pub fn router(services: Services, shutdown: watch::Receiver<bool>) -> Router {
+    // With cluster TLS, calls to peers (forwarding to the leader, probing
+    // nodes) trust the cluster's CA.
+    let http = services
+        .manager
+        .as_ref()
+        .map_or_else(
+            || shoal_net::tls::http_client(None),
+            |m| m.peers().transport().http_client(),
+        )
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_default();
     let admin = Admin {
         buckets: services.buckets,
         view: services.view,
         manager: services.manager,
         auth: services.auth,
         shutdown,
-        http: shoal_net::tls::http_client(None)
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_default(),
+        http,
     };
     routed(admin)
 }

@@ -78,8 +78,9 @@ async fn cluster_nodes(admin: &Admin, manager: &Manager) -> serde_json::Value {
     let state = manager.state();
     let roles = manager.raft_roles();
     let me = manager.me().id;
+    let transport = manager.peers().transport();
     let probes = state.nodes.values().map(|n| {
-        let url = format!("http://{}/internal/nodeInfo", n.admin_address());
+        let url = transport.admin_url(&n.admin_address(), "/internal/nodeInfo");
         let http = admin.http.clone();
         let local = n.id == me;
         async move {

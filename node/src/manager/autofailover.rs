@@ -26,7 +26,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// Runs until `shutdown` flips.
 pub async fn run(manager: Arc<Manager>, mut shutdown: watch::Receiver<bool>) {
-    let http = match shoal_net::tls::http_client(None)
+    let transport = manager.peers().transport().clone();
+    let http = match transport
+        .http_client()
         .connect_timeout(PROBE_TIMEOUT)
         .timeout(PROBE_TIMEOUT)
         .build()
@@ -60,7 +62,7 @@ pub async fn run(manager: Arc<Manager>, mut shutdown: watch::Receiver<bool>) {
             .collect();
         last_seen.retain(|id, _| watched.iter().any(|n| n.id == *id));
         let probes = watched.iter().map(|n| {
-            let url = format!("http://{}/internal/nodeInfo", n.admin_address());
+            let url = transport.admin_url(&n.admin_address(), "/internal/nodeInfo");
             let http = http.clone();
             async move {
                 http.get(url)

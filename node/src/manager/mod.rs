@@ -45,6 +45,7 @@ pub use state::{
 use store::{LogStore, StateMachine};
 
 use crate::access::{ClusterSecret, Directory, Role, UserRecord};
+use crate::transport::{PeerPorts, Transport};
 use peers::PeerClient;
 
 openraft::declare_raft_types!(
@@ -105,6 +106,17 @@ pub struct NodeInfo {
 }
 
 impl NodeInfo {
+    /// Its addresses, plain and TLS, for the transport's address book.
+    pub fn peer_ports(&self) -> PeerPorts {
+        PeerPorts {
+            host: self.host.clone(),
+            data: self.data_port,
+            admin: self.admin_port,
+            tls_data: self.tls_data_port,
+            tls_admin: self.tls_admin_port,
+        }
+    }
+
     /// The node's ports.
     pub fn ports(&self) -> NodePorts {
         NodePorts {
@@ -186,6 +198,7 @@ impl Manager {
         host: String,
         ports: NodePorts,
         secret: ClusterSecret,
+        transport: Transport,
     ) -> Result<Arc<Manager>, ManagerError> {
         let dir = data_dir.join("raft");
         std::fs::create_dir_all(&dir).map_err(internal)?;
@@ -204,7 +217,7 @@ impl Manager {
         let raft = Raft::new(
             id,
             Arc::new(config),
-            network::Network::new(secret.clone()),
+            network::Network::new(secret.clone(), transport.clone()),
             log,
             sm.clone(),
         )
@@ -219,15 +232,27 @@ impl Manager {
             tls_admin_port: ports.tls_admin,
         };
         tracing::info!(id, "metadata service started");
-        Ok(Arc::new(Manager {
+        let manager = Arc::new(Manager {
             dir,
             raft,
             sm,
             me,
-            peers: PeerClient::new(secret),
+            peers: PeerClient::new(secret, transport),
             pending_join: std::sync::Mutex::new(None),
             rebalancer: rebalance::Rebalancer::default(),
-        }))
+        });
+        manager.learn_peers();
+        Ok(manager)
+    }
+
+    /// Refreshes the transport's address book from the nodes the metadata
+    /// lists (and this node): with cluster TLS, where each one's TLS ports
+    /// are. The reconcile loop calls it on every change.
+    pub fn learn_peers(&self) {
+        let state = self.state();
+        let listed = state.nodes.values().map(NodeRecord::peer_ports);
+        let peers = listed.chain(std::iter::once(self.me.peer_ports()));
+        self.peers.transport().learn(peers);
     }
 
     /// HTTP to other nodes' admin ports, authenticated as the cluster.
@@ -378,7 +403,7 @@ impl Manager {
                 return Ok(());
             }
             let form = [
-                ("hostname", self.admin_address()),
+                ("hostname", self.join_hostname()),
                 ("joinToken", token.clone()),
             ];
             let request = self
@@ -405,6 +430,17 @@ impl Manager {
         Err(ManagerError::Unavailable(format!(
             "could not join via {url}: {last}"
         )))
+    }
+
+    /// The address this node asks to be added by: its admin address, or
+    /// with cluster TLS its HTTPS one, which the leader then reaches it on.
+    fn join_hostname(&self) -> String {
+        match self.me.tls_admin_port {
+            Some(port) if self.peers.transport().is_tls() => {
+                format!("https://{}", state::join_host_port(&self.me.host, port))
+            }
+            _ => self.admin_address(),
+        }
     }
 
     /// `POST /internal/join` on a node being added: the leader hands over
@@ -473,19 +509,32 @@ impl Manager {
     }
 
     /// Leader side of `/controller/addNode`: asks the node at `hostname`
-    /// (its admin address) who it is, makes it a Raft learner, records it,
-    /// and promotes it to voter while there are fewer than
-    /// [`MAX_VOTERS`]. Idempotent for a node already added.
+    /// (its admin address, `https://` first for its HTTPS port) who it is,
+    /// makes it a Raft learner, records it, and promotes it to voter while
+    /// there are fewer than [`MAX_VOTERS`]. Idempotent for a node already
+    /// added. With cluster TLS only an HTTPS address is taken: the cluster
+    /// never talks to a node in plaintext.
     pub async fn add_node(
         &self,
         hostname: &str,
         token: Option<&str>,
     ) -> Result<NodeRecord, ManagerError> {
         self.confirm_quorum().await?;
+        let base = match hostname.strip_prefix("https://") {
+            Some(_) => hostname.to_string(),
+            None if self.peers.transport().is_tls() => {
+                return Err(Rejection::Invalid(format!(
+                    "this cluster's nodes talk over TLS: add {hostname} by its HTTPS admin \
+                     address (https://host:port)"
+                ))
+                .into())
+            }
+            None => format!("http://{hostname}"),
+        };
         let info: NodeInfo = self
             .peers
             .anonymous()
-            .get(format!("http://{hostname}/internal/nodeInfo"))
+            .get(format!("{base}/internal/nodeInfo"))
             .send()
             .await
             .and_then(|r| r.error_for_status())
@@ -507,7 +556,9 @@ impl Manager {
                 return Ok(existing.clone());
             }
         }
-        self.hand_over_secret(hostname, token).await?;
+        // Where its TLS ports are, before the cluster's calls to it.
+        self.peers.transport().add(&info.peer_ports());
+        self.hand_over_secret(&base, token).await?;
         self.confirm_joiner(&info).await?;
         let membership = if state.buckets.is_empty() {
             Membership::Active
@@ -538,13 +589,10 @@ impl Manager {
         Ok(record)
     }
 
-    /// Gives the node at `hostname` (not yet a member) the cluster secret,
-    /// with the join token it sent if it asked to join itself.
-    async fn hand_over_secret(
-        &self,
-        hostname: &str,
-        token: Option<&str>,
-    ) -> Result<(), ManagerError> {
+    /// Gives the node at `base` (its admin URL; not yet a member) the
+    /// cluster secret, with the join token it sent if it asked to join
+    /// itself.
+    async fn hand_over_secret(&self, base: &str, token: Option<&str>) -> Result<(), ManagerError> {
         let body = serde_json::json!({
             "secret": self.peers.secret().current().to_hex(),
             "joinToken": token,
@@ -552,18 +600,17 @@ impl Manager {
         let reply = self
             .peers
             .anonymous()
-            .post(format!("http://{hostname}/internal/join"))
+            .post(format!("{base}/internal/join"))
             .json(&body)
             .send()
             .await
-            .map_err(|e| Rejection::Invalid(format!("cannot reach {hostname}: {e}")))?;
+            .map_err(|e| Rejection::Invalid(format!("cannot reach {base}: {e}")))?;
         if !reply.status().is_success() {
             let status = reply.status();
             let text = reply.text().await.unwrap_or_default();
-            return Err(Rejection::Invalid(format!(
-                "{hostname} refused to join ({status}): {text}"
-            ))
-            .into());
+            return Err(
+                Rejection::Invalid(format!("{base} refused to join ({status}): {text}")).into(),
+            );
         }
         Ok(())
     }

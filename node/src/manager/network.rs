@@ -23,6 +23,7 @@ use shoal_auth::secret::CLUSTER_USER;
 
 use super::{NodeId, TypeConfig};
 use crate::access::ClusterSecret;
+use crate::transport::Transport;
 
 /// Makes one [`Peer`] per target node, all sharing one HTTP client and
 /// proving the cluster secret on every call.
@@ -30,17 +31,21 @@ use crate::access::ClusterSecret;
 pub struct Network {
     client: reqwest::Client,
     secret: ClusterSecret,
+    transport: Transport,
 }
 
 impl Network {
-    /// A transport with its own connection pool.
-    pub fn new(secret: ClusterSecret) -> Network {
+    /// A network with its own connection pool, reaching peers by
+    /// `transport`.
+    pub fn new(secret: ClusterSecret, transport: Transport) -> Network {
         Network {
-            client: shoal_net::tls::http_client(None)
+            client: transport
+                .http_client()
                 .connect_timeout(Duration::from_millis(500))
                 .build()
                 .unwrap_or_default(),
             secret,
+            transport,
         }
     }
 }
@@ -53,7 +58,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client: self.client.clone(),
             secret: self.secret.clone(),
             target,
-            base: format!("http://{}/internal/raft", node.addr),
+            transport: self.transport.clone(),
+            addr: node.addr.clone(),
         }
     }
 }
@@ -64,7 +70,11 @@ pub struct Peer {
     client: reqwest::Client,
     secret: ClusterSecret,
     target: NodeId,
-    base: String,
+    /// How to reach it: the URL is made per call, as the transport learns
+    /// a peer's TLS port only once the metadata lists it.
+    transport: Transport,
+    /// Its (plain) admin address, as Raft membership knows it.
+    addr: String,
 }
 
 /// Why a call failed before the remote Raft answered.
@@ -88,7 +98,10 @@ impl Peer {
             serde_json::to_vec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let response = self
             .client
-            .post(format!("{}/{path}", self.base))
+            .post(
+                self.transport
+                    .admin_url(&self.addr, &format!("/internal/raft/{path}")),
+            )
             .basic_auth(CLUSTER_USER, Some(self.secret.current().to_hex()))
             .header("content-type", "application/json")
             .timeout(option.hard_ttl())

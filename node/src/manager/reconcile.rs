@@ -133,6 +133,7 @@ pub async fn run(
     let replicator = Replicator::new(
         super::state::join_host_port(&manager.me().host, manager.me().data_port),
         manager.peers().secret().clone(),
+        manager.peers().transport().clone(),
     );
     let kick = Arc::new(Notify::new());
     let takeovers = Takeovers::default();
@@ -148,6 +149,7 @@ pub async fn run(
     };
     loop {
         let state = changes.borrow_and_update().clone();
+        manager.learn_peers();
         let unfinished = reconcile(manager.me().id, &sides, &state, &mut hosted).await;
         for error in &unfinished.errors {
             tracing::error!(%error, "reconcile");

@@ -17,6 +17,7 @@ use shoal_vbmap::VbucketMap;
 
 use crate::access::{Role, UserRecord};
 use crate::bucket::{BucketKind, BucketSpec, Durability};
+use crate::transport::PeerPorts;
 use shoal_auth::PasswordHash;
 
 /// A node's Raft id (random, chosen once and kept in its data dir).
@@ -81,6 +82,17 @@ impl NodeRecord {
         }
     }
 
+    /// Its addresses, plain and TLS, for the transport's address book.
+    pub fn peer_ports(&self) -> PeerPorts {
+        PeerPorts {
+            host: self.host.clone(),
+            data: self.data_port,
+            admin: self.admin_port,
+            tls_data: self.tls_data_port,
+            tls_admin: self.tls_admin_port,
+        }
+    }
+
     /// The addresses a bucket config lists.
     pub fn address(&self) -> NodeAddress {
         NodeAddress::new(self.host.clone(), self.data_port, self.admin_port)
@@ -88,14 +100,7 @@ impl NodeRecord {
     }
 }
 
-/// `host:port`, bracketing IPv6 hosts.
-pub fn join_host_port(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
+pub use crate::transport::join_host_port;
 
 /// One bucket: its settings and where its data lives.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -32,6 +32,7 @@ use self::session::Session;
 use super::producer::REPLICA_NAME_PREFIX;
 use crate::access::ClusterSecret;
 use crate::bucket::LiveBucket;
+use crate::transport::Transport;
 use shoal_engine::mutation::VbucketId;
 
 /// First reconnect delay after a connection fails.
@@ -103,6 +104,8 @@ pub struct Replicator {
     me: String,
     /// The cluster secret, which streams log in to their sources with.
     secret: ClusterSecret,
+    /// How streams reach their sources (plain or cluster TLS).
+    transport: Transport,
     /// Why a `std` mutex: held only to diff and swap task handles, never
     /// across an `.await`.
     state: Mutex<State>,
@@ -110,11 +113,12 @@ pub struct Replicator {
 
 impl Replicator {
     /// A replicator for the node whose data address is `me` ("host:port"),
-    /// logging in to sources with `secret`.
-    pub fn new(me: String, secret: ClusterSecret) -> Replicator {
+    /// logging in to sources with `secret`, reaching them by `transport`.
+    pub fn new(me: String, secret: ClusterSecret, transport: Transport) -> Replicator {
         Replicator {
             me,
             secret,
+            transport,
             state: Mutex::new(State::default()),
         }
     }
@@ -182,6 +186,7 @@ impl Replicator {
             let link = Link {
                 ctx: ctx.clone(),
                 secret: self.secret.clone(),
+                transport: self.transport.clone(),
                 source: source.clone(),
                 vbuckets: spec.vbuckets.clone(),
                 ack_persisted: spec.ack_persisted,
@@ -286,6 +291,8 @@ struct Link {
     ctx: Arc<LiveBucket>,
     /// What the link logs in to its source with.
     secret: ClusterSecret,
+    /// How it reaches the source.
+    transport: Transport,
     source: String,
     vbuckets: Vec<VbucketId>,
     ack_persisted: bool,

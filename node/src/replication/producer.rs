@@ -173,9 +173,6 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     stream.set_nodelay();
-    // Over TLS a write can leave its last record in the TLS session: flush
-    // once the buffer is drained, before waiting on anything else.
-    let tls = stream.is_tls();
     let peer = stream.peer_addr().ok();
     let notify = Arc::new(Notify::new());
     // Each running scan sends exactly one result, and at most
@@ -231,7 +228,7 @@ pub async fn serve(
                 Ok(0) | Err(_) => break Ok(()),
                 Ok(_) => producer.last_recv = Instant::now(),
             },
-            written = send(&mut wr, &mut wbuf, tls), if !wbuf.is_empty() => match written {
+            written = wr.write_some(&mut wbuf), if !wbuf.is_empty() => match written {
                 Ok(0) | Err(_) => break Ok(()),
                 Ok(_) => producer.last_write = Instant::now(),
             },
@@ -251,19 +248,6 @@ pub async fn serve(
             tracing::warn!(%bucket, %replica, ?peer, %reason, "dcp producer closed the connection")
         }
     }
-}
-
-/// Writes what it can of `wbuf`; over TLS, flushes once it is drained.
-async fn send(
-    wr: &mut shoal_net::stream::WriteHalf<'_>,
-    wbuf: &mut BytesMut,
-    tls: bool,
-) -> std::io::Result<usize> {
-    let written = wr.write_buf(wbuf).await?;
-    if tls && written > 0 && wbuf.is_empty() {
-        wr.flush().await?;
-    }
-    Ok(written)
 }
 
 // === impl Producer ===

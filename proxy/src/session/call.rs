@@ -177,7 +177,13 @@ pub async fn check_login(shared: &Shared, message: &[u8]) -> bool {
     let Some(pool) = routing.pools.first() else {
         return false;
     };
-    downstream::check_plain(pool.addr(), message, bucket, &shared.config.downstream).await
+    downstream::check_plain(
+        (pool.addr(), pool.tls_port()),
+        message,
+        bucket,
+        &shared.config.downstream,
+    )
+    .await
 }
 
 /// `request` alone in a batch for `pool`, addressed to `vbucket`.

@@ -26,21 +26,26 @@ pub(crate) struct Endpoints {
     /// Credentials of the first configured URL that had some, given to
     /// learned URLs too: every node of a cluster takes the same ones.
     credentials: Option<(String, Option<String>)>,
+    /// `https` when the proxy talks to the cluster over TLS only, `http`
+    /// otherwise: every URL has it.
+    scheme: &'static str,
 }
 
 impl Endpoints {
-    /// The list of `configured` URLs that parse as `http://host[:port]`;
-    /// the others are returned as errors to log.
-    pub(crate) fn new(configured: &[String]) -> (Endpoints, Vec<String>) {
+    /// The list of `configured` URLs that parse as `http://host[:port]`
+    /// (`https://` with `tls`); the others are returned as errors to log.
+    pub(crate) fn new(configured: &[String], tls: bool) -> (Endpoints, Vec<String>) {
+        let scheme = if tls { "https" } else { "http" };
         let mut endpoints = Endpoints {
             urls: Vec::new(),
             cursor: 0,
             credentials: None,
+            scheme,
         };
         let mut rejected = Vec::new();
         for text in configured {
             match Url::parse(text) {
-                Ok(url) if url.scheme() == "http" && url.host_str().is_some() => {
+                Ok(url) if url.scheme() == scheme && url.host_str().is_some() => {
                     if endpoints.credentials.is_none() && !url.username().is_empty() {
                         endpoints.credentials =
                             Some((url.username().to_owned(), url.password().map(str::to_owned)));
@@ -73,12 +78,27 @@ impl Endpoints {
         self.cursor = (self.cursor + 1) % self.urls.len();
     }
 
-    /// Adds the admin URL (`http://` + `hostname`) of every node of
-    /// `config` not yet known; returns how many were added.
+    /// Adds the admin URL of every node of `config` not yet known
+    /// (`http://` and its `hostname`; with TLS, `https://`, its host and
+    /// its `httpsMgmt` port); returns how many were added.
     pub(crate) fn learn(&mut self, config: &BucketConfig) -> usize {
         let before = self.urls.len();
         for node in &config.nodes {
-            let Ok(mut url) = Url::parse(&format!("http://{}", node.hostname)) else {
+            let address = match self.scheme {
+                "https" => {
+                    let Some(port) = node.ports.extra.get("httpsMgmt").and_then(|p| p.as_u64())
+                    else {
+                        continue;
+                    };
+                    let host = node
+                        .hostname
+                        .rsplit_once(':')
+                        .map_or(&*node.hostname, |(h, _)| h);
+                    format!("https://{host}:{port}")
+                }
+                _ => format!("http://{}", node.hostname),
+            };
+            let Ok(mut url) = Url::parse(&address) else {
                 continue;
             };
             if url.host_str().is_none() {
@@ -207,21 +227,39 @@ mod tests {
 
     #[test]
     fn configured_urls_are_checked_and_deduplicated() {
-        let (e, rejected) = Endpoints::new(&[
-            "http://a:8091".into(),
-            "http://a:8091/pools".into(),
-            "https://b:18091".into(),
-            "c:8091".into(),
-            "http://d:9000/".into(),
-        ]);
+        let (e, rejected) = Endpoints::new(
+            &[
+                "http://a:8091/pools".into(),
+                "http://a:8091".into(),
+                "https://b:18091".into(),
+                "c:8091".into(),
+                "http://d:9000/".into(),
+            ],
+            false,
+        );
         assert_eq!(rejected, ["https://b:18091", "c:8091"]);
         assert_eq!(e.len(), 2);
         assert_eq!(e.current().as_str(), "http://a:8091/");
     }
 
     #[test]
+    fn with_tls_only_https_urls_are_taken_and_learned() {
+        let (mut e, rejected) =
+            Endpoints::new(&["http://a:8091".into(), "https://b:18091".into()], true);
+        assert_eq!(rejected, ["http://a:8091"]);
+        let c = config(
+            r#"{"nodes":[
+                {"hostname":"10.0.0.2:8091","ports":{"direct":11210,"httpsMgmt":18091}},
+                {"hostname":"10.0.0.3:8091","ports":{"direct":11210}}]}"#,
+        );
+        assert_eq!(e.learn(&c), 1);
+        e.advance();
+        assert_eq!(e.current().as_str(), "https://10.0.0.2:18091/");
+    }
+
+    #[test]
     fn nodes_are_learned_once_with_the_configured_credentials() {
-        let (mut e, _) = Endpoints::new(&["http://admin:secret@10.0.0.1:8091".into()]);
+        let (mut e, _) = Endpoints::new(&["http://admin:secret@10.0.0.1:8091".into()], false);
         let c = config(
             r#"{"nodes":[
                 {"hostname":"10.0.0.1:8091","ports":{"direct":11210}},
@@ -246,7 +284,7 @@ mod tests {
 
     #[test]
     fn learning_is_bounded() {
-        let (mut e, _) = Endpoints::new(&["http://seed:8091".into()]);
+        let (mut e, _) = Endpoints::new(&["http://seed:8091".into()], false);
         let nodes: Vec<String> = (0..1000)
             .map(|i| format!(r#"{{"hostname":"n{i}:8091","ports":{{"direct":11210}}}}"#))
             .collect();

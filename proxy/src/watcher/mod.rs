@@ -162,15 +162,17 @@ pub async fn run_with(
         tracing::debug!("static map: no config watcher");
         return;
     };
-    let (endpoints, rejected) = Endpoints::new(urls);
+    let tls = shared.config.downstream.tls.as_ref();
+    let (endpoints, rejected) = Endpoints::new(urls, tls.is_some());
     for url in rejected {
-        tracing::error!(%url, "ignoring cluster URL: not http://host[:port]");
+        let want = if tls.is_some() { "https" } else { "http" };
+        tracing::error!(%url, "ignoring cluster URL: not {want}://host[:port]");
     }
     if endpoints.is_empty() {
         tracing::error!("no usable cluster URL: the proxy will never get a map");
         return;
     }
-    let client = match shoal_net::tls::http_client(None)
+    let client = match shoal_net::tls::http_client(tls)
         .connect_timeout(settings.connect_timeout)
         // Admin ports are cluster-internal: never go through an HTTP proxy
         // from the environment.

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use shoal_net::Stream;
 use shoal_protocol::binary::dcp::{
     encode_buffer_ack, encode_close_stream, encode_control, encode_dcp_reply, encode_open,
     encode_seqno_acknowledged, encode_stream_req, OpenFlags, SnapshotFlags, StreamReq,
@@ -19,7 +20,6 @@ use shoal_protocol::binary::{
 };
 use shoal_protocol::Limits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use shoal_auth::scram::{self, Mechanism};
@@ -166,11 +166,12 @@ impl<'a> Session<'a> {
     /// bucket's deletion: `Ok`).
     pub(super) async fn run(&mut self) -> Result<(), SessionError> {
         let link = self.link;
-        let connect = TcpStream::connect(link.source.as_str());
-        let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
-            .await
-            .map_err(|_| SessionError::Timeout("connecting"))??;
-        let _ = stream.set_nodelay(true);
+        let connect = link.transport.connect_data(&link.source, HANDSHAKE_TIMEOUT);
+        let mut stream = connect.await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::TimedOut => SessionError::Timeout("connecting"),
+            _ => e.into(),
+        })?;
+        stream.set_nodelay();
         let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
         let secret = link.secret.current();
         let auth = authenticate(
@@ -220,7 +221,7 @@ impl<'a> Session<'a> {
                     }
                     Err(e) => return Err(e.into()),
                 },
-                written = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => match written {
+                written = wr.write_some(&mut wbuf), if !wbuf.is_empty() => match written {
                     Ok(0) => return Err(SessionError::Closed),
                     Ok(_) => {}
                     Err(e) => return Err(e.into()),
@@ -641,7 +642,7 @@ impl<'a> Session<'a> {
 /// secret never crosses the wire) and selects `bucket`; leaves any bytes
 /// after the last reply in `rbuf`.
 async fn authenticate(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     secret: &Secret,
     bucket: &str,
     rbuf: &mut BytesMut,
@@ -685,7 +686,7 @@ async fn authenticate(
 /// Sends one request (`key`, `value`) and reads its reply: the status and
 /// the value.
 async fn call(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     rbuf: &mut BytesMut,
     limits: &Limits,
     opcode: Opcode,
@@ -699,6 +700,7 @@ async fn call(
     };
     encode_request(&mut frame, &fields, &[], key, value)?;
     stream.write_all(&frame).await?;
+    stream.flush().await?;
     loop {
         match parse_dcp(rbuf, limits) {
             Ok(Some((DcpMessage::Reply(reply), used))) if reply.header.opcode == opcode => {
