@@ -168,7 +168,7 @@ bench_build() {
         args+=(-p "$package")
     done
     bench_log "building ${*} (release)"
-    (cd "$BENCH_ROOT" && cargo build --release --quiet "${args[@]}") >&2
+    (cd "$BENCH_ROOT" && cargo build --release --quiet "${args[@]}") >&2 || return
     # What was built, for the report (the tree may move on during a long run).
     BENCH_REVISION=$(git -C "$BENCH_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     if [[ -n $(git -C "$BENCH_ROOT" status --porcelain 2>/dev/null) ]]; then

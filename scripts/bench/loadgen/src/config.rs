@@ -2,6 +2,7 @@
 //! hand-written parser for "10s" / "500ms" (no extra crate for one function).
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -88,6 +89,11 @@ pub struct Config {
     /// Log every connection in with SASL PLAIN right after it connects,
     /// before the clock starts ([`crate::login`]); `None`: no login.
     pub sasl: Option<Credentials>,
+    /// Speak TLS on every connection, trusting the CA certificates in this
+    /// PEM file; the server's certificate must name the host of `server`.
+    /// The handshake is set-up, done before the clock starts. `None`: plain
+    /// TCP.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -109,6 +115,7 @@ impl Default for Config {
             preload: false,
             seed: 1,
             sasl: None,
+            tls_ca: None,
         }
     }
 }

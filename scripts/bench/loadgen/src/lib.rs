@@ -11,11 +11,13 @@
 //!   must look like, what gets recorded;
 //! - [`login`]: the SASL PLAIN login of `--sasl-user`, done when a connection
 //!   opens (the request, the check of the answer, and its I/O);
-//! - `conn`: the per-connection I/O loop around a [`session`];
+//! - `conn`: the per-connection I/O loops around a [`session`], one for plain
+//!   TCP and one for TLS (`--tls-ca`);
 //! - `preload`: writes every key once before the clock starts;
 //! - [`stats`]: per-connection counters and histograms, merged into a [`Report`];
 //! - `cpu`: the generator's own CPU use, read from `/proc/self/stat`;
-//! - [`run`](mod@run): connects, preloads, runs every connection, builds the [`Report`].
+//! - [`run`](mod@run): connects (TLS handshake and login included), preloads,
+//!   runs every connection, builds the [`Report`].
 //!
 //! # What it measures
 //!
@@ -36,10 +38,11 @@
 //!
 //! # What it does not measure
 //!
-//! - Connection set-up: every connection is opened, logged in
-//!   (`--sasl-user`), and the keys preloaded, before the clock starts; a lost
-//!   connection is not reopened. What a login costs per request afterwards is
-//!   measured; the login itself is not.
+//! - Connection set-up: every connection is opened, its TLS handshake done
+//!   (`--tls-ca`), logged in (`--sasl-user`), and the keys preloaded, before
+//!   the clock starts; a lost connection is not reopened. What TLS or a login
+//!   costs per request afterwards is measured; the handshake and the login
+//!   themselves are not.
 //! - Server-side CPU, memory, or what happens under eviction: the key space
 //!   should fit in the server's memory.
 //! - Verbs other than `get`/`set` (no cas, incr, delete, touch, meta), key skew
@@ -61,6 +64,16 @@
 //! requests were written) and `unsent` (requests due in the window that never
 //! went out because the pipeline stayed full): a large `unsent` means the
 //! server could not sustain the rate.
+//!
+//! # TLS
+//!
+//! With `--tls-ca FILE`, every connection runs a TLS handshake right after
+//! it connects (rustls through `shoal-net`, as node and proxy do), trusting
+//! the CA certificates in FILE alone, with the host of `--server` as the
+//! name the server's certificate must carry. The login, preload and load
+//! then travel inside TLS. Encrypting and decrypting is the generator's work
+//! too: it shows in `loadgen_cpu`, which is worth checking before blaming a
+//! slower TLS figure on the server.
 //!
 //! # Why `hdrhistogram`
 //!

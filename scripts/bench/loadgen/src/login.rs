@@ -166,8 +166,8 @@ pub fn check_reply(buf: &[u8]) -> Result<Option<usize>, LoginError> {
 
 // === I/O ===
 
-/// Logs `stream` in as `credentials`: one write, then reads until the whole
-/// answer is there. Nothing may follow the answer (nothing else was asked).
+/// Logs `stream` in as `credentials` (plain TCP or TLS): one write and a
+/// flush, then reads until the whole answer is there. Nothing may follow the answer (nothing else was asked).
 pub async fn login<S>(stream: &mut S, credentials: &Credentials) -> Result<(), LoginError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -175,6 +175,8 @@ where
     let mut request = Vec::new();
     encode_plain(&mut request, credentials);
     stream.write_all(&request).await?;
+    // Over TLS the request may sit in the session until flushed.
+    stream.flush().await?;
     let mut buf = BytesMut::with_capacity(READ_CAPACITY);
     loop {
         if let Some(used) = check_reply(&buf)? {

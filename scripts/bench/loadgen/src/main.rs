@@ -2,8 +2,8 @@
 //! JSON object on stdout and a summary line on stderr.
 //!
 //! Exit status: 0 for a clean run; 1 when the run could not take place
-//! (invalid settings, no server, a refused `--sasl-user` login, failed
-//! preload); 2 for a command-line usage error (clap's own status); 3 when it
+//! (invalid settings, no server, an unusable `--tls-ca` or a failed TLS
+//! handshake, a refused `--sasl-user` login, failed preload); 2 for a command-line usage error (clap's own status); 3 when it
 //! ran but saw errors or lost connections (the JSON is still printed, and
 //! says which).
 
@@ -78,6 +78,13 @@ struct Args {
     /// empty: a bucket that has none.
     #[arg(long, value_name = "FILE", requires = "sasl_user")]
     sasl_password_file: Option<PathBuf>,
+    /// Speak TLS on every connection, trusting the CA certificate(s) in
+    /// this PEM file (and nothing else). The server's certificate must name
+    /// the host of --server (a name, or an IP address as an IP SAN). The
+    /// handshake, like the login, is set-up before the clock starts; the
+    /// login (--sasl-user) travels inside TLS.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
 }
 
 impl Args {
@@ -120,6 +127,7 @@ impl Args {
             preload: self.preload,
             seed: self.seed,
             sasl,
+            tls_ca: self.tls_ca,
         })
     }
 }

@@ -5,8 +5,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
+use shoal_net::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::ascii::{self, Frame};
 use crate::binary;
@@ -24,9 +24,9 @@ const BATCH_BYTES: usize = 256 * 1024;
 
 /// Sets keys `0..plan.keys` over the first connections of `streams`.
 pub(crate) async fn preload(
-    mut streams: Vec<TcpStream>,
+    mut streams: Vec<Stream>,
     plan: Arc<Plan>,
-) -> Result<Vec<TcpStream>, RunError> {
+) -> Result<Vec<Stream>, RunError> {
     let workers = streams.len().min(PRELOAD_CONNECTIONS);
     let per_worker = plan.keys.div_ceil(workers as u64);
     let mut tasks = Vec::with_capacity(workers);
@@ -44,10 +44,10 @@ pub(crate) async fn preload(
 }
 
 async fn preload_range(
-    mut stream: TcpStream,
+    mut stream: Stream,
     plan: Arc<Plan>,
     keys: Range<u64>,
-) -> Result<TcpStream, RunError> {
+) -> Result<Stream, RunError> {
     let mut wbuf = Vec::new();
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
     let mut next = keys.start;
@@ -68,6 +68,8 @@ async fn preload_range(
             next += 1;
         }
         stream.write_all(&wbuf).await.map_err(RunError::Preload)?;
+        // TLS may hold the batch's last record until flushed (free on TCP).
+        stream.flush().await.map_err(RunError::Preload)?;
         let mut answered = 0;
         while answered < next - first {
             let ok = match plan.protocol {

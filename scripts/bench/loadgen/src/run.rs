@@ -1,11 +1,12 @@
-//! One run: connect every connection (and log it in), preload, start the
-//! clock, drive every connection to the end, merge what they saw into a
-//! [`Report`].
+//! One run: connect every connection (TLS handshake and login included),
+//! preload, start the clock, drive every connection to the end, merge what
+//! they saw into a [`Report`].
 
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shoal_net::{Stream, TlsConnector, TlsError};
 use tokio::net::TcpStream;
 
 use crate::config::Config;
@@ -20,6 +21,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// server's first check of a password costs thousands of HMACs (Shoal
 /// caches it after that), milliseconds, not seconds.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one TLS handshake may take (`--tls-ca`): a loopback handshake
+/// takes about a millisecond; the connect's bound is plenty.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A run that could not take place (as opposed to one that saw errors,
 /// which the [`Report`] counts).
@@ -32,6 +36,18 @@ pub enum RunError {
         server: String,
         /// Why.
         source: io::Error,
+    },
+    /// The CA file of `--tls-ca` could not be used.
+    #[error("cannot use the TLS CA: {0}")]
+    TlsCa(TlsError),
+    /// A TLS handshake failed (`--tls-ca`): a plaintext port, a certificate
+    /// the CA did not sign or that does not name the host.
+    #[error("cannot open TLS to {server}: {source}")]
+    Tls {
+        /// The address tried.
+        server: String,
+        /// Why.
+        source: TlsError,
     },
     /// A connection could not log in (`--sasl-user`).
     #[error("cannot log in to {server} as {user:?}: {source}")]
@@ -57,20 +73,37 @@ pub enum RunError {
     Task(String),
 }
 
-/// Opens one connection and, with `--sasl-user`, logs it in: set-up, all
-/// of it before the clock starts.
-async fn connect(config: &Config) -> Result<TcpStream, RunError> {
+/// The host part of `host:port` (`[v6]:port` included), which a server's
+/// certificate must name.
+fn server_host(server: &str) -> &str {
+    let host = server.rsplit_once(':').map_or(server, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Opens one connection, runs the TLS handshake with `tls`, and with
+/// `--sasl-user` logs it in: set-up, all of it before the clock starts.
+async fn connect(config: &Config, tls: Option<&TlsConnector>) -> Result<Stream, RunError> {
     let server = &config.server;
     let failed = |source| RunError::Connect {
         server: server.to_string(),
         source,
     };
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(server))
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(server))
         .await
         .map_err(|_| failed(io::ErrorKind::TimedOut.into()))?
         .map_err(failed)?;
     // Requests are written whole; never let Nagle hold one back.
-    stream.set_nodelay(true).map_err(failed)?;
+    tcp.set_nodelay(true).map_err(failed)?;
+    let mut stream = match tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => tls
+            .connect(server_host(server), tcp, HANDSHAKE_TIMEOUT)
+            .await
+            .map_err(|source| RunError::Tls {
+                server: server.to_string(),
+                source,
+            })?,
+    };
     if let Some(credentials) = &config.sasl {
         tokio::time::timeout(LOGIN_TIMEOUT, login::login(&mut stream, credentials))
             .await
@@ -86,9 +119,13 @@ async fn connect(config: &Config) -> Result<TcpStream, RunError> {
 
 /// Runs `config` (already validated) on the current tokio runtime.
 pub async fn run(config: &Config) -> Result<Report, RunError> {
+    let tls = match &config.tls_ca {
+        Some(ca) => Some(TlsConnector::trusting(ca).map_err(RunError::TlsCa)?),
+        None => None,
+    };
     let mut streams = Vec::with_capacity(config.connections);
     for _ in 0..config.connections {
-        streams.push(connect(config).await?);
+        streams.push(connect(config, tls.as_ref()).await?);
     }
     if config.preload {
         let plan = Arc::new(Plan::new(config, Instant::now()));
@@ -112,4 +149,17 @@ pub async fn run(config: &Config) -> Result<Report, RunError> {
     }
     let cpu = cpu.await.ok().flatten();
     Ok(Report::build(config, &all, lost, cpu))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_host_is_what_the_certificate_must_name() {
+        assert_eq!(server_host("127.0.0.1:11207"), "127.0.0.1");
+        assert_eq!(server_host("localhost:11207"), "localhost");
+        assert_eq!(server_host("[::1]:11207"), "::1");
+        assert_eq!(server_host("cache.example"), "cache.example");
+    }
 }

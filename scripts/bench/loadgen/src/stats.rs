@@ -218,6 +218,8 @@ pub struct Report {
     pub preloaded: bool,
     /// The SASL user every connection logged in as (`--sasl-user`), if any.
     pub sasl_user: Option<String>,
+    /// Whether every connection spoke TLS (`--tls-ca`).
+    pub tls: bool,
     /// CPU used by the generator during the window, in cores (1.0 = one core
     /// fully busy: the generator, not the server, may be the limit).
     pub loadgen_cpu: Option<f64>,
@@ -290,6 +292,7 @@ impl Report {
             threads: config.threads,
             preloaded: config.preload,
             sasl_user: config.sasl.as_ref().map(|c| c.user.clone()),
+            tls: config.tls_ca.is_some(),
             loadgen_cpu: cpu.map(|c| round(c, 2)),
             send_lag_p99_us: all.send_lag.as_ref().map(|h| {
                 if h.is_empty() {
@@ -314,10 +317,11 @@ impl Report {
             .map(|c| format!(", loadgen cpu {:.0}%", c * 100.0))
             .unwrap_or_default();
         format!(
-            "{:.0} ops/s ({} {}, {} conns x {} pipeline, multiget {}, {:.0}% get, {}) \
+            "{:.0} ops/s ({}{} {}, {} conns x {} pipeline, multiget {}, {:.0}% get, {}) \
              p50 {}us p99 {}us p99.9 {}us max {}us; gets {} sets {} misses {} errors {}{}",
             self.ops_per_sec,
             self.protocol,
+            if self.tls { " over TLS to" } else { "" },
             self.server,
             self.connections,
             self.pipeline,
