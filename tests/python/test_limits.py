@@ -30,14 +30,11 @@ from harness.cluster import active_addr, wait_data_ready
 from harness.poll import poll
 from harness.wire import (
     OP_SET,
-    OP_STAT,
     STATUS_OK,
     BinaryConn,
     ascii_call,
-    encode_request,
+    node_stats,
     parse_stats,
-    read_response,
-    select_bucket,
     store_extras,
     vbucket_of,
 )
@@ -213,20 +210,10 @@ CLIENT_LIMIT = 40
 DURABLE_WRITES = 40
 
 
-def cluster_stats(node, group, bucket=None):
+def cluster_stats(node, group, bucket):
     """`stats <group>` over a connection logged in as the cluster (which
     the reserve admits when the client seats are full)."""
-    with BinaryConn(node.addr, credentials=node.cluster_credentials()) as conn:
-        if bucket is not None:
-            assert select_bucket(conn, bucket).status == STATUS_OK
-        conn.sock.sendall(encode_request(OP_STAT, key=group.encode()))
-        out = {}
-        while True:
-            r = read_response(conn.sock)
-            assert r.status == STATUS_OK, f"stats {group}: {r.status:#x}"
-            if not r.key:
-                return out
-            out[r.key.decode()] = r.value.decode()
+    return node_stats(node.addr, group, bucket, credentials=node.cluster_credentials())
 
 
 def durable_write_latencies(cluster, config, prefix):

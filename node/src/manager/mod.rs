@@ -108,13 +108,7 @@ pub struct NodeInfo {
 impl NodeInfo {
     /// Its addresses, plain and TLS, for the transport's address book.
     pub fn peer_ports(&self) -> PeerPorts {
-        PeerPorts {
-            host: self.host.clone(),
-            data: self.data_port,
-            admin: self.admin_port,
-            tls_data: self.tls_data_port,
-            tls_admin: self.tls_admin_port,
-        }
+        self.ports().at(&self.host)
     }
 
     /// The node's ports.
@@ -139,6 +133,19 @@ pub struct NodePorts {
     pub tls_data: Option<u16>,
     /// HTTPS REST port, if any.
     pub tls_admin: Option<u16>,
+}
+
+impl NodePorts {
+    /// These ports on `host`, as the transport's address book takes them.
+    pub fn at(self, host: &str) -> PeerPorts {
+        PeerPorts {
+            host: host.to_owned(),
+            data: self.data,
+            admin: self.admin,
+            tls_data: self.tls_data,
+            tls_admin: self.tls_admin,
+        }
+    }
 }
 
 /// The metadata service of one node.

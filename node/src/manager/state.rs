@@ -84,13 +84,7 @@ impl NodeRecord {
 
     /// Its addresses, plain and TLS, for the transport's address book.
     pub fn peer_ports(&self) -> PeerPorts {
-        PeerPorts {
-            host: self.host.clone(),
-            data: self.data_port,
-            admin: self.admin_port,
-            tls_data: self.tls_data_port,
-            tls_admin: self.tls_admin_port,
-        }
+        self.ports().at(&self.host)
     }
 
     /// The addresses a bucket config lists.

@@ -184,10 +184,11 @@ def direct_set(addr, key, value, vbucket, bucket=None):
         return conn.call(OP_SET, key=key, value=value, extras=store_extras(), vbucket=vbucket)
 
 
-def node_stats(addr, group, bucket):
+def node_stats(addr, group, bucket, credentials=None):
     """`stats <group>` of `bucket` on a node's data port (binary STAT after
-    SELECT_BUCKET): {name: value} as strings."""
-    with BinaryConn(addr, bucket=bucket) as conn:
+    SELECT_BUCKET, logged in as `credentials` if given): {name: value} as
+    strings."""
+    with BinaryConn(addr, bucket=bucket, credentials=credentials) as conn:
         conn.sock.sendall(encode_request(OP_STAT, key=group.encode()))
         stats = {}
         while True:
