@@ -60,6 +60,11 @@ const MAX_PIPELINE: usize = 1024;
 /// is served in waves, so that is one wave).
 const REPLY_HIGH_WATER: usize = 1024 * 1024;
 
+/// A reply buffer that grew past this for one large reply is given back
+/// once written, so an idle connection does not keep a large reply's
+/// memory.
+const RETAINED_REPLY_BUFFER: usize = 4 * REPLY_HIGH_WATER;
+
 /// What follows a request whose reply (possibly empty: quiet, noreply or
 /// `quit`) has been appended to the output buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,6 +224,9 @@ impl Session {
         match deadline::write_all(write, &self.wbuf, stall).await {
             Ok(()) => {
                 self.wbuf.clear();
+                if self.wbuf.capacity() > RETAINED_REPLY_BUFFER {
+                    self.wbuf = BytesMut::new();
+                }
                 Ok(())
             }
             Err(WriteError::Stalled) => {
