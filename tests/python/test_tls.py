@@ -10,6 +10,7 @@ import os
 import socket
 import ssl
 import stat
+import struct
 import subprocess
 
 import pytest
@@ -18,7 +19,17 @@ from pymemcache.client.base import Client as PyClient
 from harness.cluster import active_addr
 from harness.poll import poll
 from harness.rest import rest
-from harness.wire import ascii_call, parse_stats
+from harness.wire import (
+    OP_GET_VBUCKET,
+    OP_SET_VBUCKET,
+    STATUS_NO_ACCESS,
+    STATUS_OK,
+    VB_DEAD,
+    ascii_call,
+    encode_request,
+    parse_stats,
+    read_response,
+)
 
 TIMEOUT_S = 5
 
@@ -71,6 +82,19 @@ def key_active_on(up, i):
         if active_addr(config, key)[1] == up.node_data(i):
             return key
     raise AssertionError(f"no key of 1000 is active on node {i}")
+
+
+def test_the_tls_data_port_guards_what_the_plain_one_does(up):
+    # Without the cluster's credentials, vbucket commands are refused over
+    # TLS exactly as in plaintext, and the vbucket stays as it was.
+    with socket.create_connection(up.node_tls(0), timeout=TIMEOUT_S) as raw:
+        with tls_context(up).wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            sock.sendall(encode_request(OP_SET_VBUCKET, extras=struct.pack(">I", VB_DEAD), vbucket=0))
+            assert read_response(sock).status == STATUS_NO_ACCESS
+            sock.sendall(encode_request(OP_GET_VBUCKET, vbucket=0))
+            reply = read_response(sock)
+            assert reply.status == STATUS_OK, reply
+            assert struct.unpack(">I", reply.value[:4])[0] != VB_DEAD
 
 
 def test_a_client_that_does_not_trust_the_ca_is_refused(up):

@@ -91,16 +91,7 @@ async fn pump(stream: &mut TcpStream, s: &mut Session) -> Result<(), Abort> {
         let next_send = s.next_send();
         tokio::select! {
             biased;
-            read = rd.read_buf(&mut rbuf), if s.awaiting_reply() => {
-                if read.map_err(Abort::Io)? == 0 {
-                    return Err(Abort::Closed);
-                }
-                let used = s.on_bytes(&rbuf, Instant::now())?;
-                rbuf.advance(used);
-                if rbuf.capacity() - rbuf.len() < READ_MIN_FREE {
-                    rbuf.reserve(READ_CAPACITY);
-                }
-            }
+            read = rd.read_buf(&mut rbuf), if s.awaiting_reply() => take_replies(s, &mut rbuf, read)?,
             ready = wr.writable(), if written < wbuf.len() => ready.map_err(Abort::Io)?,
             () = pace(next_send.unwrap_or(now)), if next_send.is_some() => {}
             () = &mut drain => return Err(Abort::Timeout),
@@ -150,16 +141,7 @@ where
                     Sent::Flushed => unflushed = false,
                 }
             }
-            read = rd.read_buf(&mut rbuf), if s.awaiting_reply() => {
-                if read.map_err(Abort::Io)? == 0 {
-                    return Err(Abort::Closed);
-                }
-                let used = s.on_bytes(&rbuf, Instant::now())?;
-                rbuf.advance(used);
-                if rbuf.capacity() - rbuf.len() < READ_MIN_FREE {
-                    rbuf.reserve(READ_CAPACITY);
-                }
-            }
+            read = rd.read_buf(&mut rbuf), if s.awaiting_reply() => take_replies(s, &mut rbuf, read)?,
             () = pace(next_send.unwrap_or(now)), if next_send.is_some() => {}
             () = &mut drain => return Err(Abort::Timeout),
         }
@@ -187,6 +169,24 @@ where
     } else {
         wr.write(pending).await.map(Sent::Wrote)
     }
+}
+
+/// Hands what a read brought to the session and keeps room in `rbuf` for
+/// the next read; a closed or failed connection aborts the run.
+fn take_replies(
+    s: &mut Session,
+    rbuf: &mut BytesMut,
+    read: std::io::Result<usize>,
+) -> Result<(), Abort> {
+    if read.map_err(Abort::Io)? == 0 {
+        return Err(Abort::Closed);
+    }
+    let used = s.on_bytes(rbuf, Instant::now())?;
+    rbuf.advance(used);
+    if rbuf.capacity() - rbuf.len() < READ_MIN_FREE {
+        rbuf.reserve(READ_CAPACITY);
+    }
+    Ok(())
 }
 
 /// Waits until about `at`: sleeps on the timer while more than a tick away,
