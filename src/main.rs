@@ -57,8 +57,8 @@ struct NodeArgs {
     #[arg(long)]
     admin_host: Option<IpAddr>,
     /// The host other nodes and clients reach this node at (needed when
-    /// --host is 0.0.0.0 or ::).
-    #[arg(long)]
+    /// --host is 0.0.0.0 or ::): an address or a hostname.
+    #[arg(long, visible_alias = "advertise")]
     advertise_host: Option<String>,
     /// memcached data port (ASCII, meta and binary).
     #[arg(long, default_value_t = 11210)]
@@ -84,6 +84,15 @@ struct NodeArgs {
     /// Number of vbuckets (a power of two).
     #[arg(long, default_value_t = 1024)]
     vbuckets: usize,
+    /// With --init-cluster: the cluster's memory quota per node, MiB — what
+    /// its buckets' RAM quotas may add up to (default: half of this node's
+    /// RAM; at most 80 % of it).
+    #[arg(long, requires = "init_cluster")]
+    memory_quota_mb: Option<u64>,
+    /// The RAM this node may use, MiB, when less than the host's or its
+    /// control group's (other processes share the host).
+    #[arg(long)]
+    memory_limit_mb: Option<u64>,
     /// Make written batches durable every N ms (0 = fsync every batch
     /// before it counts as persisted).
     #[arg(long, default_value_t = 100)]
@@ -254,6 +263,8 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         admin_host: args.admin_host,
         advertise_host: args.advertise_host,
         credentials: args.credentials.resolve()?,
+        memory_limit_mb: args.memory_limit_mb,
+        memory_quota_mb: args.memory_quota_mb,
     }
     .validate()?;
     let runtime = runtime(args.threads)?;

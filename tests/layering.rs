@@ -61,7 +61,7 @@ const CRATES: &[(&str, &[&str], &[&str])] = &[
 
 /// The node's top-level modules, lowest layer first.
 const NODE_LAYERS: &[&[&str]] = &[
-    &["config", "version", "access", "transport"],
+    &["config", "version", "access", "transport", "host_memory"],
     &["bucket"],
     &["server", "replication"],
     &["cluster_view"],

@@ -78,6 +78,14 @@ pub struct NodeConfig {
     /// Admin credentials: the first admin user of a cluster this node
     /// initialises, and what it asks to join a cluster with.
     pub credentials: Option<Credentials>,
+    /// The RAM this node may use, MiB, when less than the host's (or its
+    /// control group's): other processes share the host. The cluster's
+    /// memory quota must fit in 80 % of it.
+    pub memory_limit_mb: Option<u64>,
+    /// The memory quota per node of a cluster this node initialises, MiB
+    /// (`None`: half of the node's RAM); later changed with
+    /// `POST /pools/default memoryQuota=`.
+    pub memory_quota_mb: Option<u64>,
 }
 
 /// A user name and password, as given on the command line, in a file or
@@ -124,6 +132,8 @@ impl Default for NodeConfig {
             admin_host: None,
             advertise_host: None,
             credentials: None,
+            memory_limit_mb: None,
+            memory_quota_mb: None,
         }
     }
 }

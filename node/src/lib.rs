@@ -32,6 +32,7 @@ pub mod admin;
 pub mod bucket;
 pub mod cluster_view;
 pub mod config;
+pub mod host_memory;
 pub mod manager;
 pub mod node;
 pub mod replication;

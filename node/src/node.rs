@@ -285,6 +285,7 @@ async fn start_manager(
         &config.data_dir,
         config.advertised_host(),
         me,
+        node_memory_mb(config),
         secret.clone(),
         transport,
     )
@@ -305,7 +306,12 @@ async fn start_manager(
         shutdown.clone(),
     ));
     if config.init_cluster {
-        tokio::spawn(init_cluster(manager.clone(), config.credentials.clone()));
+        let quota = initial_memory_quota(config)?;
+        tokio::spawn(init_cluster(
+            manager.clone(),
+            config.credentials.clone(),
+            quota,
+        ));
     }
     if let (Some(url), Some(credentials)) = (config.join.clone(), config.credentials.clone()) {
         let manager = manager.clone();
@@ -320,9 +326,38 @@ async fn start_manager(
     Ok(manager)
 }
 
+/// The RAM this node may use, MiB: the host's (or its control group's),
+/// or less if `--memory-limit-mb` says so.
+fn node_memory_mb(config: &NodeConfig) -> Option<u64> {
+    match (crate::host_memory::usable_mb(), config.memory_limit_mb) {
+        (Some(host), Some(limit)) => Some(host.min(limit)),
+        (host, limit) => host.or(limit),
+    }
+}
+
+/// The memory quota a cluster this node initialises starts with:
+/// `--memory-quota-mb`, refused over 80 % of the node's RAM, or half of
+/// that RAM (at least the smallest quota accepted).
+fn initial_memory_quota(config: &NodeConfig) -> Result<u64, NodeError> {
+    use crate::manager::state::{max_quota_for, MAX_QUOTA_PERCENT_OF_RAM, MIN_MEMORY_QUOTA_MB};
+    let memory = node_memory_mb(config);
+    match (config.memory_quota_mb, memory) {
+        (Some(quota), Some(memory)) if quota > max_quota_for(memory) => {
+            Err(NodeError::Manager(format!(
+                "--memory-quota-mb {quota} is more than {MAX_QUOTA_PERCENT_OF_RAM}% of this \
+                 node's RAM ({memory} MB): at most {} MB",
+                max_quota_for(memory)
+            )))
+        }
+        (Some(quota), _) => Ok(quota),
+        (None, Some(memory)) => Ok((memory / 2).max(MIN_MEMORY_QUOTA_MB)),
+        (None, None) => Ok(MIN_MEMORY_QUOTA_MB),
+    }
+}
+
 /// Initialises the cluster with `credentials` as its first admin user
 /// (hashed off the async threads: the hash costs tens of milliseconds).
-async fn init_cluster(manager: Arc<Manager>, credentials: Option<Credentials>) {
+async fn init_cluster(manager: Arc<Manager>, credentials: Option<Credentials>, quota_mb: u64) {
     let admin = match credentials {
         Some(Credentials { username, password }) => {
             let hashed =
@@ -337,7 +372,7 @@ async fn init_cluster(manager: Arc<Manager>, credentials: Option<Credentials>) {
         }
         None => None,
     };
-    match manager.init_cluster(admin).await {
+    match manager.init_cluster(admin, quota_mb).await {
         Ok(()) => tracing::info!(id = manager.me().id, "cluster initialised"),
         Err(error) => tracing::error!(%error, "could not initialise the cluster"),
     }

@@ -600,7 +600,10 @@ pub(super) async fn set_auto_failover(State(admin): State<Admin>, incoming: Inco
 
 /// The node a form's `otpNode` names (an otpNode or `host:adminport`).
 #[allow(clippy::result_large_err)]
-fn find_node(manager: &Manager, form: &BTreeMap<String, String>) -> Result<NodeRecord, Response> {
+pub(super) fn find_node(
+    manager: &Manager,
+    form: &BTreeMap<String, String>,
+) -> Result<NodeRecord, Response> {
     let Some(wanted) = form.get("otpNode").filter(|n| !n.is_empty()) else {
         return Err(error(StatusCode::BAD_REQUEST, "otpNode is required"));
     };

@@ -21,6 +21,7 @@ mod controller;
 mod internal;
 mod pools;
 mod raft;
+mod recovery;
 mod routes;
 mod users;
 

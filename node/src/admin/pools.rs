@@ -60,9 +60,16 @@ pub(super) async fn pool_default(State(admin): State<Admin>) -> Response {
             .values()
             .all(|n| n.membership == Membership::Active)
     });
+    let memory = admin
+        .manager
+        .as_ref()
+        .map(|m| memory_totals(&m.state()))
+        .unwrap_or_default();
     json(
         serde_json::json!({
             "name": "default",
+            "memoryQuota": memory.quota_mb,
+            "storageTotals": { "ram": memory.ram },
             "nodes": nodes,
             "buckets": { "uri": "/pools/default/buckets" },
             "rebalanceStatus": "none",
@@ -72,6 +79,41 @@ pub(super) async fn pool_default(State(admin): State<Admin>) -> Response {
         })
         .to_string(),
     )
+}
+
+/// The memory quota and Couchbase's `storageTotals.ram`: the quota and
+/// what the buckets take of it, per node and over the nodes that serve.
+#[derive(Default)]
+struct MemoryTotals {
+    quota_mb: Option<u64>,
+    ram: serde_json::Value,
+}
+
+fn memory_totals(state: &crate::manager::ClusterState) -> MemoryTotals {
+    const MIB: u64 = 1024 * 1024;
+    let serving = state
+        .nodes
+        .values()
+        .filter(|n| n.membership == Membership::Active)
+        .count() as u64;
+    let total: u64 = state
+        .nodes
+        .values()
+        .filter_map(|n| n.memory_mb)
+        .map(|mb| mb * MIB)
+        .sum();
+    let per_node_quota = state.memory_quota_mb.unwrap_or(0) * MIB;
+    let per_node_used = state.buckets_quota_mb() * MIB;
+    MemoryTotals {
+        quota_mb: state.memory_quota_mb,
+        ram: serde_json::json!({
+            "total": total,
+            "quotaTotal": per_node_quota * serving,
+            "quotaUsed": per_node_used * serving,
+            "quotaTotalPerNode": per_node_quota,
+            "quotaUsedPerNode": per_node_used,
+        }),
+    }
 }
 
 async fn cluster_nodes(admin: &Admin, manager: &Manager) -> serde_json::Value {
@@ -109,6 +151,8 @@ async fn cluster_nodes(admin: &Admin, manager: &Manager) -> serde_json::Value {
                 "ports": { "direct": n.data_port },
                 "version": VERSION,
                 "raftRole": roles.get(&n.id).copied().unwrap_or("none"),
+                "recoveryType": n.recovery.map_or("none", |r| r.as_str()),
+                "memoryTotal": n.memory_mb.map(|mb| mb * 1024 * 1024),
             })
         })
         .collect();

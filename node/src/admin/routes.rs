@@ -18,7 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put, MethodRouter};
 
-use super::{controller, error, internal, pools, raft, users, Admin};
+use super::{controller, error, internal, pools, raft, recovery, users, Admin};
 use crate::access::Principal;
 
 /// Who may call a route.
@@ -61,6 +61,10 @@ pub(super) fn table() -> Vec<(Route, MethodRouter<Admin>)> {
         (r("GET", "/pools", Public), get(pools::pools)),
         (r("GET", "/pools/default", Read), get(pools::pool_default)),
         (r("GET", "/pools/nodes", Read), get(pools::pool_default)),
+        (
+            r("POST", "/pools/default", Change),
+            post(recovery::set_pool),
+        ),
         (
             r("GET", "/pools/default/buckets", Read),
             get(pools::buckets),
@@ -113,6 +117,14 @@ pub(super) fn table() -> Vec<(Route, MethodRouter<Admin>)> {
         (
             r("POST", "/controller/failOver", Change),
             post(controller::fail_over),
+        ),
+        (
+            r("POST", "/controller/startGracefulFailover", Change),
+            post(recovery::graceful_failover),
+        ),
+        (
+            r("POST", "/controller/setRecoveryType", Change),
+            post(recovery::set_recovery_type),
         ),
         (
             r("POST", "/controller/rebalance", Change),

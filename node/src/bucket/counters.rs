@@ -38,6 +38,14 @@ pub struct ServerStats {
     /// TLS handshakes that failed (plaintext on a TLS port, an untrusted
     /// certificate, a timeout).
     pub tls_handshake_failures: AtomicU64,
+    /// Mutations and deletions this node's replica vbuckets received over
+    /// their streams (what a rebalance or a recovery copied here).
+    pub replica_items_received: AtomicU64,
+    /// Bytes this node's replica streams read.
+    pub replica_bytes_received: AtomicU64,
+    /// Replica vbuckets emptied because their history diverged from their
+    /// active's.
+    pub replica_rollbacks: AtomicU64,
     /// The cluster's own connections open now (replication streams and
     /// the like), outside the client budget.
     pub system_connections: AtomicU64,

@@ -20,6 +20,7 @@
 //! `node`.
 
 pub mod autofailover;
+mod graceful;
 mod hosted;
 mod network;
 pub mod peers;
@@ -103,6 +104,9 @@ pub struct NodeInfo {
     /// HTTPS REST port, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_admin_port: Option<u16>,
+    /// The RAM it may use, MiB, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
 }
 
 impl NodeInfo {
@@ -204,6 +208,7 @@ impl Manager {
         data_dir: &Path,
         host: String,
         ports: NodePorts,
+        memory_mb: Option<u64>,
         secret: ClusterSecret,
         transport: Transport,
     ) -> Result<Arc<Manager>, ManagerError> {
@@ -237,6 +242,7 @@ impl Manager {
             admin_port: ports.admin,
             tls_data_port: ports.tls_data,
             tls_admin_port: ports.tls_admin,
+            memory_mb,
         };
         tracing::info!(id, "metadata service started");
         let manager = Arc::new(Manager {
@@ -307,6 +313,8 @@ impl Manager {
             tls_data_port: self.me.tls_data_port,
             tls_admin_port: self.me.tls_admin_port,
             membership,
+            recovery: None,
+            memory_mb: self.me.memory_mb,
         }
     }
 
@@ -355,6 +363,7 @@ impl Manager {
     pub async fn init_cluster(
         &self,
         admin: Option<(String, PasswordHash)>,
+        memory_quota_mb: u64,
     ) -> Result<(), ManagerError> {
         let initialized = self.raft.is_initialized().await.map_err(internal)?;
         if !initialized {
@@ -376,6 +385,10 @@ impl Manager {
         if !self.is_member() && self.is_leader() {
             self.write(Command::AddNode(self.record(Membership::Active)))
                 .await?;
+        }
+        // A cluster formed before the quota existed gets it here too.
+        if self.state().memory_quota_mb.is_none() && self.is_leader() {
+            self.write(Command::SetMemoryQuota(memory_quota_mb)).await?;
         }
         match admin {
             Some((name, password)) if self.state().users.is_empty() && self.is_leader() => {
@@ -583,6 +596,8 @@ impl Manager {
                 .nodes
                 .get(&info.id)
                 .map_or(membership, |n| n.membership),
+            recovery: state.nodes.get(&info.id).and_then(|n| n.recovery),
+            memory_mb: info.memory_mb,
         };
         let node = BasicNode {
             addr: record.admin_address(),

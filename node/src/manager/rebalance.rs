@@ -34,7 +34,7 @@ use shoal_vbmap::map::VbucketMap;
 use shoal_vbmap::planner::plan_rebalance;
 use tokio::sync::watch;
 
-use super::state::{compact, Command, Membership, NodeId};
+use super::state::{compact, ClusterState, Command, Membership, NodeId, Recovery};
 use super::{Manager, ManagerError};
 use crate::bucket::BucketKind;
 
@@ -42,7 +42,7 @@ use crate::bucket::BucketKind;
 const POLL: Duration = Duration::from_millis(50);
 
 /// New copies a node receives per batch of moves.
-const MOVES_PER_NODE: usize = 64;
+pub(super) const MOVES_PER_NODE: usize = 64;
 
 /// How long a node may fail to answer before the rebalance stops.
 const UNREACHABLE: Duration = Duration::from_secs(10);
@@ -92,7 +92,7 @@ impl Rebalancer {
             .clone()
     }
 
-    fn update(&self, f: impl FnOnce(&mut RebalanceStatus)) {
+    pub(super) fn update(&self, f: impl FnOnce(&mut RebalanceStatus)) {
         f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
@@ -105,7 +105,7 @@ impl Rebalancer {
 }
 
 /// Why a rebalance ended early.
-type Failure = String;
+pub(super) type Failure = String;
 
 /// How often a leader looks for what an earlier leader's rebalance left.
 const LEFTOVER_CHECK: Duration = Duration::from_secs(1);
@@ -170,7 +170,8 @@ impl Manager {
                 Some(Membership::Active | Membership::InactiveAdded) => {}
                 Some(Membership::InactiveFailed) => {
                     return Err(conflict(format!(
-                        "node {id} is failed over; eject it instead"
+                        "node {id} is failed over; eject it, or choose its recovery \
+                         (POST /controller/setRecoveryType) first"
                     )))
                 }
                 None => return Err(invalid(format!("no node {id} in the cluster"))),
@@ -186,49 +187,64 @@ impl Manager {
                 missing.1.otp_node()
             )));
         }
-        let (tx, rx) = watch::channel(false);
-        {
-            let mut stop = self
-                .rebalancer
-                .stop
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if self.rebalancer.status().running {
-                return Err(conflict("a rebalance is already running".into()));
-            }
-            *stop = Some(tx);
-            let total = state
-                .buckets
-                .values()
-                .filter(|b| b.spec.kind == BucketKind::Membase)
-                .count();
-            self.rebalancer.update(|s| {
-                *s = RebalanceStatus {
-                    running: true,
-                    phase: "start",
-                    total,
-                    ..RebalanceStatus::default()
-                }
-            });
-        }
+        let rx = self.begin_task(&state)?;
         let manager = self.clone();
         tokio::spawn(async move {
             let started = Instant::now();
             let result = manager.rebalance(&stays, &ejected, rx).await;
-            if let Err(e) = &result {
-                tracing::warn!(error = %e, "rebalance ended early");
-            } else {
-                tracing::info!(secs = started.elapsed().as_secs_f64(), "rebalance done");
-            }
-            manager.rebalancer.update(|s| {
-                s.running = false;
-                s.bucket = None;
-                s.phase = "";
-                s.error = result.err();
-                s.last_duration = Some(started.elapsed());
-            });
+            manager.end_task("rebalance", started, result);
         });
         Ok(())
+    }
+
+    /// Marks a rebalance-like task (a rebalance or a graceful failover)
+    /// running, refused while one runs; returns its stop signal.
+    pub(super) fn begin_task(
+        &self,
+        state: &ClusterState,
+    ) -> Result<watch::Receiver<bool>, ManagerError> {
+        let (tx, rx) = watch::channel(false);
+        let mut stop = self
+            .rebalancer
+            .stop
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.rebalancer.status().running {
+            return Err(ManagerError::Rejected(super::state::Rejection::Conflict(
+                "a rebalance is already running".into(),
+            )));
+        }
+        *stop = Some(tx);
+        let total = state
+            .buckets
+            .values()
+            .filter(|b| b.spec.kind == BucketKind::Membase)
+            .count();
+        self.rebalancer.update(|s| {
+            *s = RebalanceStatus {
+                running: true,
+                phase: "start",
+                total,
+                ..RebalanceStatus::default()
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Records how a task begun with [`begin_task`](Self::begin_task) ended.
+    pub(super) fn end_task(&self, what: &str, started: Instant, result: Result<(), Failure>) {
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "{what} ended early");
+        } else {
+            tracing::info!(secs = started.elapsed().as_secs_f64(), "{what} done");
+        }
+        self.rebalancer.update(|s| {
+            s.running = false;
+            s.bucket = None;
+            s.phase = "";
+            s.error = result.err();
+            s.last_duration = Some(started.elapsed());
+        });
     }
 
     async fn rebalance(
@@ -245,6 +261,8 @@ impl Manager {
             .map(|b| b.spec.name.clone())
             .collect();
         self.rebalancer.update(|s| s.total = names.len());
+        self.wait_emptied_for_full_recovery(&state, stays, &names, &mut stop)
+            .await?;
         for id in stays {
             if state.nodes.get(id).map(|n| n.membership) == Some(Membership::InactiveAdded) {
                 self.write(Command::SetMembership {
@@ -272,6 +290,60 @@ impl Manager {
         });
         for id in ejected {
             self.eject_node(*id).await.map_err(|e| e.to_string())?;
+        }
+        for id in stays {
+            if state.nodes.get(id).is_some_and(|n| n.recovery.is_some()) {
+                let command = Command::SetRecovery {
+                    id: *id,
+                    recovery: None,
+                };
+                self.write(command).await.map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every node coming back by full recovery has dropped
+    /// the data it kept while failed over, so it is filled from empty.
+    async fn wait_emptied_for_full_recovery(
+        &self,
+        state: &ClusterState,
+        stays: &[NodeId],
+        names: &[String],
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), Failure> {
+        let full: Vec<NodeId> = stays
+            .iter()
+            .copied()
+            .filter(|id| {
+                state.nodes.get(id).is_some_and(|n| {
+                    n.membership == Membership::InactiveAdded && n.recovery == Some(Recovery::Full)
+                })
+            })
+            .collect();
+        if full.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        for name in names {
+            loop {
+                let views = self.poll(name, &full, &mut Poll::new(full.len())).await?;
+                // A node that dropped the bucket answers 404 (`None`).
+                let holding = views
+                    .iter()
+                    .flatten()
+                    .filter(|rows| !rows.is_empty())
+                    .count();
+                if holding == 0 {
+                    break;
+                }
+                if started.elapsed() > SWITCH_DEADLINE {
+                    return Err(format!(
+                        "{holding} nodes coming back by full recovery still hold bucket {name:?}"
+                    ));
+                }
+                pause(stop).await?;
+            }
         }
         Ok(())
     }
@@ -304,9 +376,19 @@ impl Manager {
             .filter_map(|id| servers.iter().position(|s| s == id))
             .filter_map(|i| u16::try_from(i).ok())
             .collect();
-        let plan = plan_rebalance(&current, &indexes, replicas).map_err(|e| e.to_string())?;
+        // Nodes coming back by delta recovery count, for the planner, as
+        // holding the copies they kept: it then gives them those back (only
+        // what they missed is streamed) where balance allows.
+        let kept = self.kept_copies(name, &state, &servers, stays).await;
+        let hint = VbucketMap::from_chains(
+            &with_kept_copies(&current.to_chains(), &kept),
+            replicas,
+            servers.len(),
+        )
+        .map_err(|e| e.to_string())?;
+        let plan = plan_rebalance(&hint, &indexes, replicas).map_err(|e| e.to_string())?;
         let (final_servers, final_chains) = compact(&servers, &plan.target.to_chains());
-        if plan.moves.is_empty() && final_servers == bucket.servers {
+        if plan.target == current && final_servers == bucket.servers {
             return Ok(());
         }
         // Moves go in batches: each node receives at most
@@ -370,6 +452,48 @@ impl Manager {
             .map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+
+    /// The vbuckets (with data) of bucket `name` that each node of `stays`
+    /// coming back by delta recovery kept, by its index in `servers`.
+    async fn kept_copies(
+        &self,
+        name: &str,
+        state: &ClusterState,
+        servers: &[NodeId],
+        stays: &[NodeId],
+    ) -> Vec<(i64, Vec<u16>)> {
+        let mut kept = Vec::new();
+        for id in stays {
+            let delta = state
+                .nodes
+                .get(id)
+                .is_some_and(|n| n.recovery == Some(Recovery::Delta));
+            let Some(idx) = servers.iter().position(|s| s == id) else {
+                continue;
+            };
+            if !delta {
+                continue;
+            }
+            let views = self.poll(name, &[*id], &mut Poll::new(1)).await;
+            let rows = views
+                .ok()
+                .and_then(|mut v| v.pop().flatten())
+                .unwrap_or_default();
+            let vbs: Vec<u16> = rows
+                .into_iter()
+                .filter(|&(_, _, high)| high > 0)
+                .map(|(vb, _, _)| vb)
+                .collect();
+            tracing::info!(
+                bucket = name,
+                node = id,
+                vbuckets = vbs.len(),
+                "delta recovery: copies kept"
+            );
+            kept.push((idx as i64, vbs));
+        }
+        kept
     }
 
     /// Clears a bucket's forward chains after a rebalance ended early.
@@ -479,7 +603,7 @@ impl Manager {
     }
 
     /// Polls until every vbucket's new active reports itself active.
-    async fn wait_switched(
+    pub(super) async fn wait_switched(
         &self,
         name: &str,
         servers: &[NodeId],
@@ -648,9 +772,41 @@ fn next_batch(
     (batch, rest)
 }
 
+/// `chains` with each node of `kept` (server index, vbuckets it holds)
+/// written into a free replica slot of the vbuckets it holds: the map as
+/// it would be had those copies never left it.
+fn with_kept_copies(chains: &[Vec<i64>], kept: &[(i64, Vec<u16>)]) -> Vec<Vec<i64>> {
+    let mut chains = chains.to_vec();
+    for (idx, vbs) in kept {
+        for vb in vbs {
+            let Some(chain) = chains.get_mut(usize::from(*vb)) else {
+                continue;
+            };
+            if chain.contains(idx) || chain.first() == Some(&-1) {
+                continue;
+            }
+            if let Some(slot) = chain.iter_mut().skip(1).find(|s| **s == -1) {
+                *slot = *idx;
+            }
+        }
+    }
+    chains
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_copies_fill_free_replica_slots_only() {
+        let chains = vec![vec![0, -1], vec![1, 0], vec![-1, -1], vec![1, -1]];
+        let kept = vec![(2, vec![0, 1, 2, 3, 9])];
+        assert_eq!(
+            with_kept_copies(&chains, &kept),
+            vec![vec![0, 2], vec![1, 0], vec![-1, -1], vec![1, 2]],
+            "a full chain and a chain without an active stay as they are"
+        );
+    }
 
     #[test]
     fn batches_cap_what_each_server_receives() {

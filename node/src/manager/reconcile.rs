@@ -2,7 +2,10 @@
 //! change it publishes each bucket's config, creates the buckets this node
 //! should host, drives their vbucket states to its place in the map, and
 //! deletes buckets the cluster no longer has here. A node the cluster has
-//! ejected drops every bucket. It also points replication at the map: the
+//! ejected drops every bucket. A failed-over node keeps its buckets' data,
+//! serving none of it (every vbucket dead), until an admin chooses its
+//! recovery: delta keeps the data for the rebalance that takes it back,
+//! full drops it. It also points replication at the map: the
 //! streams this node's replica vbuckets pull from their actives, and the
 //! replicas each of its active vbuckets waits for (durable writes).
 //!
@@ -31,10 +34,10 @@ use tokio::sync::{watch, Notify};
 
 use super::hosted::Hosted;
 use super::peers::PeerClient;
-use super::state::{BucketRecord, ClusterState, Membership};
+use super::state::{BucketRecord, ClusterState, Membership, NodeRecord, Recovery};
 use super::takeover::{take_over, TakeOver, Takeovers};
 use super::Manager;
-use crate::bucket::{BucketError, Buckets, Durability, LiveBucket};
+use crate::bucket::{BucketError, BucketKind, Buckets, Durability, LiveBucket};
 use crate::cluster_view::ClusterView;
 use crate::replication::consumer::Replicator;
 
@@ -209,23 +212,31 @@ async fn reconcile(
         return Unfinished::default();
     };
     sides.view.retain(|name| state.buckets.contains_key(name));
-    let mut unfinished = drop_unwanted(me, record.membership, sides, state, hosted).await;
+    let mut unfinished = drop_unwanted(record, sides, state, hosted).await;
     for bucket in state.buckets.values() {
         // A bucket hosted here is published only once this node serves it
         // as the config says, so whoever reads the config here can use it.
-        if hosts(record.membership, bucket, me) {
-            let name = &bucket.spec.name;
-            if !hosted.record(name, &bucket.uuid) {
-                unfinished.errors.push(ReconcileError::Record(name.clone()));
-                continue;
-            }
-            match host(sides, state, bucket, me).await {
-                Ok(waiting) => unfinished.waiting |= waiting,
-                Err(error) => {
-                    unfinished.errors.push(error);
+        match role(record, bucket, hosted) {
+            Role::Host => {
+                let name = &bucket.spec.name;
+                if !hosted.record(name, &bucket.uuid) {
+                    unfinished.errors.push(ReconcileError::Record(name.clone()));
                     continue;
                 }
+                match host(sides, state, bucket, record).await {
+                    Ok(waiting) => unfinished.waiting |= waiting,
+                    Err(error) => {
+                        unfinished.errors.push(error);
+                        continue;
+                    }
+                }
             }
+            Role::Keep => {
+                if let Err(error) = keep(sides, bucket).await {
+                    unfinished.errors.push(error);
+                }
+            }
+            Role::Drop => {}
         }
         match state.bucket_config(bucket) {
             Some(config) => {
@@ -243,8 +254,7 @@ async fn reconcile(
 /// Deletes the local buckets (and data left on disk) the state does not
 /// want here, or wants with another UUID (a new bucket under an old name).
 async fn drop_unwanted(
-    me: u64,
-    membership: Membership,
+    record: &NodeRecord,
     sides: &Sides<'_>,
     state: &ClusterState,
     hosted: &mut Hosted,
@@ -256,7 +266,8 @@ async fn drop_unwanted(
     names.dedup();
     for name in names {
         let keep = state.buckets.get(&name).is_some_and(|b| {
-            hosts(membership, b, me) && hosted.uuids.get(&name).is_none_or(|u| *u == b.uuid)
+            role(record, b, hosted) != Role::Drop
+                && hosted.uuids.get(&name).is_none_or(|u| *u == b.uuid)
         });
         if keep {
             continue;
@@ -282,8 +293,9 @@ async fn host(
     sides: &Sides<'_>,
     state: &ClusterState,
     bucket: &BucketRecord,
-    me: u64,
+    record: &NodeRecord,
 ) -> Result<bool, ReconcileError> {
+    let me = record.id;
     let name = &bucket.spec.name;
     let live = sides
         .buckets
@@ -325,7 +337,13 @@ async fn host(
         index,
     );
     apply_states(sides.takeovers, &live, &plan.states).await?;
-    let waiting = drop_moved_away(sides.dead_since, &live, &plan.states).await?;
+    // A node coming back by delta recovery keeps every vbucket it holds
+    // until the rebalance is done: the batches still to come give it back
+    // the ones it had.
+    let waiting = match record.recovery {
+        Some(Recovery::Delta) => false,
+        _ => drop_moved_away(sides.dead_since, &live, &plan.states).await?,
+    };
     live.durability.set_level(bucket.spec.durability);
     live.durability.set_expects_replicas(map.num_replicas() > 0);
     for (vb, replicas) in plan.replicas {
@@ -337,6 +355,28 @@ async fn host(
         .set_streams(live.clone(), plan.sources, ack_persisted);
     start_takeovers(sides, &live, plan.takeovers);
     Ok(waiting)
+}
+
+/// A failed-over node's copy of `bucket`: opened (warmed up from disk) so
+/// its vbuckets can be set dead — it serves and streams nothing — and its
+/// data kept for a delta recovery.
+async fn keep(sides: &Sides<'_>, bucket: &BucketRecord) -> Result<(), ReconcileError> {
+    let name = &bucket.spec.name;
+    sides.replicator.stop_bucket(name);
+    let live = sides
+        .buckets
+        .create(bucket.spec.clone())
+        .await
+        .map_err(|source| ReconcileError::Create {
+            bucket: name.clone(),
+            source,
+        })?;
+    let held = live.engine.config().num_vbuckets;
+    let dead: Vec<(u16, VbucketState)> = (0..held)
+        .filter_map(|vb| u16::try_from(vb).ok())
+        .map(|vb| (vb, VbucketState::Dead))
+        .collect();
+    apply_states(sides.takeovers, &live, &dead).await
 }
 
 /// Sets every vbucket's state as planned (on a blocking thread: state
@@ -537,9 +577,32 @@ fn plan(
     plan
 }
 
-/// Whether a node with `membership` and id `me` hosts `bucket`.
-fn hosts(membership: Membership, bucket: &BucketRecord, me: u64) -> bool {
-    membership == Membership::Active && bucket.servers.contains(&me)
+/// What this node does with a bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// Serves it as the map says.
+    Host,
+    /// Keeps its data without serving it (failed over, or waiting for a
+    /// delta recovery).
+    Keep,
+    /// Holds nothing of it.
+    Drop,
+}
+
+/// The role of node `record` for `bucket`. A failed-over node keeps only
+/// data it already holds for this very bucket (not one created since under
+/// the same name).
+fn role(record: &NodeRecord, bucket: &BucketRecord, hosted: &Hosted) -> Role {
+    let held = hosted.uuids.get(&bucket.spec.name) == Some(&bucket.uuid);
+    match (record.membership, record.recovery) {
+        (Membership::Active, _) if bucket.servers.contains(&record.id) => Role::Host,
+        (Membership::InactiveFailed, _) | (Membership::InactiveAdded, Some(Recovery::Delta))
+            if held && bucket.spec.kind == BucketKind::Membase =>
+        {
+            Role::Keep
+        }
+        _ => Role::Drop,
+    }
 }
 
 /// Drops every bucket here: this node is not a member of the cluster.

@@ -54,7 +54,43 @@ pub struct NodeRecord {
     pub tls_admin_port: Option<u16>,
     /// Active, added or failed.
     pub membership: Membership,
+    /// How a failed-over node comes back, once an admin chose
+    /// (`setRecoveryType`); cleared when the rebalance that takes it back
+    /// in finishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<Recovery>,
+    /// The RAM this node may use, MiB (what the memory quota is checked
+    /// against); unknown for nodes recorded before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
 }
+
+/// How a failed-over node is taken back (Couchbase's `recoveryType`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Recovery {
+    /// Keeps its data; the rebalance gives it back the vbuckets it held
+    /// and streams only what it missed.
+    Delta,
+    /// Empties it first; the rebalance fills it like a new node.
+    Full,
+}
+
+impl Recovery {
+    /// Couchbase's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Recovery::Delta => "delta",
+            Recovery::Full => "full",
+        }
+    }
+}
+
+/// The share of a node's RAM the cluster's memory quota may take.
+pub const MAX_QUOTA_PERCENT_OF_RAM: u64 = 80;
+
+/// The smallest cluster memory quota accepted, MiB.
+pub const MIN_MEMORY_QUOTA_MB: u64 = 256;
 
 impl NodeRecord {
     /// Couchbase's node name, `ns_<id>@<host>`, which `ejectNode` takes.
@@ -165,6 +201,18 @@ pub enum Command {
     },
     /// Automatic failover is switched on or off, or its timeout changes.
     SetAutoFailover(AutoFailover),
+    /// An admin chose how failed-over node `id` comes back (it becomes
+    /// `inactiveAdded`, waiting for a rebalance), or (`None`) the
+    /// rebalance that took it back finished.
+    SetRecovery {
+        /// The node.
+        id: NodeId,
+        /// Delta or full; `None` clears it.
+        recovery: Option<Recovery>,
+    },
+    /// The cluster's memory quota per node, MiB: what the buckets' RAM
+    /// quotas together may take on each node.
+    SetMemoryQuota(u64),
     /// A bucket's map changes (rebalance).
     SetBucketMap {
         /// Bucket name.
@@ -266,6 +314,10 @@ pub struct ClusterState {
     /// The admin users, by name (their passwords hashed).
     #[serde(default)]
     pub users: BTreeMap<String, UserRecord>,
+    /// The memory quota per node, MiB (unset only in clusters formed
+    /// before it existed: nothing is checked against it then).
+    #[serde(default)]
+    pub memory_quota_mb: Option<u64>,
 }
 
 impl ClusterState {
@@ -283,6 +335,8 @@ impl ClusterState {
             },
             Command::FailOver { id, maps } => self.fail_over(index, id, maps),
             Command::SetAutoFailover(settings) => self.set_auto_failover(settings),
+            Command::SetRecovery { id, recovery } => self.set_recovery(id, recovery),
+            Command::SetMemoryQuota(quota) => self.set_memory_quota(quota),
             Command::SetBucketMap {
                 name,
                 servers,
@@ -370,6 +424,9 @@ impl ClusterState {
                 other.otp_node()
             )));
         }
+        if let (Some(quota), Some(memory)) = (self.memory_quota_mb, node.memory_mb) {
+            check_quota_fits(quota, &node, memory)?;
+        }
         let became_active = node.membership == Membership::Active;
         self.nodes.insert(node.id, node);
         if became_active {
@@ -428,6 +485,18 @@ impl ClusterState {
                 bucket.spec.name
             )));
         }
+        if let Some(quota) = self.memory_quota_mb {
+            let taken = self.buckets_quota_mb();
+            let wanted = bucket.spec.ram_quota_mb;
+            if taken.saturating_add(wanted) > quota {
+                return Err(Rejection::Invalid(format!(
+                    "ramQuotaMB {wanted} MB is more than the cluster's memory quota has left: \
+                     {quota} MB per node, {taken} MB of it taken by the other buckets, \
+                     {} MB free",
+                    quota.saturating_sub(taken)
+                )));
+            }
+        }
         bucket.rev = index;
         if bucket.spec.kind == BucketKind::Memcached {
             bucket.servers = self.active_nodes();
@@ -475,6 +544,7 @@ impl ClusterState {
         self.buckets = next;
         if let Some(node) = self.nodes.get_mut(&id) {
             node.membership = Membership::InactiveFailed;
+            node.recovery = None;
         }
         self.refresh_memcached_buckets(index);
         Ok(())
@@ -488,6 +558,57 @@ impl ClusterState {
         }
         self.auto_failover = settings;
         Ok(())
+    }
+
+    fn set_recovery(&mut self, id: NodeId, recovery: Option<Recovery>) -> Result<(), Rejection> {
+        let node = self.nodes.get_mut(&id).ok_or_else(|| no_node(id))?;
+        let Some(kind) = recovery else {
+            node.recovery = None;
+            return Ok(());
+        };
+        // A node whose recovery was chosen may have it changed until the
+        // rebalance takes it in.
+        let waiting = node.membership == Membership::InactiveAdded && node.recovery.is_some();
+        if node.membership != Membership::InactiveFailed && !waiting {
+            return Err(Rejection::Conflict(format!(
+                "{} is not failed over: only a failed-over node can be recovered",
+                node.otp_node()
+            )));
+        }
+        node.membership = Membership::InactiveAdded;
+        node.recovery = Some(kind);
+        Ok(())
+    }
+
+    fn set_memory_quota(&mut self, quota: u64) -> Result<(), Rejection> {
+        if quota < MIN_MEMORY_QUOTA_MB {
+            return Err(Rejection::Invalid(format!(
+                "memoryQuota {quota} MB is less than the smallest accepted, \
+                 {MIN_MEMORY_QUOTA_MB} MB"
+            )));
+        }
+        let taken = self.buckets_quota_mb();
+        if quota < taken {
+            return Err(Rejection::Invalid(format!(
+                "memoryQuota {quota} MB is less than the buckets' RAM quotas take together: \
+                 {taken} MB"
+            )));
+        }
+        for node in self.nodes.values() {
+            if let Some(memory) = node.memory_mb {
+                check_quota_fits(quota, node, memory)?;
+            }
+        }
+        self.memory_quota_mb = Some(quota);
+        Ok(())
+    }
+
+    /// What every bucket's RAM quota adds up to, MiB per node.
+    pub fn buckets_quota_mb(&self) -> u64 {
+        self.buckets
+            .values()
+            .map(|b| b.spec.ram_quota_mb)
+            .fold(0, u64::saturating_add)
     }
 
     fn set_bucket_map(
@@ -634,6 +755,25 @@ fn check_user_name(name: &str) -> Result<(), Rejection> {
     }
 }
 
+/// Refuses a memory quota over [`MAX_QUOTA_PERCENT_OF_RAM`] of `node`'s
+/// `memory` (MiB), naming the numbers.
+fn check_quota_fits(quota: u64, node: &NodeRecord, memory: u64) -> Result<(), Rejection> {
+    let most = max_quota_for(memory);
+    if quota > most {
+        return Err(Rejection::Invalid(format!(
+            "memory quota {quota} MB is more than {MAX_QUOTA_PERCENT_OF_RAM}% of the RAM of \
+             {} ({memory} MB): at most {most} MB",
+            node.otp_node()
+        )));
+    }
+    Ok(())
+}
+
+/// The largest memory quota a node with `memory` MiB of RAM takes.
+pub fn max_quota_for(memory: u64) -> u64 {
+    memory.saturating_mul(MAX_QUOTA_PERCENT_OF_RAM) / 100
+}
+
 fn no_node(id: NodeId) -> Rejection {
     Rejection::NotFound(format!("no node with id {id}"))
 }
@@ -680,6 +820,8 @@ mod tests {
             tls_data_port: None,
             tls_admin_port: None,
             membership,
+            recovery: None,
+            memory_mb: Some(4096),
         }
     }
 
@@ -805,6 +947,96 @@ mod tests {
         assert!(after
             .chains()
             .all(|(_, c)| c[0].is_some() && !c.contains(&Some(1))));
+    }
+
+    #[test]
+    fn only_a_failed_over_node_is_recovered_and_its_choice_can_change() {
+        let mut s = ClusterState::default();
+        for id in 1..=2 {
+            s.apply(id, Command::AddNode(node(id, Membership::Active)))
+                .unwrap();
+        }
+        let recover = |id, r| Command::SetRecovery {
+            id,
+            recovery: Some(r),
+        };
+        assert!(matches!(
+            s.apply(3, recover(2, Recovery::Delta)),
+            Err(Rejection::Conflict(_))
+        ));
+        s.apply(
+            4,
+            Command::SetMembership {
+                id: 2,
+                membership: Membership::InactiveFailed,
+            },
+        )
+        .unwrap();
+        s.apply(5, recover(2, Recovery::Delta)).unwrap();
+        assert_eq!(s.nodes[&2].membership, Membership::InactiveAdded);
+        assert_eq!(s.nodes[&2].recovery, Some(Recovery::Delta));
+        s.apply(6, recover(2, Recovery::Full)).unwrap();
+        assert_eq!(s.nodes[&2].recovery, Some(Recovery::Full));
+        s.apply(
+            7,
+            Command::SetRecovery {
+                id: 2,
+                recovery: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.nodes[&2].recovery, None);
+        assert!(
+            matches!(
+                s.apply(8, recover(2, Recovery::Full)),
+                Err(Rejection::Conflict(_))
+            ),
+            "an added node without a recovery choice is not failed over"
+        );
+        assert!(matches!(
+            s.apply(9, recover(7, Recovery::Full)),
+            Err(Rejection::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn the_memory_quota_bounds_buckets_and_nodes_and_names_the_numbers() {
+        let mut s = ClusterState::default();
+        s.apply(1, Command::AddNode(node(1, Membership::Active)))
+            .unwrap();
+        // Node 1 has 4096 MB: at most 3276 MB.
+        let err = s.apply(2, Command::SetMemoryQuota(4000)).unwrap_err();
+        assert!(
+            err.to_string().contains("4000 MB") && err.to_string().contains("3276 MB"),
+            "{err}"
+        );
+        assert!(
+            s.apply(2, Command::SetMemoryQuota(100)).is_err(),
+            "below the minimum"
+        );
+        s.apply(3, Command::SetMemoryQuota(1000)).unwrap();
+        let mut big = membase("a", vec![1], 0);
+        big.spec.ram_quota_mb = 900;
+        s.apply(4, Command::CreateBucket(big)).unwrap();
+        let mut more = membase("b", vec![1], 0);
+        more.spec.ram_quota_mb = 200;
+        let err = s.apply(5, Command::CreateBucket(more)).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("200 MB") && text.contains("1000 MB") && text.contains("100 MB free"),
+            "{text}"
+        );
+        let err = s.apply(6, Command::SetMemoryQuota(800)).unwrap_err();
+        assert!(err.to_string().contains("900 MB"), "{err}");
+        // A node with too little RAM for the quota cannot join.
+        let mut small = node(2, Membership::InactiveAdded);
+        small.memory_mb = Some(1024);
+        let err = s.apply(7, Command::AddNode(small)).unwrap_err();
+        assert!(
+            err.to_string().contains("1024 MB") && err.to_string().contains("819 MB"),
+            "{err}"
+        );
+        assert!(!s.nodes.contains_key(&2));
     }
 
     #[test]

@@ -98,6 +98,15 @@ fn general(ctx: &LiveBucket, emit: &mut impl FnMut(&str, &str)) {
         "tls_handshake_failures",
         &load(&ctx.stats.tls_handshake_failures),
     );
+    emit(
+        "replica_items_received",
+        &load(&ctx.stats.replica_items_received),
+    );
+    emit(
+        "replica_bytes_received",
+        &load(&ctx.stats.replica_bytes_received),
+    );
+    emit("replica_rollbacks", &load(&ctx.stats.replica_rollbacks));
     emit("bytes_read", &load(&ctx.stats.bytes_read));
     emit("bytes_written", &load(&ctx.stats.bytes_written));
     // `ep_bg_fetched` comes with the engine's stats below (values put back

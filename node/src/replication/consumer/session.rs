@@ -218,6 +218,7 @@ impl<'a> Session<'a> {
                     Ok(n) => {
                         self.last_recv = Instant::now();
                         link.counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        link.ctx.stats.replica_bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                     }
                     Err(e) => return Err(e.into()),
                 },
@@ -397,6 +398,10 @@ impl<'a> Session<'a> {
         };
         let link = self.link;
         link.counters.rollbacks.fetch_add(1, Ordering::Relaxed);
+        link.ctx
+            .stats
+            .replica_rollbacks
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!(bucket = %link.ctx.name, source = %link.source, vb, seqno, "replica diverged from its active; rolling back to 0");
         match link.ctx.rollback_vbucket(vb).await {
             Ok(()) => {
@@ -475,6 +480,10 @@ impl<'a> Session<'a> {
         match link.ctx.engine.apply_replicated(vb, m) {
             Ok(()) => {
                 link.counters.messages.fetch_add(1, Ordering::Relaxed);
+                link.ctx
+                    .stats
+                    .replica_items_received
+                    .fetch_add(1, Ordering::Relaxed);
                 self.acks.applied(vb);
                 self.applied = true;
             }
@@ -519,7 +528,7 @@ impl<'a> Session<'a> {
                 self.retry(vb, STREAM_RETRY);
                 continue;
             };
-            let uuid = bucket.failover_log(vb).first().map_or(0, |&(uuid, _)| uuid);
+            let uuid = branch_holding(&bucket.failover_log(vb), start);
             self.request(wbuf, vb, start, uuid);
         }
     }
@@ -719,5 +728,34 @@ async fn call(
         if stream.read_buf(rbuf).await? == 0 {
             return Err(SessionError::Closed);
         }
+    }
+}
+
+/// The UUID of the branch of failover `log` (newest first) that holds a
+/// copy at `high_seqno`: the newest entry that starts below it. A branch
+/// starting at the high seqno itself holds nothing yet — a vbucket that
+/// turned active at a restart and took no write since — and naming it
+/// would make the active roll back a copy that is a prefix of its own
+/// history (a failed-over node coming back by delta recovery).
+fn branch_holding(log: &[(u64, u64)], high_seqno: u64) -> u64 {
+    log.iter()
+        .find(|&&(_, start)| start < high_seqno)
+        .or(log.first())
+        .map_or(0, |&(uuid, _)| uuid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::branch_holding;
+
+    #[test]
+    fn a_branch_that_starts_at_the_high_seqno_is_skipped() {
+        // Restarted active at 500 (branch 3), nothing written since.
+        let log = [(3, 500), (2, 100), (1, 0)];
+        assert_eq!(branch_holding(&log, 500), 2);
+        assert_eq!(branch_holding(&log, 501), 3);
+        assert_eq!(branch_holding(&log, 100), 1);
+        assert_eq!(branch_holding(&log, 0), 3, "empty: the newest branch");
+        assert_eq!(branch_holding(&[], 40), 0);
     }
 }
