@@ -88,8 +88,10 @@ enum CtlCommand {
     },
     /// Add a node to the cluster by its REST address.
     AddNode {
-        /// The new node's REST address, HOST:PORT.
-        #[arg(value_parser = parse_host_port)]
+        /// The new node's REST address: HOST:PORT, http://HOST:PORT, or
+        /// https://HOST:PORT (its HTTPS port, in a cluster with TLS
+        /// between nodes).
+        #[arg(value_parser = parse_node_address)]
         hostname: String,
     },
     /// Remove a node from the cluster.
@@ -102,8 +104,25 @@ enum CtlCommand {
         /// The node's otpNode (ns_3@127.0.0.1) or its REST HOST:PORT.
         node: String,
         /// Go ahead even when some vbuckets would lose their last copy.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "graceful")]
         allow_unsafe: bool,
+        /// Hand the node's active vbuckets to their replicas first (no
+        /// error, nothing lost: for maintenance); waits until it is done.
+        #[arg(long)]
+        graceful: bool,
+    },
+    /// Choose how a failed-over node comes back at the next rebalance:
+    /// --delta keeps its data and streams only what it missed, --full
+    /// empties it first.
+    Recover {
+        /// The node's otpNode (ns_3@127.0.0.1) or its REST HOST:PORT.
+        node: String,
+        /// Keep its data.
+        #[arg(long, conflicts_with = "full", required_unless_present = "full")]
+        delta: bool,
+        /// Empty it first.
+        #[arg(long)]
+        full: bool,
     },
     /// List, create, change or delete admin users.
     User {
@@ -269,10 +288,22 @@ fn parse_cluster_url(text: &str) -> Result<Url, String> {
 }
 
 /// An `add-node` address: `host:port`, sent as typed.
-fn parse_host_port(text: &str) -> Result<String, String> {
-    shoal_vbmap::config::ServerAddr::parse(text)
-        .map(|_| text.to_owned())
-        .map_err(|e| format!("{text:?}: {e} (expected HOST:PORT of the node's REST API)"))
+/// A node's REST address as `add-node` takes it: `HOST:PORT`, or the same
+/// after `http://` (dropped) or `https://` (kept: the cluster then reaches
+/// the node over HTTPS).
+fn parse_node_address(text: &str) -> Result<String, String> {
+    let trimmed = text.trim_end_matches('/');
+    let (scheme, rest) = match trimmed.strip_prefix("https://") {
+        Some(rest) => ("https://", rest),
+        None => ("", trimmed.strip_prefix("http://").unwrap_or(trimmed)),
+    };
+    shoal_vbmap::config::ServerAddr::parse(rest)
+        .map(|_| format!("{scheme}{rest}"))
+        .map_err(|e| {
+            format!(
+                "{text:?}: {e} (expected HOST:PORT or http(s)://HOST:PORT of the node's REST API)"
+            )
+        })
 }
 
 /// Runs `shoal ctl` and reports the outcome (the binary's whole exit path
@@ -387,7 +418,40 @@ async fn run(args: &CtlArgs) -> Result<String, CtlError> {
                 false => format!("ejected {node}\n"),
             })
         }
-        CtlCommand::Failover { node, allow_unsafe } => {
+        CtlCommand::Failover {
+            node,
+            graceful: true,
+            ..
+        } => {
+            let form = [("otpNode", node.clone())];
+            cluster
+                .post_form(&["controller", "startGracefulFailover"], &form)
+                .await?;
+            let done = wait_rebalance_like(&cluster, "graceful failover", args.json).await?;
+            Ok(match args.json {
+                true => done,
+                false => format!("{done}failed over {node} gracefully\n"),
+            })
+        }
+        CtlCommand::Recover { node, delta, .. } => {
+            let kind = if *delta { "delta" } else { "full" };
+            let form = [
+                ("otpNode", node.clone()),
+                ("recoveryType", kind.to_string()),
+            ];
+            let reply = cluster
+                .post_form(&["controller", "setRecoveryType"], &form)
+                .await?;
+            Ok(match args.json {
+                true => pretty_body(&reply),
+                false => format!(
+                    "{node} will come back by {kind} recovery; run `shoal ctl rebalance` to take it in\n"
+                ),
+            })
+        }
+        CtlCommand::Failover {
+            node, allow_unsafe, ..
+        } => {
             let form = [
                 ("otpNode", node.clone()),
                 ("allowUnsafe", allow_unsafe.to_string()),
@@ -524,6 +588,16 @@ async fn rebalance(
             false => "rebalance started\n".to_string(),
         });
     }
+    wait_rebalance_like(cluster, "rebalance", json).await
+}
+
+/// Waits for the running rebalance (or graceful failover, which reports
+/// through the same progress) to end; an error message is an error.
+async fn wait_rebalance_like(
+    cluster: &Cluster,
+    what: &str,
+    json: bool,
+) -> Result<String, CtlError> {
     loop {
         tokio::time::sleep(REBALANCE_POLL).await;
         let progress = cluster
@@ -534,7 +608,7 @@ async fn rebalance(
             continue;
         }
         if let Some(message) = progress.get("errorMessage").and_then(Value::as_str) {
-            return Err(CtlError::Failed(format!("rebalance failed: {message}")));
+            return Err(CtlError::Failed(format!("{what} failed: {message}")));
         }
         let secs = progress
             .get("lastDurationSeconds")
@@ -542,7 +616,7 @@ async fn rebalance(
             .unwrap_or(0.0);
         return Ok(match json {
             true => pretty(&progress),
-            false => format!("rebalance done in {secs:.1} s\n"),
+            false => format!("{what} done in {secs:.1} s\n"),
         });
     }
 }
@@ -790,8 +864,51 @@ mod tests {
         let args = parse(&["failover", "ns_3@127.0.0.1", "--allow-unsafe"]).unwrap();
         assert!(matches!(
             args.command,
-            CtlCommand::Failover { node, allow_unsafe: true } if node == "ns_3@127.0.0.1"
+            CtlCommand::Failover { node, allow_unsafe: true, graceful: false } if node == "ns_3@127.0.0.1"
         ));
+        let args = parse(&["failover", "--graceful", "127.0.0.1:12005"]).unwrap();
+        assert!(matches!(
+            args.command,
+            CtlCommand::Failover { graceful: true, .. }
+        ));
+        assert!(parse(&["failover", "--graceful", "--allow-unsafe", "n"]).is_err());
+        for (url, want) in [
+            ("http://127.0.0.1:12007", "127.0.0.1:12007"),
+            ("http://127.0.0.1:12007/", "127.0.0.1:12007"),
+            ("https://node4.example:18091", "https://node4.example:18091"),
+            ("node4.example:8091", "node4.example:8091"),
+        ] {
+            let args = parse(&["add-node", url]).unwrap();
+            assert!(
+                matches!(&args.command, CtlCommand::AddNode { hostname } if hostname == want),
+                "{url}: {:?}",
+                args.command
+            );
+        }
+        assert!(parse(&["add-node", "ftp://x:1"]).is_err());
+        let args = parse(&["recover", "ns_3@127.0.0.1", "--delta"]).unwrap();
+        assert!(matches!(
+            args.command,
+            CtlCommand::Recover {
+                delta: true,
+                full: false,
+                ..
+            }
+        ));
+        let args = parse(&["recover", "ns_3@127.0.0.1", "--full"]).unwrap();
+        assert!(matches!(
+            args.command,
+            CtlCommand::Recover {
+                delta: false,
+                full: true,
+                ..
+            }
+        ));
+        assert!(
+            parse(&["recover", "ns_3@127.0.0.1"]).is_err(),
+            "delta or full is required"
+        );
+        assert!(parse(&["recover", "n", "--delta", "--full"]).is_err());
     }
 
     #[test]

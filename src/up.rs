@@ -2,10 +2,13 @@
 //! loopback, each with its own data directory under `--dir`, formed into
 //! one cluster (the first node starts it, the others join), the bucket
 //! `default` created through the cluster's REST API (its map planned by the
-//! Raft leader), and a proxy on `--port` that any memcached client can use.
-//! Stays in the foreground; Ctrl-C or SIGTERM stops every child cleanly
-//! (nodes flush to disk). Running it again with the same `--dir` reuses the
-//! cluster and its data (the nodes keep their metadata and warm up).
+//! Raft leader), auto-failover switched on, and a proxy on `--port` that
+//! any memcached client can use. Stays in the foreground; Ctrl-C or
+//! SIGTERM stops every child cleanly (nodes flush to disk). A child that
+//! dies is restarted (`supervise`): the proxy at once, a node once the
+//! cluster has failed it over, so it waits with its data to be recovered.
+//! Running it again with the same `--dir` reuses the cluster and its data
+//! (the nodes keep their metadata and warm up).
 //!
 //! The cluster's first admin user is `--username`/`--password` (or their
 //! environment and file forms); without them `up` makes a random password
@@ -27,6 +30,8 @@ use shoal_node::config::Credentials;
 use shoal_vbmap::config::{BucketConfig, NodeAddress};
 
 use crate::credentials::{self, CredentialArgs, DEFAULT_USER};
+
+mod supervise;
 
 /// `shoal up` flags.
 #[derive(Debug, Args)]
@@ -53,6 +58,11 @@ pub struct UpArgs {
     /// RAM quota of bucket `default` per node, MiB.
     #[arg(long, default_value_t = 256)]
     ram_quota_mb: usize,
+    /// Seconds a node must be unresponsive before the cluster fails it
+    /// over by itself (set when the cluster is formed; 0 leaves
+    /// auto-failover off).
+    #[arg(long, default_value_t = 2)]
+    auto_failover_s: u32,
     /// Also serve TLS: a local CA and a certificate for 127.0.0.1 and
     /// localhost are made under `<dir>/tls` (kept for later runs), the
     /// proxy gets a TLS port and every node a TLS data port and an HTTPS
@@ -85,10 +95,24 @@ const PASSWORD_LEN: usize = 20;
 /// How long forming the cluster and creating the bucket may take.
 const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A child process and what it is.
+/// A child process, what it is and how to start it again.
 struct Running {
     name: String,
     child: Child,
+    spawn: Spawn,
+    /// A node's admin port (`None`: the proxy).
+    node_admin_port: Option<u16>,
+}
+
+/// How a child is started: the command line and environment, and the log
+/// its stderr goes to.
+struct Spawn {
+    exe: PathBuf,
+    args: Vec<String>,
+    /// The `SHOAL_*` variables it sees (credentials: never on a command
+    /// line).
+    env: Vec<(String, String)>,
+    log: PathBuf,
 }
 
 impl Drop for Running {
@@ -138,7 +162,13 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         print_tls_endpoints(&args, tls);
     }
     println!("ready");
-    let outcome = runtime.block_on(wait_for_signal_or_exit(&mut children));
+    let watch = supervise::Watch {
+        client,
+        admin,
+        admin_ports: servers.iter().map(|s| s.admin_port).collect(),
+        auto_failover_s: args.auto_failover_s,
+    };
+    let outcome = runtime.block_on(supervise::supervise(&mut children, &watch));
     stop_all(&mut children);
     outcome
 }
@@ -232,11 +262,12 @@ fn start_nodes(
             ("SHOAL_USERNAME", admin.username.as_str()),
             ("SHOAL_PASSWORD", admin.password.as_str()),
         ];
-        let log = args.dir.join(format!("node-{i}.log"));
-        let child = spawn(exe, &log, &node_args, &env)?;
+        let spawn = Spawn::new(exe, args.dir.join(format!("node-{i}.log")), node_args, &env);
         children.push(Running {
             name: format!("node-{i}"),
-            child,
+            child: spawn.start(false)?,
+            spawn,
+            node_admin_port: Some(admin_port),
         });
         servers.push(NodeAddress::new("127.0.0.1", data_port, admin_port));
     }
@@ -284,10 +315,12 @@ fn start_proxy(
         proxy_args.extend(["--tls-port".into(), args.tls_port.to_string()]);
         proxy_args.extend(["--cluster-tls".into(), tls.ca.display().to_string()]);
     }
-    let child = spawn(exe, &args.dir.join("proxy.log"), &proxy_args, &[])?;
+    let spawn = Spawn::new(exe, args.dir.join("proxy.log"), proxy_args, &[]);
     let mut proxy = Running {
         name: "proxy".into(),
-        child,
+        child: spawn.start(false)?,
+        spawn,
+        node_admin_port: None,
     };
     expect_ready_line(&mut proxy)?;
     Ok(proxy)
@@ -342,22 +375,41 @@ fn print_tls_endpoints(args: &UpArgs, tls: &LocalCa) {
     );
 }
 
-/// Starts `exe` with `args`, its stderr into `log`; `env` is all of the
-/// `SHOAL_*` credentials it sees (none of ours leak to a child that needs
-/// none).
-fn spawn(exe: &Path, log: &Path, args: &[String], env: &[(&str, &str)]) -> anyhow::Result<Child> {
-    let log_file =
-        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    Command::new(exe)
-        .args(args)
-        .env_remove("SHOAL_USERNAME")
-        .env_remove("SHOAL_PASSWORD")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log_file)
-        .spawn()
-        .with_context(|| format!("starting {} {}", exe.display(), args.join(" ")))
+impl Spawn {
+    fn new(exe: &Path, log: PathBuf, args: Vec<String>, env: &[(&str, &str)]) -> Spawn {
+        Spawn {
+            exe: exe.to_path_buf(),
+            args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            log,
+        }
+    }
+
+    /// Starts the child, its stderr into the log (a restart appends to
+    /// it); its environment has only our `SHOAL_*` variables that it
+    /// needs (none of ours leak to a child that needs none).
+    fn start(&self, append: bool) -> anyhow::Result<Child> {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&self.log)
+            .with_context(|| format!("creating {}", self.log.display()))?;
+        Command::new(&self.exe)
+            .args(&self.args)
+            .env_remove("SHOAL_USERNAME")
+            .env_remove("SHOAL_PASSWORD")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {} {}", self.exe.display(), self.args.join(" ")))
+    }
 }
 
 /// Waits for the child's `data …` line: its ports are bound.
@@ -434,7 +486,12 @@ async fn form_cluster(
             .send()
             .await?;
         let status = response.status();
-        if status.is_success() || status == reqwest::StatusCode::CONFLICT {
+        if status.is_success() {
+            // A new cluster: a node that dies is failed over by itself.
+            enable_auto_failover(client, &first, admin, args, deadline).await?;
+            continue;
+        }
+        if status == reqwest::StatusCode::CONFLICT {
             continue;
         }
         let text = response.text().await.unwrap_or_default();
@@ -485,6 +542,42 @@ async fn form_cluster(
     Ok(())
 }
 
+/// Switches auto-failover on with `--auto-failover-s` (with two nodes or
+/// more, and a replica to promote), retrying while the cluster has no
+/// leader.
+async fn enable_auto_failover(
+    client: &reqwest::Client,
+    first: &str,
+    admin: &Credentials,
+    args: &UpArgs,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    if args.auto_failover_s == 0 || args.nodes < 2 || args.replicas == 0 {
+        return Ok(());
+    }
+    let form = [
+        ("enabled", "true".to_string()),
+        ("timeout", args.auto_failover_s.to_string()),
+    ];
+    loop {
+        let response = client
+            .post(format!("{first}/settings/autoFailover"))
+            .basic_auth(&admin.username, Some(&admin.password))
+            .form(&form)
+            .send()
+            .await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = response.text().await.unwrap_or_default();
+        if status.is_client_error() || Instant::now() > deadline {
+            bail!("switching auto-failover on failed: HTTP {status}: {text}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Whether the node on `data_port` serves bucket `default` with warmup
 /// complete (`stats warmup` on a fresh connection, which starts on
 /// `default`).
@@ -525,26 +618,6 @@ async fn wait_healthy(client: &reqwest::Client, admin_port: u16) -> anyhow::Resu
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("the proxy did not load the map within 30 s")
-}
-
-/// Waits for Ctrl-C / SIGTERM, or for a child to exit on its own.
-async fn wait_for_signal_or_exit(children: &mut [Running]) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            r = tokio::signal::ctrl_c() => return r.map_err(Into::into),
-            _ = tick.tick() => {
-                for c in children.iter_mut() {
-                    if let Ok(Some(status)) = c.child.try_wait() {
-                        bail!("{} exited unexpectedly ({status}); stopping the cluster", c.name);
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// SIGTERM to the proxy first, then the nodes; waits for each.
