@@ -50,6 +50,7 @@ from harness.wire import (
     STATUS_KEY_NOT_FOUND,
     STATUS_NOT_MY_VBUCKET,
     STATUS_OK,
+    VB_DEAD,
     BinaryConn,
     addr_of,
     direct_get,
@@ -812,6 +813,21 @@ def test_proxy_follows_the_config_through_a_surviving_node(harness):
 # === failover ===
 
 
+
+def serves_nothing(node, bucket):
+    """Whether `node` holds `bucket` with every vbucket dead (a failed-over
+    node keeps the data for a delta recovery) or not at all, and a client's
+    GET there is refused."""
+    r = node.get(f"/internal/vbuckets/{bucket}", auth=node.cluster_credentials())
+    if r.status == 404:
+        return True
+    assert r.status == 200, r.describe()
+    if any(state != VB_DEAD for _, state, _ in r.json()):
+        return False
+    with BinaryConn(node.addr, bucket=bucket) as conn:
+        return conn.call(OP_GET, key=b"any", vbucket=0).status == STATUS_NOT_MY_VBUCKET
+
+
 def test_failover_promotes_replicas_and_drops_the_failed_node(harness):
     """A manual failover takes the node out of every chain in one map change
     (rev bumps, every vbucket keeps an active), marks it inactiveFailed, the
@@ -868,12 +884,9 @@ def test_failover_promotes_replicas_and_drops_the_failed_node(harness):
         (node,) = [n for n in view["nodes"] if n["otpNode"] == victim.otp_node]
         assert node["clusterMembership"] == "inactiveFailed", summarize(view)
 
-    # The failed node drops the bucket: it no longer serves stale vbuckets.
-    def gone_from_victim():
-        with BinaryConn(victim.addr) as conn:
-            return select_bucket(conn, "fo").status != STATUS_OK
-
-    poll(gone_from_victim, CONVERGE_DEADLINE_S, "the failed node to drop bucket fo")
+    # The failed node serves none of its stale vbuckets (it keeps their
+    # data, dead, for a delta recovery).
+    poll(lambda: serves_nothing(victim, "fo"), CONVERGE_DEADLINE_S, "every vbucket of fo dead on the failed node")
     r = victim.post("/controller/failOver", {"otpNode": victim.otp_node})
     assert r.status == 409, f"a second failover of one node: {r.describe()}"
 
@@ -886,8 +899,9 @@ def test_failover_promotes_replicas_and_drops_the_failed_node(harness):
 
 def test_auto_failover_of_a_hung_node_and_no_stale_data_after_it_resumes(harness):
     """Auto-failover on (2 s): a node stopped with SIGSTOP is failed over by
-    the leader; after SIGCONT it has dropped the bucket, so clients never
-    read its stale vbuckets. The settings are validated and readable."""
+    the leader; after SIGCONT every vbucket of the bucket is dead there, so
+    clients never read its stale vbuckets. The settings are validated and
+    readable."""
     cluster = harness.cluster(3, prefix="autofo")
     leader = cluster.leader()
     follower = cluster.followers()[0]
@@ -922,11 +936,7 @@ def test_auto_failover_of_a_hung_node_and_no_stale_data_after_it_resumes(harness
     finally:
         os.kill(victim.proc.pid, signal.SIGCONT)
 
-    def dropped():
-        with BinaryConn(victim.addr) as conn:
-            return select_bucket(conn, "afo").status != STATUS_OK
-
-    poll(dropped, CONVERGE_DEADLINE_S, "the resumed node to drop its stale bucket")
+    poll(lambda: serves_nothing(victim, "afo"), CONVERGE_DEADLINE_S, "every vbucket dead on the resumed node")
     view = cluster.views(survivors)[survivors[0].name]
     (node,) = [n for n in view["nodes"] if n["otpNode"] == victim.otp_node]
     assert node["clusterMembership"] == "inactiveFailed", summarize(view)
