@@ -87,7 +87,7 @@ impl Bucket {
         req: &ArithRequest,
         now: u32,
     ) -> Result<ArithOutcome, EngineError> {
-        let vbucket = self.admit(vb, VbucketState::Active)?;
+        let vbucket = self.admit_write(vb)?;
         let result = self.with_memory(|| {
             let mut inner = self.lock_in(vbucket, VbucketState::Active)?;
             self.arith_locked(vb, &mut inner, req, now)

@@ -21,7 +21,7 @@ impl Bucket {
         cas: u64,
         now: u32,
     ) -> Result<Mutated, EngineError> {
-        let vbucket = self.admit(vb, VbucketState::Active)?;
+        let vbucket = self.admit_write(vb)?;
         let mut inner = self.lock_in(vbucket, VbucketState::Active)?;
         let current = match self.find_live(vb, &mut inner, key, now, true) {
             Ok(item) => item.cas,

@@ -201,6 +201,11 @@ impl EngineConfig {
     }
 }
 
+/// Mutations that may wait for a failing disk before client writes are
+/// refused: enough to ride out a brief error, few enough that what was
+/// acknowledged is bounded by far less than the memory quota.
+pub const MAX_QUEUE_WHILE_DISK_FAILS: usize = 10_000;
+
 /// One bucket: the public API of the engine. All methods take `&self`;
 /// share it with an `Arc`.
 pub struct Bucket {
@@ -213,6 +218,9 @@ pub struct Bucket {
     cas: AtomicU64,
     /// Set by the server while loading from disk: requests get TempFail.
     warming_up: AtomicBool,
+    /// Set by the server while disk writes fail: past
+    /// [`MAX_QUEUE_WHILE_DISK_FAILS`] queued mutations, writes get TempFail.
+    disk_failing: AtomicBool,
     flush: FlushBarrier,
     stats: Stats,
     /// Mutations queued in all vbuckets (`ep_queue_size`).
@@ -279,6 +287,7 @@ impl Bucket {
             vbuckets,
             cas: AtomicU64::new(0),
             warming_up: AtomicBool::new(false),
+            disk_failing: AtomicBool::new(false),
             flush: FlushBarrier::default(),
             stats: Stats::default(),
             queued: AtomicUsize::new(0),
@@ -325,6 +334,26 @@ impl Bucket {
                 Err(EngineError::NotMyVbucket)
             }
         }
+    }
+
+    /// [`admit`](Self::admit) for a client write to an active vbucket, which
+    /// is refused (TempFail) while the disk fails and more than
+    /// [`MAX_QUEUE_WHILE_DISK_FAILS`] mutations wait for it: what a client
+    /// is told was stored must be on its way to disk, not held in memory
+    /// until memory runs out.
+    fn admit_write(&self, vb: VbucketId) -> Result<&VBucket, EngineError> {
+        if self.disk_failing.load(Ordering::Relaxed)
+            && self.queued.load(Ordering::Relaxed) > MAX_QUEUE_WHILE_DISK_FAILS
+        {
+            self.stats.ep_disk_queue_refusals.incr();
+            return Err(EngineError::TempFail);
+        }
+        self.admit(vb, VbucketState::Active)
+    }
+
+    /// Whether disk writes are failing (see [`admit_write`](Self::admit_write)).
+    pub fn set_disk_failing(&self, failing: bool) {
+        self.disk_failing.store(failing, Ordering::Relaxed);
     }
 
     /// Locks an admitted vbucket and checks its state again: states change

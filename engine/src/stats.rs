@@ -105,6 +105,9 @@ counters! {
     ep_tmp_oom_errors,
     /// Requests answered NOT_MY_VBUCKET (Couchbase).
     ep_num_not_my_vbuckets,
+    /// Writes refused with a temporary failure because the disk is failing
+    /// and the disk queue is past its bound.
+    ep_disk_queue_refusals,
     /// Mutations ever queued for persistence (Couchbase).
     ep_total_enqueued,
 }

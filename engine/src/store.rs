@@ -71,7 +71,7 @@ impl Bucket {
         req: &StoreRequest,
         now: u32,
     ) -> Result<Mutated, EngineError> {
-        let vbucket = self.admit(vb, VbucketState::Active)?;
+        let vbucket = self.admit_write(vb)?;
         if req.value.len() > self.config.max_value_len {
             // memcached refuses it before reading the value, uncounted.
             return Err(EngineError::TooLarge);

@@ -20,7 +20,7 @@ impl Bucket {
         exptime: u32,
         now: u32,
     ) -> Result<Mutated, EngineError> {
-        let vbucket = self.admit(vb, VbucketState::Active)?;
+        let vbucket = self.admit_write(vb)?;
         self.stats.cmd_touch.incr();
         let result = self.with_memory(|| {
             let mut inner = self.lock_in(vbucket, VbucketState::Active)?;
@@ -39,7 +39,7 @@ impl Bucket {
         exptime: u32,
         now: u32,
     ) -> Result<Hit, EngineError> {
-        let vbucket = self.admit(vb, VbucketState::Active)?;
+        let vbucket = self.admit_write(vb)?;
         self.stats.cmd_get.incr();
         self.stats.cmd_touch.incr();
         let result = self.with_memory(|| {

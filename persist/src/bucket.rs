@@ -153,6 +153,24 @@ impl BucketStore {
         self.inner.deleted.store(true, Ordering::Release);
     }
 
+    /// Fails with [`PersistError::DiskFull`] when the store's filesystem
+    /// has less free space than the store keeps (a failed `statvfs` lets
+    /// the write go on: the write itself then says what is wrong).
+    fn check_room(&self) -> Result<(), PersistError> {
+        let shared = &self.inner.shared;
+        let Ok(stat) = rustix::fs::statvfs(&shared.dir) else {
+            return Ok(());
+        };
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free < shared.min_free_bytes {
+            return Err(PersistError::DiskFull {
+                free,
+                kept: shared.min_free_bytes,
+            });
+        }
+        Ok(())
+    }
+
     /// Writes `mutations` as ONE atomic fjall batch, together with the new
     /// persisted seqno of every vbucket they touch, then makes it durable as
     /// the [`FsyncPolicy`](super::FsyncPolicy) says. After a crash either
@@ -170,6 +188,7 @@ impl BucketStore {
         if mutations.is_empty() {
             return Ok(());
         }
+        self.check_room()?;
         let inner = &*self.inner;
         // Index of the newest mutation of each (vbucket, key), and the
         // highest seqno per vbucket (superseded mutations count: they are

@@ -86,7 +86,7 @@ impl Default for FlusherConfig {
 }
 
 /// A snapshot of the flusher's counters, for `ep_*` stats.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlusherStats {
     /// Batches written.
     pub batches: u64,
@@ -101,6 +101,9 @@ pub struct FlusherStats {
     pub flusher_todo: u64,
     /// Failed batch writes (each retried).
     pub write_errors: u64,
+    /// Why the last attempt failed, while writes are failing (`None` once
+    /// one succeeds).
+    pub failing: Option<String>,
 }
 
 /// Why a flush did not complete.
@@ -140,6 +143,11 @@ struct Shared {
     last_batch_micros: AtomicU64,
     flusher_todo: AtomicU64,
     write_errors: AtomicU64,
+    /// Why writes are failing now; `None` while they succeed.
+    failing: Mutex<Option<String>>,
+    /// Whether `failing` is `Some`: a successful batch looks here, not
+    /// at the lock.
+    is_failing: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -172,6 +180,8 @@ impl Flusher {
                 last_batch_micros: AtomicU64::new(0),
                 flusher_todo: AtomicU64::new(0),
                 write_errors: AtomicU64::new(0),
+                failing: Mutex::new(None),
+                is_failing: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -220,6 +230,11 @@ impl Flusher {
         }
     }
 
+    /// Whether writes are failing now (cheap: one atomic load).
+    pub fn is_failing(&self) -> bool {
+        self.shared.is_failing.load(Ordering::Relaxed)
+    }
+
     /// The counters now.
     pub fn stats(&self) -> FlusherStats {
         let s = &*self.shared;
@@ -230,6 +245,11 @@ impl Flusher {
             last_batch_duration: Duration::from_micros(s.last_batch_micros.load(Ordering::Relaxed)),
             flusher_todo: s.flusher_todo.load(Ordering::Relaxed),
             write_errors: s.write_errors.load(Ordering::Relaxed),
+            failing: s
+                .failing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         }
     }
 
@@ -295,6 +315,7 @@ impl Flusher {
             match result {
                 Ok(()) => {
                     backoff = config.retry_backoff;
+                    self.set_failing(None);
                     let mut st = self.lock();
                     st.completed = st.completed.max(target);
                     if shutting_down {
@@ -307,7 +328,9 @@ impl Flusher {
                 }
                 Err(e) => {
                     self.shared.write_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %e, pending = pending.len(), "flusher write failed; will retry");
+                    if self.set_failing(Some(e.to_string())) {
+                        tracing::error!(error = %e, pending = pending.len(), "disk writes failing; retrying until they succeed");
+                    }
                     if shutting_down {
                         failed_shutdown_attempts += 1;
                         if failed_shutdown_attempts >= SHUTDOWN_ATTEMPTS {
@@ -390,6 +413,29 @@ impl Flusher {
             s.flusher_todo.store(0, Ordering::Relaxed);
             mark_persisted(&seqnos);
         }
+    }
+
+    /// Records whether writes are failing (and why); returns whether that
+    /// changed from succeeding to failing, so each outage is logged once
+    /// (and its end too).
+    fn set_failing(&self, why: Option<String>) -> bool {
+        if why.is_none() && !self.shared.is_failing.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.shared
+            .is_failing
+            .store(why.is_some(), Ordering::Relaxed);
+        let mut failing = self
+            .shared
+            .failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let began = failing.is_none() && why.is_some();
+        if failing.is_some() && why.is_none() {
+            tracing::info!("disk writes succeed again");
+        }
+        *failing = why;
+        began
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -81,6 +81,16 @@ pub enum PersistError {
         /// What was wrong.
         reason: &'static str,
     },
+    /// The data directory's filesystem has less free space than the store
+    /// keeps for the storage engine's own writes: nothing is written until
+    /// space returns.
+    #[error("disk full: {free} bytes free on the data directory's filesystem, {kept} kept free")]
+    DiskFull {
+        /// Free bytes now.
+        free: u64,
+        /// Free bytes the store keeps.
+        kept: u64,
+    },
     /// The bucket was deleted (`Store::delete_bucket`) while this handle
     /// was held.
     #[error("the bucket was deleted")]

@@ -73,6 +73,12 @@ pub struct StoreOptions {
     /// it only applies to keyspaces created after it is set; existing
     /// buckets still get sealed by `write_batch` at this size.
     pub max_memtable_bytes: u64,
+    /// Free space the data directory's filesystem must keep: a batch is
+    /// not written below it ([`PersistError::DiskFull`]; the flusher
+    /// retries). The storage engine refuses every write after one failed
+    /// for want of space, until the store is opened again, so writing
+    /// stops while its memtable flushes and compactions still fit.
+    pub min_free_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -86,9 +92,14 @@ impl Default for StoreOptions {
             large_value_threshold: Some(4096),
             // fjall's own default.
             max_memtable_bytes: 64 * 1024 * 1024,
+            min_free_bytes: MEMTABLES_OF_ROOM * 64 * 1024 * 1024,
         }
     }
 }
+
+/// The free space kept, in memtables: the five a keyspace may hold, each
+/// flushed to its own file, and as much again for compactions.
+const MEMTABLES_OF_ROOM: u64 = 8;
 
 impl StoreOptions {
     /// Options whose memory fits a node with a RAM quota of `quota_bytes`:
@@ -103,9 +114,11 @@ impl StoreOptions {
         const MIB: u64 = 1024 * 1024;
         let defaults = StoreOptions::default();
         let quota = u64::try_from(quota_bytes).unwrap_or(u64::MAX);
+        let max_memtable_bytes = (quota / 16).clamp(4 * MIB, defaults.max_memtable_bytes);
         StoreOptions {
             cache_bytes: (quota / 4).clamp(4 * MIB, defaults.cache_bytes),
-            max_memtable_bytes: (quota / 16).clamp(4 * MIB, defaults.max_memtable_bytes),
+            max_memtable_bytes,
+            min_free_bytes: MEMTABLES_OF_ROOM * max_memtable_bytes,
             ..defaults
         }
     }
@@ -120,6 +133,11 @@ pub(super) struct Shared {
     /// Set by every data batch, cleared by a sync: lets the interval thread
     /// skip the `fdatasync` when nothing was written.
     pub(super) dirty: AtomicBool,
+    /// The store's directory, whose filesystem's free space is checked
+    /// before each batch.
+    pub(super) dir: std::path::PathBuf,
+    /// Free bytes the filesystem must keep before a batch is written.
+    pub(super) min_free_bytes: u64,
 }
 
 impl Shared {
@@ -183,6 +201,8 @@ impl Store {
             meta,
             batch_mode,
             dirty: AtomicBool::new(false),
+            dir: dir.to_path_buf(),
+            min_free_bytes: options.min_free_bytes,
         });
         let syncer = match options.fsync {
             FsyncPolicy::Interval(every) => Some(Syncer::spawn(shared.clone(), every)?),

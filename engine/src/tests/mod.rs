@@ -384,3 +384,34 @@ fn many_threads_on_one_bucket() {
         }
     }
 }
+
+#[test]
+fn writes_are_refused_only_while_the_disk_fails_with_a_full_queue() {
+    let b = active_bucket();
+    for i in 0..MAX_QUEUE_WHILE_DISK_FAILS {
+        set(&b, &format!("k{i}"), "v");
+    }
+    b.set_disk_failing(true);
+    // At the bound, one more write is still taken.
+    set(&b, "at-the-bound", "v");
+    let req = StoreRequest {
+        mode: StoreMode::Set,
+        key: Bytes::from_static(b"past"),
+        value: Bytes::from_static(b"v"),
+        flags: 0,
+        exptime: 0,
+        cas: 0,
+    };
+    assert_eq!(b.store(0, &req, NOW), Err(EngineError::TempFail));
+    assert_eq!(
+        b.delete(0, b"k1", 0, NOW).map(|_| ()),
+        Err(EngineError::TempFail)
+    );
+    assert!(b.get(0, b"k1", NOW).is_ok(), "reads go on");
+    assert!(b
+        .stats()
+        .iter()
+        .any(|(name, v)| *name == "ep_disk_queue_refusals" && *v == 2));
+    b.set_disk_failing(false);
+    assert!(b.store(0, &req, NOW).is_ok());
+}

@@ -120,28 +120,34 @@ async fn cluster_nodes(admin: &Admin, manager: &Manager) -> serde_json::Value {
     let state = manager.state();
     let roles = manager.raft_roles();
     let me = manager.me().id;
-    let transport = manager.peers().transport();
+    // Each node is asked for its alerts: answering is being healthy.
     let probes = state.nodes.values().map(|n| {
-        let url = transport.admin_url(&n.admin_address(), "/internal/nodeInfo");
-        let http = admin.http.clone();
+        let request = manager.peers().get(&n.admin_address(), "/internal/alerts");
         let local = n.id == me;
         async move {
             if local {
-                return true;
+                return Some(local_alerts(admin));
             }
-            http.get(url)
+            let reply = request
                 .timeout(Duration::from_millis(500))
                 .send()
                 .await
-                .is_ok_and(|r| r.status().is_success())
+                .ok()?;
+            reply
+                .error_for_status()
+                .ok()?
+                .json::<Vec<String>>()
+                .await
+                .ok()
         }
     });
-    let healthy = futures_util::future::join_all(probes).await;
+    let probed = futures_util::future::join_all(probes).await;
     let nodes: Vec<serde_json::Value> = state
         .nodes
         .values()
-        .zip(healthy)
-        .map(|(n, up)| {
+        .zip(probed)
+        .map(|(n, alerts)| {
+            let up = alerts.is_some();
             serde_json::json!({
                 "hostname": n.admin_address(),
                 "otpNode": n.otp_node(),
@@ -153,10 +159,32 @@ async fn cluster_nodes(admin: &Admin, manager: &Manager) -> serde_json::Value {
                 "raftRole": roles.get(&n.id).copied().unwrap_or("none"),
                 "recoveryType": n.recovery.map_or("none", |r| r.as_str()),
                 "memoryTotal": n.memory_mb.map(|mb| mb * 1024 * 1024),
+                "alerts": alerts.unwrap_or_default(),
             })
         })
         .collect();
     serde_json::Value::Array(nodes)
+}
+
+/// What is wrong on this node that an operator must see: buckets whose
+/// disk writes fail, with why.
+pub(super) fn local_alerts(admin: &Admin) -> Vec<String> {
+    admin
+        .buckets
+        .names()
+        .into_iter()
+        .filter_map(|name| {
+            let live = admin.buckets.get(&name)?;
+            let why = live.flusher.stats().failing?;
+            Some(format!("bucket {name}: disk writes failing: {why}"))
+        })
+        .collect()
+}
+
+/// `GET /internal/alerts`: [`local_alerts`], for the node answering
+/// `/pools/default`.
+pub(super) async fn alerts(State(admin): State<Admin>) -> Response {
+    json(serde_json::to_string(&local_alerts(&admin)).unwrap_or_default())
 }
 
 pub(super) async fn buckets(State(admin): State<Admin>) -> Response {

@@ -155,6 +155,7 @@ pub(super) fn table() -> Vec<(Route, MethodRouter<Admin>)> {
             r("GET", "/internal/nodeInfo", Public),
             get(internal::node_info),
         ),
+        (r("GET", "/internal/alerts", Cluster), get(pools::alerts)),
         (
             r("GET", "/internal/whoami", Cluster),
             get(internal::node_info),

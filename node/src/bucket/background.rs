@@ -184,6 +184,7 @@ async fn tick(ctx: Arc<LiveBucket>) {
     loop {
         interval.tick().await;
         ctx.clock.tick();
+        ctx.engine.set_disk_failing(ctx.flusher.is_failing());
         let now = ctx.clock.now();
         if ctx.engine.needs_paging() {
             let report = ctx.engine.run_pager(now);

@@ -214,9 +214,17 @@ impl Manager {
     ) -> Result<Arc<Manager>, ManagerError> {
         let dir = data_dir.join("raft");
         std::fs::create_dir_all(&dir).map_err(internal)?;
-        let id = node_id(&dir).map_err(internal)?;
-        let log = LogStore::open(&dir.join("log")).map_err(internal)?;
-        let sm = StateMachine::open(&dir).map_err(internal)?;
+        let id = node_id(&dir).map_err(|e| unreadable(&dir.join("node-id"), e, LOST_IDENTITY))?;
+        let log = LogStore::open(&dir.join("log"))
+            .map_err(|e| unreadable(&dir.join("log"), e, LOST_IDENTITY))?;
+        let sm = StateMachine::open(&dir).map_err(|e| {
+            unreadable(
+                &dir.join("state.json"),
+                e,
+                "it is this node's copy of the cluster metadata, rebuilt from the Raft log \
+                 and the cluster's leader: move it aside and start the node again",
+            )
+        })?;
         let config = Config {
             cluster_name: "shoal".into(),
             heartbeat_interval: 250,
@@ -822,6 +830,19 @@ impl Directory for Manager {
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What to do when the node's identity or Raft log cannot be read.
+const LOST_IDENTITY: &str = "it holds this node's place in the cluster: restore it from a \
+    backup; or, if the other nodes still form a majority, fail this node over, move its \
+    data dir aside, start it empty and add it to the cluster again (then rebalance)";
+
+/// A metadata file that cannot be read at start-up, named with what to do.
+fn unreadable(path: &Path, e: impl std::fmt::Display, remedy: &str) -> ManagerError {
+    ManagerError::Internal(format!(
+        "cannot read {}, which is corrupt or torn ({e}): {remedy}",
+        path.display()
+    ))
 }
 
 fn internal(e: impl std::fmt::Display) -> ManagerError {

@@ -139,6 +139,15 @@ fn general(ctx: &LiveBucket, emit: &mut impl FnMut(&str, &str)) {
         &flusher.last_batch_duration.as_micros().to_string(),
     );
     emit("ep_item_flush_failed", &flusher.write_errors.to_string());
+    // Whether disk writes fail now, and why (memcached stats are one word
+    // per value: the reason follows as the rest of the line).
+    emit(
+        "ep_disk_failing",
+        if flusher.failing.is_some() { "1" } else { "0" },
+    );
+    if let Some(why) = &flusher.failing {
+        emit("ep_disk_failure", why);
+    }
     // "Items waiting for disk": queued in the engine plus drained by the
     // flusher but not yet written.
     let queue = ctx.engine.queue_len() as u64 + flusher.flusher_todo;
