@@ -85,7 +85,7 @@ impl Bucket {
     /// for the caller to persist and pass to
     /// [`Bucket::load_flush_deadline`] at the next warmup.
     pub fn flush_all(&self, deadline: u32, now: u32) -> Result<u32, EngineError> {
-        if self.warming_up.load(Ordering::Acquire) {
+        if self.is_warming_up() {
             return Err(EngineError::TempFail);
         }
         self.stats.cmd_flush.incr();

@@ -62,7 +62,7 @@ mod warmup;
 mod tests;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::MutexGuard;
 
 pub use arith::{ArithCreate, ArithOp, ArithOutcome, ArithRequest, ARITH_NO_CREATE};
@@ -206,6 +206,19 @@ impl EngineConfig {
 /// acknowledged is bounded by far less than the memory quota.
 pub const MAX_QUEUE_WHILE_DISK_FAILS: usize = 10_000;
 
+/// The bits of `Bucket::gate`.
+struct Gate;
+
+impl Gate {
+    /// Loading from disk: every request gets TempFail.
+    const WARMING_UP: u8 = 1;
+    /// Cut off from the cluster: active vbuckets answer NOT_MY_VBUCKET.
+    const FENCED: u8 = 2;
+    /// Disk writes fail: past [`MAX_QUEUE_WHILE_DISK_FAILS`] queued
+    /// mutations, client writes get TempFail.
+    const DISK_FAILING: u8 = 4;
+}
+
 /// One bucket: the public API of the engine. All methods take `&self`;
 /// share it with an `Arc`.
 pub struct Bucket {
@@ -216,11 +229,9 @@ pub struct Bucket {
     /// need to differ between versions of a key, and one `fetch_add` is
     /// cheaper than anything per vbucket would be worth.
     cas: AtomicU64,
-    /// Set by the server while loading from disk: requests get TempFail.
-    warming_up: AtomicBool,
-    /// Set by the server while disk writes fail: past
-    /// [`MAX_QUEUE_WHILE_DISK_FAILS`] queued mutations, writes get TempFail.
-    disk_failing: AtomicBool,
+    /// What closes the bucket to some requests, as [`Gate`] bits: one load
+    /// on every request's path says whether anything does.
+    gate: AtomicU8,
     flush: FlushBarrier,
     stats: Stats,
     /// Mutations queued in all vbuckets (`ep_queue_size`).
@@ -286,8 +297,7 @@ impl Bucket {
             config,
             vbuckets,
             cas: AtomicU64::new(0),
-            warming_up: AtomicBool::new(false),
-            disk_failing: AtomicBool::new(false),
+            gate: AtomicU8::new(0),
             flush: FlushBarrier::default(),
             stats: Stats::default(),
             queued: AtomicUsize::new(0),
@@ -324,8 +334,13 @@ impl Bucket {
     /// up, NOT_MY_VBUCKET unless the vbucket is in `want` — read without
     /// the lock.
     fn admit(&self, vb: VbucketId, want: VbucketState) -> Result<&VBucket, EngineError> {
-        if self.warming_up.load(Ordering::Acquire) {
+        let gate = self.gate.load(Ordering::Acquire);
+        if gate & Gate::WARMING_UP != 0 {
             return Err(EngineError::TempFail);
+        }
+        if gate & Gate::FENCED != 0 && want == VbucketState::Active {
+            self.stats.ep_num_not_my_vbuckets.incr();
+            return Err(EngineError::NotMyVbucket);
         }
         match self.vbucket(vb) {
             Ok(vbucket) if vbucket.state() == want => Ok(vbucket),
@@ -342,7 +357,7 @@ impl Bucket {
     /// is told was stored must be on its way to disk, not held in memory
     /// until memory runs out.
     fn admit_write(&self, vb: VbucketId) -> Result<&VBucket, EngineError> {
-        if self.disk_failing.load(Ordering::Relaxed)
+        if self.gate.load(Ordering::Relaxed) & Gate::DISK_FAILING != 0
             && self.queued.load(Ordering::Relaxed) > MAX_QUEUE_WHILE_DISK_FAILS
         {
             self.stats.ep_disk_queue_refusals.incr();
@@ -353,7 +368,28 @@ impl Bucket {
 
     /// Whether disk writes are failing (see [`admit_write`](Self::admit_write)).
     pub fn set_disk_failing(&self, failing: bool) {
-        self.disk_failing.store(failing, Ordering::Relaxed);
+        self.set_gate(Gate::DISK_FAILING, failing);
+    }
+
+    /// Fences the bucket (the node is cut off from its cluster's
+    /// majority): requests for active vbuckets answer NOT_MY_VBUCKET, so
+    /// no client reads or writes a copy the cluster may have replaced.
+    pub fn set_fenced(&self, fenced: bool) {
+        self.set_gate(Gate::FENCED, fenced);
+    }
+
+    /// Whether the bucket is fenced.
+    pub fn is_fenced(&self) -> bool {
+        self.gate.load(Ordering::Relaxed) & Gate::FENCED != 0
+    }
+
+    /// Sets or clears one [`Gate`] bit.
+    fn set_gate(&self, bit: u8, on: bool) {
+        if on {
+            self.gate.fetch_or(bit, Ordering::AcqRel);
+        } else {
+            self.gate.fetch_and(!bit, Ordering::AcqRel);
+        }
     }
 
     /// Locks an admitted vbucket and checks its state again: states change
@@ -440,7 +476,7 @@ impl fmt::Debug for Bucket {
             .field("mem_used", &self.mem.used())
             .field("curr_items", &self.curr_items())
             .field("queued", &self.queued.load(Ordering::Relaxed))
-            .field("warming_up", &self.warming_up.load(Ordering::Relaxed))
+            .field("gate", &self.gate.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }

@@ -175,7 +175,7 @@ impl Bucket {
     /// pending; TempFail while warming up; OutOfMemory when even ejection
     /// cannot make room (the stream retries: back-pressure).
     pub fn apply_replicated(&self, vb: VbucketId, m: &Mutation) -> Result<(), EngineError> {
-        if self.warming_up.load(Ordering::Acquire) {
+        if self.is_warming_up() {
             return Err(EngineError::TempFail);
         }
         if self.config.ephemeral {

@@ -31,12 +31,12 @@ pub enum Loaded {
 impl Bucket {
     /// Sets or clears the warming-up flag.
     pub fn set_warming_up(&self, warming_up: bool) {
-        self.warming_up.store(warming_up, Ordering::Release);
+        self.set_gate(crate::Gate::WARMING_UP, warming_up);
     }
 
     /// Whether the bucket is warming up (`ep_warmup_thread` running).
     pub fn is_warming_up(&self) -> bool {
-        self.warming_up.load(Ordering::Acquire)
+        self.gate.load(Ordering::Acquire) & crate::Gate::WARMING_UP != 0
     }
 
     /// Loads one item read from disk into `vb` (any state), as clean. Also

@@ -154,8 +154,11 @@ pub enum NodeConfigError {
     #[error("--max-connections must be at least 1")]
     Connections,
     /// Bound to every address with nothing to tell the cluster.
-    #[error("--host {0} binds every address: give the address others reach this node at with --advertise-host")]
+    #[error("--host {0} binds every address: give the address others reach this node at with --advertise")]
     Unadvertised(IpAddr),
+    /// An advertised address that names no host in particular.
+    #[error("--advertise {0} is a wildcard address: give the address others reach this node at")]
+    WildcardAdvertised(String),
     /// A TLS port without a certificate and key.
     #[error("--tls-port and --admin-tls-port need --tls-cert and --tls-key")]
     NoCertificate,
@@ -191,6 +194,12 @@ impl NodeConfig {
         }
         if self.host.is_unspecified() && self.advertise_host.is_none() {
             return Err(NodeConfigError::Unadvertised(self.host));
+        }
+        if let Some(advertised) = &self.advertise_host {
+            let bare = advertised.trim_start_matches('[').trim_end_matches(']');
+            if bare.is_empty() || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+                return Err(NodeConfigError::WildcardAdvertised(advertised.clone()));
+            }
         }
         if (self.init_cluster || self.join.is_some()) && self.credentials.is_none() {
             return Err(NodeConfigError::NoCredentials);
@@ -260,6 +269,16 @@ mod tests {
             bad(|c| c.host = IpAddr::from([0, 0, 0, 0])),
             NodeConfigError::Unadvertised(any)
         );
+        for wild in ["0.0.0.0", "::", "[::]", ""] {
+            let config = NodeConfig {
+                advertise_host: Some(wild.into()),
+                ..NodeConfig::default()
+            };
+            assert_eq!(
+                config.validate().unwrap_err(),
+                NodeConfigError::WildcardAdvertised(wild.into())
+            );
+        }
         assert_eq!(
             bad(|c| c.init_cluster = true),
             NodeConfigError::NoCredentials

@@ -301,6 +301,11 @@ async fn start_manager(
         manager.clone(),
         shutdown.clone(),
     ));
+    tokio::spawn(crate::manager::fence::run(
+        manager.clone(),
+        buckets.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(crate::manager::rebalance::clear_leftovers(
         manager.clone(),
         shutdown.clone(),

@@ -359,7 +359,7 @@ def test_the_admin_port_binds_apart_and_no_node_advertises_every_address(harness
     everywhere = harness.add(ShoalNode("everywhere", "--standalone", "--host", "0.0.0.0"))
     everywhere.launch()
     assert everywhere.proc.wait(timeout=30) != 0
-    assert "--advertise-host" in everywhere.stderr_text()
+    assert "--advertise" in everywhere.stderr_text()
 
 
 # --- shoal up ---

@@ -47,6 +47,17 @@ pub(super) async fn vbuckets(State(admin): State<Admin>, Path(bucket): Path<Stri
     json(serde_json::to_string(&rows).unwrap_or_default())
 }
 
+/// `GET /internal/lease`: this node's applied log index, for the fencing
+/// probes of the other voters (answering is being reachable).
+pub(super) async fn lease(State(admin): State<Admin>) -> Response {
+    match &admin.manager {
+        Some(manager) => {
+            json(serde_json::json!({ "applied": manager.applied_index() }).to_string())
+        }
+        None => error(StatusCode::CONFLICT, "a standalone node is in no cluster"),
+    }
+}
+
 pub(super) async fn node_info(State(admin): State<Admin>) -> Response {
     match &admin.manager {
         Some(manager) => json(serde_json::to_string(manager.me()).unwrap_or_default()),

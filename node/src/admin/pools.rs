@@ -166,19 +166,20 @@ async fn cluster_nodes(admin: &Admin, manager: &Manager) -> serde_json::Value {
     serde_json::Value::Array(nodes)
 }
 
-/// What is wrong on this node that an operator must see: buckets whose
-/// disk writes fail, with why.
+/// What is wrong on this node that an operator must see: fencing, and
+/// buckets whose disk writes fail, with why.
 pub(super) fn local_alerts(admin: &Admin) -> Vec<String> {
-    admin
-        .buckets
-        .names()
-        .into_iter()
-        .filter_map(|name| {
-            let live = admin.buckets.get(&name)?;
-            let why = live.flusher.stats().failing?;
-            Some(format!("bucket {name}: disk writes failing: {why}"))
-        })
-        .collect()
+    let fenced = admin.manager.as_ref().is_some_and(|m| m.fence.is_fenced());
+    let fence = fenced.then(|| {
+        "cut off from the majority of the cluster (or not caught up since): active vbuckets fenced"
+            .to_string()
+    });
+    let disks = admin.buckets.names().into_iter().filter_map(|name| {
+        let live = admin.buckets.get(&name)?;
+        let why = live.flusher.stats().failing?;
+        Some(format!("bucket {name}: disk writes failing: {why}"))
+    });
+    fence.into_iter().chain(disks).collect()
 }
 
 /// `GET /internal/alerts`: [`local_alerts`], for the node answering

@@ -156,6 +156,7 @@ pub(super) fn table() -> Vec<(Route, MethodRouter<Admin>)> {
             get(internal::node_info),
         ),
         (r("GET", "/internal/alerts", Cluster), get(pools::alerts)),
+        (r("GET", "/internal/lease", Cluster), get(internal::lease)),
         (
             r("GET", "/internal/whoami", Cluster),
             get(internal::node_info),

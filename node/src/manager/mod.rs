@@ -20,6 +20,7 @@
 //! `node`.
 
 pub mod autofailover;
+pub mod fence;
 mod graceful;
 mod hosted;
 mod network;
@@ -167,6 +168,9 @@ pub struct Manager {
     pending_join: std::sync::Mutex<Option<String>>,
     /// The rebalance this node runs as leader, if any.
     pub rebalancer: rebalance::Rebalancer,
+    /// Whether this node fences its active vbuckets (cut off from the
+    /// majority, or not caught up since).
+    pub fence: Arc<fence::Fence>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -217,7 +221,7 @@ impl Manager {
         let id = node_id(&dir).map_err(|e| unreadable(&dir.join("node-id"), e, LOST_IDENTITY))?;
         let log = LogStore::open(&dir.join("log"))
             .map_err(|e| unreadable(&dir.join("log"), e, LOST_IDENTITY))?;
-        let sm = StateMachine::open(&dir).map_err(|e| {
+        let sm: StateMachine = StateMachine::open(&dir).map_err(|e| {
             unreadable(
                 &dir.join("state.json"),
                 e,
@@ -253,6 +257,9 @@ impl Manager {
             memory_mb,
         };
         tracing::info!(id, "metadata service started");
+        // A member of a cluster of several restarts fenced: its last state
+        // may be stale until it hears from the others.
+        let several = sm.current().nodes.len() > 1;
         let manager = Arc::new(Manager {
             dir,
             raft,
@@ -261,6 +268,7 @@ impl Manager {
             peers: PeerClient::new(secret, transport),
             pending_join: std::sync::Mutex::new(None),
             rebalancer: rebalance::Rebalancer::default(),
+            fence: Arc::new(fence::Fence::new(several)),
         });
         manager.learn_peers();
         Ok(manager)
@@ -584,6 +592,7 @@ impl Manager {
                 return Ok(existing.clone());
             }
         }
+        check_reachable_host(&state, &info.host)?;
         // Where its TLS ports are, before the cluster's calls to it.
         self.peers.transport().add(&info.peer_ports());
         self.hand_over_secret(&base, token).await?;
@@ -782,7 +791,13 @@ impl Manager {
         seqnos
     }
 
-    fn voters(&self) -> BTreeSet<NodeId> {
+    /// The index of the last log entry applied here (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        self.sm.applied_index()
+    }
+
+    /// The Raft voters, as this node last heard.
+    pub fn voters(&self) -> BTreeSet<NodeId> {
         self.raft
             .metrics()
             .borrow()
@@ -832,6 +847,44 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Refuses a node whose advertised host cannot be reached by the others:
+/// a loopback address (or `localhost`) joining nodes on other hosts, or a
+/// real address joining a cluster that only loopback reaches.
+fn check_reachable_host(state: &ClusterState, host: &str) -> Result<(), ManagerError> {
+    let joining = is_loopback_host(host);
+    let Some(other) = state
+        .nodes
+        .values()
+        .find(|n| is_loopback_host(&n.host) != joining)
+    else {
+        return Ok(());
+    };
+    let why = if joining {
+        format!(
+            "it advertises {host}, which the other nodes (e.g. {}) cannot reach: start it \
+             with --advertise <an address they reach>",
+            other.host
+        )
+    } else {
+        format!(
+            "the cluster's nodes advertise loopback addresses (e.g. {}), which {host} cannot \
+             reach: start them with --advertise <an address other hosts reach>",
+            other.host
+        )
+    };
+    Err(Rejection::Invalid(format!("cannot add a node at {host}: {why}")).into())
+}
+
+/// Whether `host` names this machine only: a loopback address or
+/// `localhost`.
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost") || bare.ends_with(".localhost"),
+    }
+}
+
 /// What to do when the node's identity or Raft log cannot be read.
 const LOST_IDENTITY: &str = "it holds this node's place in the cluster: restore it from a \
     backup; or, if the other nodes still form a majority, fail this node over, move its \
@@ -855,5 +908,57 @@ fn raft_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -
             ManagerError::NotLeader(f.leader_node.map(|n| n.addr))
         }
         other => internal(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_are_told_apart() {
+        for host in [
+            "127.0.0.1",
+            "127.8.0.3",
+            "::1",
+            "[::1]",
+            "localhost",
+            "LOCALHOST",
+            "a.localhost",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in ["10.1.77.2", "node1.example", "::ffff:10.0.0.1", "[fd00::2]"] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn loopback_and_other_hosts_do_not_mix() {
+        let mut state = ClusterState::default();
+        assert!(
+            check_reachable_host(&state, "127.0.0.1").is_ok(),
+            "an empty cluster takes any"
+        );
+        let node = |id, host: &str| NodeRecord {
+            id,
+            host: host.into(),
+            data_port: 11210,
+            admin_port: 8091,
+            tls_data_port: None,
+            tls_admin_port: None,
+            membership: Membership::Active,
+            recovery: None,
+            memory_mb: None,
+        };
+        state.nodes.insert(1, node(1, "10.1.77.10"));
+        let err = check_reachable_host(&state, "127.0.0.1").unwrap_err();
+        assert!(err.to_string().contains("--advertise"), "{err}");
+        assert!(check_reachable_host(&state, "10.1.77.11").is_ok());
+        assert!(check_reachable_host(&state, "node2.example").is_ok());
+        state.nodes.clear();
+        state.nodes.insert(1, node(1, "127.0.0.1"));
+        assert!(check_reachable_host(&state, "10.1.77.11").is_err());
+        assert!(check_reachable_host(&state, "localhost").is_ok());
     }
 }

@@ -149,11 +149,15 @@ pub async fn run(
         dead_since: &dead_since,
         kick: &kick,
         peers: manager.peers(),
+        fence: &manager.fence,
     };
     loop {
+        // Read before the state: the state is at least this new.
+        let index = manager.applied_index();
         let state = changes.borrow_and_update().clone();
         manager.learn_peers();
         let unfinished = reconcile(manager.me().id, &sides, &state, &mut hosted).await;
+        manager.fence.reconciled(index);
         for error in &unfinished.errors {
             tracing::error!(%error, "reconcile");
         }
@@ -186,6 +190,8 @@ struct Sides<'a> {
     dead_since: &'a DeadSince,
     /// Runs the loop again (a takeover finished).
     kick: &'a Arc<Notify>,
+    /// Whether the node fences: a bucket created now starts as it says.
+    fence: &'a super::fence::Fence,
     peers: &'a PeerClient,
 }
 
@@ -305,6 +311,7 @@ async fn host(
             bucket: name.clone(),
             source,
         })?;
+    live.engine.set_fenced(sides.fence.is_fenced());
     // Password and flush setting may have been edited since.
     live.apply_access(&bucket.spec);
     let Some(map) = bucket.map() else {

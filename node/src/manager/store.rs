@@ -272,6 +272,13 @@ impl StateMachine {
         self.published.subscribe()
     }
 
+    /// The index of the last entry applied (0 before any). Set before
+    /// the state it produced is published, so an index read before the
+    /// published state is never newer than that state.
+    pub fn applied_index(&self) -> u64 {
+        lock(&self.inner).last_applied.map_or(0, |id| id.index)
+    }
+
     /// The current applied state.
     pub fn current(&self) -> Arc<ClusterState> {
         self.published.borrow().clone()
