@@ -14,7 +14,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use super::rebalance::{Failure, MOVES_PER_NODE};
-use super::state::{ClusterState, Command, Membership, NodeId, Rejection};
+use super::state::{ClusterState, Membership, NodeId, Rejection};
 use super::{Manager, ManagerError};
 use crate::bucket::BucketKind;
 
@@ -93,15 +93,7 @@ impl Manager {
                 next[vb].swap(0, 1);
             }
             self.rebalancer.update(|s| s.phase = "switch");
-            self.write(Command::SetBucketMap {
-                name: name.to_string(),
-                servers: servers.clone(),
-                chains: next.clone(),
-                forward: None,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-            self.wait_switched(name, &servers, &next, stop).await?;
+            self.switch_to(name, &servers, &next, stop).await?;
             now = next;
             self.rebalancer.update(|s| {
                 s.vbuckets_done = (done * MOVES_PER_NODE + batch.len()).min(led.len());

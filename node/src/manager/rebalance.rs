@@ -428,15 +428,7 @@ impl Manager {
             // The servers that end up with nothing stay listed until every
             // takeover is done: a node no longer listed drops the bucket,
             // and it must first hand its vbuckets' last mutations over.
-            self.write(Command::SetBucketMap {
-                name: name.to_string(),
-                servers: servers.clone(),
-                chains: next.clone(),
-                forward: None,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-            self.wait_switched(name, &servers, &next, stop).await?;
+            self.switch_to(name, &servers, &next, stop).await?;
             now = next;
             self.rebalancer
                 .update(|s| s.vbuckets_done = total - pending.len());
@@ -602,8 +594,28 @@ impl Manager {
             .await
     }
 
+    /// Makes `chains` bucket `name`'s map (no forward chains) and waits
+    /// until every new active has taken its vbuckets over.
+    pub(super) async fn switch_to(
+        &self,
+        name: &str,
+        servers: &[NodeId],
+        chains: &[Vec<i64>],
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), Failure> {
+        self.write(Command::SetBucketMap {
+            name: name.to_string(),
+            servers: servers.to_vec(),
+            chains: chains.to_vec(),
+            forward: None,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        self.wait_switched(name, servers, chains, stop).await
+    }
+
     /// Polls until every vbucket's new active reports itself active.
-    pub(super) async fn wait_switched(
+    async fn wait_switched(
         &self,
         name: &str,
         servers: &[NodeId],

@@ -303,15 +303,7 @@ async fn host(
 ) -> Result<bool, ReconcileError> {
     let me = record.id;
     let name = &bucket.spec.name;
-    let live = sides
-        .buckets
-        .create(bucket.spec.clone())
-        .await
-        .map_err(|source| ReconcileError::Create {
-            bucket: name.clone(),
-            source,
-        })?;
-    live.engine.set_fenced(sides.fence.is_fenced());
+    let live = open(sides, bucket).await?;
     // Password and flush setting may have been edited since.
     live.apply_access(&bucket.spec);
     let Some(map) = bucket.map() else {
@@ -364,20 +356,27 @@ async fn host(
     Ok(waiting)
 }
 
-/// A failed-over node's copy of `bucket`: opened (warmed up from disk) so
-/// its vbuckets can be set dead — it serves and streams nothing — and its
-/// data kept for a delta recovery.
-async fn keep(sides: &Sides<'_>, bucket: &BucketRecord) -> Result<(), ReconcileError> {
-    let name = &bucket.spec.name;
-    sides.replicator.stop_bucket(name);
+/// `bucket` here, created (and warmed up) if needed, fenced if the node
+/// is.
+async fn open(sides: &Sides<'_>, bucket: &BucketRecord) -> Result<Arc<LiveBucket>, ReconcileError> {
     let live = sides
         .buckets
         .create(bucket.spec.clone())
         .await
         .map_err(|source| ReconcileError::Create {
-            bucket: name.clone(),
+            bucket: bucket.spec.name.clone(),
             source,
         })?;
+    live.engine.set_fenced(sides.fence.is_fenced());
+    Ok(live)
+}
+
+/// A failed-over node's copy of `bucket`: opened (warmed up from disk) so
+/// its vbuckets can be set dead — it serves and streams nothing — and its
+/// data kept for a delta recovery.
+async fn keep(sides: &Sides<'_>, bucket: &BucketRecord) -> Result<(), ReconcileError> {
+    sides.replicator.stop_bucket(&bucket.spec.name);
+    let live = open(sides, bucket).await?;
     let held = live.engine.config().num_vbuckets;
     let dead: Vec<(u16, VbucketState)> = (0..held)
         .filter_map(|vb| u16::try_from(vb).ok())
