@@ -334,7 +334,16 @@ impl Bucket {
     /// up, NOT_MY_VBUCKET unless the vbucket is in `want` — read without
     /// the lock.
     fn admit(&self, vb: VbucketId, want: VbucketState) -> Result<&VBucket, EngineError> {
-        let gate = self.gate.load(Ordering::Acquire);
+        self.admit_through(self.gate.load(Ordering::Acquire), vb, want)
+    }
+
+    /// [`admit`](Self::admit) past a `gate` already read.
+    fn admit_through(
+        &self,
+        gate: u8,
+        vb: VbucketId,
+        want: VbucketState,
+    ) -> Result<&VBucket, EngineError> {
         if gate & Gate::WARMING_UP != 0 {
             return Err(EngineError::TempFail);
         }
@@ -357,13 +366,14 @@ impl Bucket {
     /// is told was stored must be on its way to disk, not held in memory
     /// until memory runs out.
     fn admit_write(&self, vb: VbucketId) -> Result<&VBucket, EngineError> {
-        if self.gate.load(Ordering::Relaxed) & Gate::DISK_FAILING != 0
+        let gate = self.gate.load(Ordering::Acquire);
+        if gate & Gate::DISK_FAILING != 0
             && self.queued.load(Ordering::Relaxed) > MAX_QUEUE_WHILE_DISK_FAILS
         {
             self.stats.ep_disk_queue_refusals.incr();
             return Err(EngineError::TempFail);
         }
-        self.admit(vb, VbucketState::Active)
+        self.admit_through(gate, vb, VbucketState::Active)
     }
 
     /// Whether disk writes are failing (see [`admit_write`](Self::admit_write)).
@@ -385,6 +395,12 @@ impl Bucket {
 
     /// Sets or clears one [`Gate`] bit.
     fn set_gate(&self, bit: u8, on: bool) {
+        // The ticker and the fence loop set their bits over and over: a
+        // bit already so is not written, so the line every request reads
+        // stays shared.
+        if (self.gate.load(Ordering::Relaxed) & bit != 0) == on {
+            return;
+        }
         if on {
             self.gate.fetch_or(bit, Ordering::AcqRel);
         } else {

@@ -87,22 +87,6 @@ def config_of(up, via=0):
     return r.json()
 
 
-def node_pid(up, i):
-    """The pid of `up`'s node `i` (its command line names its data dir)."""
-    want = f"{up.dir}/node-{i}".encode()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"node" in args and want in args:
-            return int(pid)
-    raise AssertionError(f"no process of node-{i} under {up.dir}")
-
-
 def wait_stderr(up, text, deadline_s):
     poll(Watch(lambda w: text in up.stderr_text()), deadline_s, f"`shoal up` to say {text!r}")
 
@@ -202,7 +186,7 @@ def test_up_keeps_serving_when_a_node_dies_and_the_node_comes_back(harness):
         time.sleep(LOAD_S)  # load, not a wait for a condition
         assert writers.acknowledged(), f"no write acknowledged in {LOAD_S}s: {error_kinds(writers.errors())}"
         killed_at = time.monotonic()
-        os.kill(node_pid(up, victim), 9)
+        os.kill(up.node_pid(victim), 9)
         wait_stderr(up, f"node-{victim} restarted; it is failed over", RECOVERY_DEADLINE_S)
         restarted_at = time.monotonic()
         assert node_entry(up, victim)["clusterMembership"] == "inactiveFailed"
@@ -246,7 +230,7 @@ def test_delta_recovery_streams_less_than_full(harness):
     keys = [f"dr:{i}" for i in range(20_000)]
     _write(up, keys)
     wait_every_copy(config_of(up), keys)
-    os.kill(node_pid(up, victim), 9)
+    os.kill(up.node_pid(victim), 9)
     wait_stderr(up, f"node-{victim} restarted; it is failed over", RECOVERY_DEADLINE_S)
     missed = [f"dr-missed:{i}" for i in range(2_000)]
     _write(up, missed)

@@ -192,24 +192,6 @@ def established_peers(pid):
     return peers
 
 
-def node_pids(up, role=b"node"):
-    """The pids of `up`'s node (or proxy) processes."""
-    pids = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            with open(f"/proc/{pid}/stat") as f:
-                parent = int(f.read().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            continue
-        if parent == up.proc.pid and argv[1:2] == [role]:
-            pids.append(int(pid))
-    return pids
-
-
 def test_nodes_and_proxy_talk_to_each_other_over_tls_only(up):
     # A write through the proxy (to a node) replicates (to the other).
     client = PyClient(up.proxy, connect_timeout=TIMEOUT_S, timeout=TIMEOUT_S)
@@ -217,8 +199,8 @@ def test_nodes_and_proxy_talk_to_each_other_over_tls_only(up):
     client.close()
     plain_ports = {p for i in range(up.nodes) for p in (up.node_data(i)[1], up.node_admin(i)[1])}
     tls_data_ports = {up.node_tls(i)[1] for i in range(up.nodes)}
-    pids = node_pids(up)
-    (proxy_pid,) = node_pids(up, b"proxy")
+    pids = up.child_pids()
+    (proxy_pid,) = up.child_pids(b"proxy")
     assert len(pids) == up.nodes, pids
 
     def connections(of):

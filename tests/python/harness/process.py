@@ -653,6 +653,35 @@ class ShoalUp(Child):
             self.fail(f"kept user {kept.user!r} and a password other than the ones it was given")
         return kept
 
+    def children(self):
+        """[(pid, argv)] of the processes `up` runs now (its direct
+        children: nodes and proxy)."""
+        out = []
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+                with open(f"/proc/{pid}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            if parent == self.proc.pid:
+                out.append((int(pid), argv))
+        return out
+
+    def child_pids(self, role=b"node"):
+        """The pids of its node (or proxy) processes."""
+        return [pid for pid, argv in self.children() if argv[1:2] == [role]]
+
+    def node_pid(self, i):
+        """The pid of node `i` (its command line names its data dir)."""
+        want = f"{self.dir}/node-{i}".encode()
+        pids = [pid for pid, argv in self.children() if argv[1:2] == [b"node"] and want in argv]
+        assert len(pids) == 1, f"{len(pids)} processes of node-{i} under {self.dir}"
+        return pids[0]
+
     def group_alive(self):
         if self.pgid is None:
             return False
