@@ -136,6 +136,12 @@ struct NodeArgs {
 /// `shoal proxy` flags.
 #[derive(Debug, Args)]
 struct ProxyArgs {
+    /// Largest value a client may store through the proxy, bytes: the
+    /// nodes' `--max-value-bytes` (the same 1 MiB default), so a write the
+    /// node would refuse is refused here with memcached's reply, before it
+    /// crosses the network.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    max_value_bytes: usize,
     /// Cluster admin URLs to stream the bucket config from (vbucket mode).
     #[arg(long, value_delimiter = ',', conflicts_with = "servers")]
     cluster: Vec<String>,
@@ -331,6 +337,7 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         admin_limits: args.limits.admin()?,
         tls: args.tls.files(),
         tls_port: args.tls_port,
+        max_value_len: args.max_value_bytes,
         ..ProxyConfig::default()
     };
     config.downstream.connections_per_node = args.connections_per_node;

@@ -75,6 +75,8 @@ pub struct ArithOutcome {
     pub cas: u64,
     /// The seqno of the write.
     pub seqno: u64,
+    /// The counter did not exist and was created with its initial value.
+    pub created: bool,
 }
 
 // === impl Bucket ===
@@ -126,6 +128,7 @@ impl Bucket {
                 value: create.initial,
                 cas: m.cas,
                 seqno: m.seqno,
+                created: true,
             };
             return Ok((outcome, true));
         };
@@ -144,6 +147,7 @@ impl Bucket {
             value: number,
             cas: m.cas,
             seqno: m.seqno,
+            created: false,
         };
         Ok((outcome, false))
     }

@@ -127,7 +127,7 @@ impl Bucket {
         let purge = want == VbucketState::Active;
         match self.find_live(vb, &mut inner, key, now, purge) {
             Ok(item) => {
-                item.referenced = true;
+                item.bump(now);
                 self.stats.get_hits.incr();
                 Ok(Lookup::of(item))
             }

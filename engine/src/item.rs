@@ -81,6 +81,44 @@ pub(super) struct Item {
     /// Set on every access, cleared by the pager's clock hand: an item is
     /// ejected only if the hand finds it unreferenced (second chance).
     pub(super) referenced: bool,
+    /// The meta protocol's cache hints (fetched, stale, win sent).
+    pub(super) hints: Hints,
+    /// Unix second of the last fetch or write (meta `l`, memcached's
+    /// `it->time`).
+    pub(super) accessed: u32,
+}
+
+/// What memcached keeps per item for its meta commands: whether it was
+/// fetched since written (`h`), whether it was invalidated (`X`), and
+/// whether one client was already told to recache it (`W` once, then
+/// `Z`). They live in memory only, like memcached's item flags: a restart
+/// or a failover forgets them (a stale item then reads as fresh, and the
+/// next `R`/`I` flow starts over), and replicas do not see them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Hints(u8);
+
+impl Hints {
+    /// Fetched at least once since it was written.
+    pub(super) const FETCHED: Hints = Hints(1);
+    /// Invalidated: serve it, flagged `X`, until rewritten.
+    pub(super) const STALE: Hints = Hints(2);
+    /// A client was handed the win token (`W`); later ones see `Z`.
+    pub(super) const WIN_SENT: Hints = Hints(4);
+    /// Written by a meta command with a base64 (`b`) key: `mg k` and `me`
+    /// name it base64-encoded, whatever form the reader used.
+    pub(super) const BINARY_KEY: Hints = Hints(8);
+
+    pub(super) fn has(self, h: Hints) -> bool {
+        self.0 & h.0 != 0
+    }
+
+    pub(super) fn set(&mut self, h: Hints) {
+        self.0 |= h.0;
+    }
+
+    pub(super) fn clear(&mut self, h: Hints) {
+        self.0 &= !h.0;
+    }
 }
 
 // === impl Item ===
@@ -89,6 +127,13 @@ impl Item {
     /// memcached's rule (`items.c`): expired once `exptime <= current_time`.
     pub(super) fn is_expired(&self, now: u32) -> bool {
         self.exptime != 0 && self.exptime <= now
+    }
+
+    /// A fetch: what memcached's `do_item_bump` records (`u` skips it).
+    pub(super) fn bump(&mut self, now: u32) {
+        self.referenced = true;
+        self.hints.set(Hints::FETCHED);
+        self.accessed = now;
     }
 
     /// Bytes of value held in memory (0 when ejected).
@@ -112,6 +157,8 @@ mod tests {
             seqno: 1,
             time: NOW,
             referenced: false,
+            hints: Hints::default(),
+            accessed: NOW,
         }
     }
 

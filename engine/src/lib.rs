@@ -48,6 +48,7 @@ mod flush;
 mod get;
 mod item;
 mod memory;
+mod meta;
 pub mod mutation;
 mod pager;
 mod queue;
@@ -69,6 +70,7 @@ pub use arith::{ArithCreate, ArithOp, ArithOutcome, ArithRequest, ARITH_NO_CREAT
 pub use get::{Hit, Lookup};
 pub use item::{resolve_exptime, ItemMeta, EXPIRED, RELATIVE_EXPTIME_MAX};
 pub use memory::{ITEM_OVERHEAD, MUTATION_OVERHEAD};
+pub use meta::{MetaGetRequest, MetaHit};
 pub use mutation::{Mutation, MutationKind, VbucketId};
 pub use pager::{PagerReport, PurgeReport};
 pub use replicate::{CursorId, CursorRead, CursorStart};

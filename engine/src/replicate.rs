@@ -12,7 +12,7 @@
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::Ordering;
 
-use super::item::Item;
+use super::item::{Hints, Item};
 use super::memory::{item_charge, NeedMemory};
 use super::vbucket::{CursorWake, VbInner, VbucketState, MAX_FAILOVER_ENTRIES};
 use super::{Bucket, EngineError, OpError};
@@ -248,6 +248,8 @@ impl Bucket {
                     seqno: m.seqno,
                     time: m.time,
                     referenced: false,
+                    hints: Hints::default(),
+                    accessed: m.time,
                 };
                 if inner.table.insert(key, item).is_none() {
                     self.note_item_added();

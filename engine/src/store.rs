@@ -10,7 +10,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::item::Item;
+use super::item::{Hints, Item};
 use super::memory::{item_charge, NeedMemory};
 use super::vbucket::{VbInner, VbucketState};
 use super::{Bucket, EngineError, Mutated, OpError};
@@ -52,6 +52,13 @@ pub struct StoreRequest {
     pub cas: u64,
 }
 
+/// Whether a compare-and-swap with an older CAS stores a stale value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Invalidate {
+    No,
+    IfOlder,
+}
+
 /// What a critical section needs to know of the live item, copied out so
 /// the table can be written.
 struct Current {
@@ -59,6 +66,7 @@ struct Current {
     value: Option<Bytes>,
     flags: u32,
     exptime: u32,
+    hints: Hints,
 }
 
 // === impl Bucket ===
@@ -69,6 +77,30 @@ impl Bucket {
         &self,
         vb: VbucketId,
         req: &StoreRequest,
+        now: u32,
+    ) -> Result<Mutated, EngineError> {
+        self.store_with(vb, req, Invalidate::No, now)
+    }
+
+    /// [`Bucket::store`] for meta `ms … I`: a compare-and-swap whose CAS is
+    /// *older* than the item's still stores the value, marked stale, keeping
+    /// the item's TTL and win-token state (memcached's `set_stale`: a slow
+    /// recache must not pass for fresh data). Any other CAS works as in
+    /// `store`.
+    pub fn store_invalidating(
+        &self,
+        vb: VbucketId,
+        req: &StoreRequest,
+        now: u32,
+    ) -> Result<Mutated, EngineError> {
+        self.store_with(vb, req, Invalidate::IfOlder, now)
+    }
+
+    fn store_with(
+        &self,
+        vb: VbucketId,
+        req: &StoreRequest,
+        invalidate: Invalidate,
         now: u32,
     ) -> Result<Mutated, EngineError> {
         let vbucket = self.admit_write(vb)?;
@@ -84,7 +116,7 @@ impl Bucket {
             );
         let result = self.with_memory(|| {
             let mut inner = self.lock_in(vbucket, VbucketState::Active)?;
-            self.store_locked(vb, &mut inner, req, now)
+            self.store_locked(vb, &mut inner, req, invalidate, now)
         });
         if compare {
             let counter = match result {
@@ -106,6 +138,7 @@ impl Bucket {
         vb: VbucketId,
         inner: &mut VbInner,
         req: &StoreRequest,
+        invalidate: Invalidate,
         now: u32,
     ) -> Result<Mutated, OpError> {
         let current = inner
@@ -117,6 +150,7 @@ impl Bucket {
                 value: it.value.clone(),
                 flags: it.flags,
                 exptime: it.exptime,
+                hints: it.hints,
             });
         let (flags, exptime) = (req.flags, req.exptime);
         let value = match (req.mode, current) {
@@ -124,10 +158,13 @@ impl Bucket {
                 return Err(EngineError::NotFound.into())
             }
             (StoreMode::Set | StoreMode::Add | StoreMode::Replace, Some(cur)) if req.cas != 0 => {
-                if cur.cas != req.cas {
+                if cur.cas == req.cas {
+                    req.value.clone()
+                } else if invalidate == Invalidate::IfOlder && req.cas < cur.cas {
+                    return Ok(self.write_stale(vb, inner, req, &cur, now)?);
+                } else {
                     return Err(EngineError::Exists.into());
                 }
-                req.value.clone()
             }
             (StoreMode::Add, Some(_)) => {
                 // memcached still bumps the item in its LRU.
@@ -171,6 +208,26 @@ impl Bucket {
             }
         };
         Ok(self.write_item(vb, inner, &req.key, value, flags, exptime, now)?)
+    }
+
+    /// The stale write of [`Bucket::store_invalidating`].
+    fn write_stale(
+        &self,
+        vb: VbucketId,
+        inner: &mut VbInner,
+        req: &StoreRequest,
+        cur: &Current,
+        now: u32,
+    ) -> Result<Mutated, NeedMemory> {
+        let value = req.value.clone();
+        let mutated = self.write_item(vb, inner, &req.key, value, req.flags, cur.exptime, now)?;
+        if let Some(item) = inner.table.get_mut(&req.key[..]) {
+            item.hints.set(Hints::STALE);
+            if cur.hints.has(Hints::WIN_SENT) {
+                item.hints.set(Hints::WIN_SENT);
+            }
+        }
+        Ok(mutated)
     }
 
     /// Installs a new version of `key` — over a live item, a dead one
@@ -231,6 +288,8 @@ impl Bucket {
             seqno,
             time: now,
             referenced: true,
+            hints: Hints::default(),
+            accessed: now,
         };
         if inner.table.insert(key, item).is_none() {
             self.note_item_added();

@@ -9,6 +9,15 @@ use super::vbucket::{VbInner, VbucketState};
 use super::{Bucket, EngineError, Hit, Mutated, OpError};
 use crate::mutation::{Mutation, MutationKind, VbucketId};
 
+/// Whether a rewrite keeps the item's CAS or takes a new one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Cas {
+    /// touch: memcached keeps the CAS.
+    Keep,
+    /// `md I`: memcached bumps it, so a client holding the old one loses.
+    New,
+}
+
 // === impl Bucket ===
 
 impl Bucket {
@@ -24,7 +33,7 @@ impl Bucket {
         self.stats.cmd_touch.incr();
         let result = self.with_memory(|| {
             let mut inner = self.lock_in(vbucket, VbucketState::Active)?;
-            self.touch_locked(vb, &mut inner, key, exptime, now)
+            self.rewrite_locked(vb, &mut inner, key, exptime, Cas::Keep, now)
         });
         self.count_touch(&result);
         result.map(|(mutated, _)| mutated)
@@ -44,7 +53,7 @@ impl Bucket {
         self.stats.cmd_touch.incr();
         let result = self.with_memory(|| {
             let mut inner = self.lock_in(vbucket, VbucketState::Active)?;
-            self.touch_locked(vb, &mut inner, key, exptime, now)
+            self.rewrite_locked(vb, &mut inner, key, exptime, Cas::Keep, now)
         });
         self.count_touch(&result);
         result.map(|(_, hit)| hit)
@@ -58,19 +67,26 @@ impl Bucket {
         }
     }
 
-    fn touch_locked(
+    /// Queues the live item for `key` again with a new `exptime` (and, for
+    /// [`Cas::New`], a new CAS): touch, and meta `md I`. A fetch too.
+    pub(super) fn rewrite_locked(
         &self,
         vb: VbucketId,
         inner: &mut VbInner,
         key: &[u8],
         exptime: u32,
+        cas: Cas,
         now: u32,
     ) -> Result<(Mutated, Hit), OpError> {
         let item = self
             .find_live(vb, inner, key, now, true)
             .map_err(|_| EngineError::NotFound)?;
         let value = item.value.clone().ok_or(EngineError::ValueEjected)?;
-        let (cas, flags) = (item.cas, item.flags);
+        let flags = item.flags;
+        let cas = match cas {
+            Cas::Keep => item.cas,
+            Cas::New => self.next_cas(),
+        };
         let queue_charge = self.queue_charge(key.len());
         self.mem.apply(queue_charge, 0)?;
         let key = inner
@@ -92,10 +108,12 @@ impl Bucket {
         });
         self.note_queued();
         if let Some(item) = inner.table.get_mut(&key[..]) {
+            item.cas = cas;
             item.exptime = exptime;
             item.seqno = seqno;
             item.time = now;
-            item.referenced = true;
+            // memcached's touch is a fetch too (`h1` after it).
+            item.bump(now);
         }
         let hit = Hit {
             value,

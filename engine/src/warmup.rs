@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use super::item::{Item, ItemMeta};
+use super::item::{Hints, Item, ItemMeta};
 use super::memory::item_charge;
 use super::{Bucket, EngineError};
 use crate::mutation::VbucketId;
@@ -90,6 +90,8 @@ impl Bucket {
             seqno: meta.seqno,
             time: meta.time,
             referenced: false,
+            hints: Hints::default(),
+            accessed: meta.time,
         };
         if inner.table.insert(key, item).is_none() {
             self.note_item_added();

@@ -31,6 +31,11 @@ pub enum ErrorKind {
     /// `SERVER_ERROR` replies, so the client hears nothing; `reason` still says
     /// what was wrong. (Never produced for binary; 0x04 if ever mapped.)
     NoReply,
+    /// An HTTP request line (its last token starts `HTTP/`) where a
+    /// memcached command was expected: someone pointed a browser or an
+    /// HTTP health check at the data port. memcached closes the connection
+    /// without a word, and so does Shoal.
+    HttpRequest,
 }
 
 /// What the connection does after answering the error.
@@ -105,7 +110,7 @@ impl ParseError {
     /// 1.6 words it.
     pub fn write_ascii_reply(&self, out: &mut BytesMut) {
         match self.kind {
-            ErrorKind::NoReply => {}
+            ErrorKind::NoReply | ErrorKind::HttpRequest => {}
             ErrorKind::UnknownCommand => out.put_slice(b"ERROR\r\n"),
             ErrorKind::TooLarge => out.put_slice(b"SERVER_ERROR object too large for cache\r\n"),
             ErrorKind::BadFormat
@@ -128,7 +133,8 @@ impl ParseError {
             | ErrorKind::BadDataChunk
             | ErrorKind::LineTooLong
             | ErrorKind::BadMagic
-            | ErrorKind::NoReply => STATUS_EINVAL,
+            | ErrorKind::NoReply
+            | ErrorKind::HttpRequest => STATUS_EINVAL,
         }
     }
 }

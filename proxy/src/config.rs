@@ -69,6 +69,10 @@ pub struct ProxyConfig {
     /// TLS client port (Couchbase's 11207); `None`: none; 0 lets the OS
     /// choose.
     pub tls_port: Option<u16>,
+    /// Largest value a client may store (memcached's item size limit):
+    /// larger writes are refused as memcached refuses them, the old value
+    /// unlinked. Node replies are parsed with `downstream.limits`.
+    pub max_value_len: usize,
 }
 
 impl Default for ProxyConfig {
@@ -89,6 +93,8 @@ impl Default for ProxyConfig {
             admin_limits: HttpLimits::default(),
             tls: None,
             tls_port: None,
+            // memcached's and the node's default item size limit.
+            max_value_len: 1024 * 1024,
         }
     }
 }

@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use shoal_protocol::Limits;
 use tokio::sync::Notify;
 
 use crate::config::{MapSource, ProxyConfig};
@@ -33,6 +34,11 @@ pub struct Shared {
     /// The cluster refused the bucket's credentials for its config (HTTP
     /// 401 or 403): the password the proxy holds is wrong, or missing.
     pub config_refused: AtomicBool,
+    /// What a client request may be: the downstream parsing limits with
+    /// the item size limit ([`ProxyConfig::max_value_len`]).
+    pub client_limits: Limits,
+    /// When this proxy started (`stats` `uptime`).
+    pub started: std::time::Instant,
 }
 
 impl Shared {
@@ -46,6 +52,11 @@ impl Shared {
             draining: AtomicBool::new(false),
             refresh: Notify::new(),
             config_refused: AtomicBool::new(false),
+            started: std::time::Instant::now(),
+            client_limits: Limits {
+                max_value_len: config.max_value_len,
+                ..config.downstream.limits
+            },
             config,
         })
     }

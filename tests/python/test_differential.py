@@ -1,6 +1,16 @@
 """Differential test: one script of raw ASCII, meta and binary exchanges,
-run against Debian's memcached 1.6.18 and against `shoal node --standalone`;
-the replies must be identical.
+run against Debian's memcached 1.6.18 and against three Shoal targets; the
+replies must be identical.
+
+The targets (`TARGETS`): `node`, a `shoal node --standalone`;
+`proxy-vbucket`, a `shoal proxy` in vbucket mode in front of a three-node
+cluster's couchbase bucket `default`; `proxy-ketama`, a `shoal proxy` in
+ketama mode in front of a memcached bucket of the same cluster (fixtures in
+conftest.py; everything refuses values above 1 MiB, as memcached's `-I
+1024k`). memcached runs each exchange once; its replies are compared with
+each target's. An exchange may differ on some targets for a stated reason
+(`Exchange.known_difference`): that one pairing is a strict xfail, so it is
+noticed when it starts to agree.
 
 Each exchange is a name and one or more request steps (bytes, or a function
 of the CAS values seen so far in the exchange, for `cas` and `C<cas>`). Each
@@ -10,6 +20,11 @@ same state for it whatever ran before. After every step the harness sends a
 sentinel — `mn` (ASCII/meta) or a NOOP with a reserved opaque (binary) —
 and reads until the sentinel's reply: a step's reply is complete without
 guessing quiet periods or sleeping.
+
+CAS values are compared within an exchange: the same CAS again, or a new
+one. A cluster's nodes each count their own CAS values, so two keys on two
+nodes may share one: an exchange shows the CAS of one key only, unless its
+replies name their keys and it numbers CAS values per key (`cas_per_key`).
 
 Normalized before comparing, because they legitimately differ:
 - CAS values: each distinct CAS maps to its order of first appearance in
@@ -21,8 +36,16 @@ Normalized before comparing, because they legitimately differ:
   empty terminating frame stays). `test_node_stats_names` checks the names.
 - Meta `t<ttl>` rounded up to a multiple of 100: a second may tick between
   the write and the read on either server; every relative TTL in the script
-  is a multiple of 100 (read back as itself or one less), the one absolute
-  expiry time is 50 s short of one.
+  is a multiple of 100 or 30 (read back as itself or one less), the one
+  absolute expiry time is 50 s short of one.
+- Meta `l<seconds since last access>` rounded down to a multiple of 100:
+  every item in the script is read within a second of its last access, so
+  either server may say 0 or 1 (the same tick as for `t`).
+- The `me` line (`ME <key> exp= la= cas= fetch= cls= size=`): `exp` as
+  `t`, `la` as `l`, `cas` numbered as CAS values are; `cls` and `size`
+  (memcached's slab class, and the item's size with its header in memory)
+  describe a server's memory layout, not the item: only that they are
+  numbers is compared. The key and `fetch` are compared as they are.
 Anything else that differs fails the exchange, printed byte-exact.
 """
 
@@ -89,6 +112,9 @@ def split_frames(buf):
 
 # === the script ===
 
+# The Shoal targets the script runs on, and the fixture serving each.
+TARGETS = {"node": "shoal_node", "proxy-vbucket": "vbucket_proxy", "proxy-ketama": "ketama_proxy"}
+
 
 @dataclass
 class Exchange:
@@ -103,9 +129,17 @@ class Exchange:
     # well-framed request with bad arguments can be skipped). Compared up to
     # memcached's close; Shoal must not close.
     memcached_closes: bool = False
-    # A difference not fixed yet: the exchange is expected to fail (strict,
-    # so it is noticed when fixed). The reason says where the fix belongs.
-    known_difference: str = ""
+    # A known difference: the exchange is expected to fail (strict, so it is
+    # noticed when it starts to agree). A str is the reason on every target;
+    # a dict {target: reason} names the targets it differs on. The reason
+    # says why, and where a fix would belong if it is not by design.
+    known_difference: object = ""
+
+    def difference_on(self, target):
+        """The reason this exchange differs on `target`, or ""."""
+        if isinstance(self.known_difference, dict):
+            return self.known_difference.get(target, "")
+        return self.known_difference
 
 
 SCRIPT = []
@@ -151,6 +185,43 @@ def trim_counter_padding_binary(reply):
     return b"".join(out) + rest + (b"<closed>" if closed else b"")
 
 
+def keyed_cas(key, cas):
+    """A stand-in for `cas` unique to `key` (0 stays 0)."""
+    return 0 if cas == 0 else int.from_bytes(sha256(b"%s %d" % (key, cas)).digest()[:7], "big") + 1
+
+
+def cas_per_key(reply):
+    """A cluster's nodes each count their own CAS values
+    (engine/src/lib.rs `next_cas`), so two keys on two nodes may share one;
+    memcached's are unique server-wide. For exchanges that read the CAS of
+    several keys: each `VALUE` line's CAS is made unique to its key before
+    CAS values are numbered, so one key's CAS is still checked against
+    itself (same or new), never against another key's."""
+    out = []
+    for kind, text in text_items(reply):
+        if kind == "line":
+            words = text.split(b" ")
+            if words[0] == b"VALUE" and len(words) == 5 and words[4].isdigit():
+                words[4] = b"%d" % keyed_cas(words[1], int(words[4]))
+            text = b" ".join(words) + b"\r\n"
+        out.append(text)
+    return b"".join(out)
+
+
+def cas_per_key_binary(reply):
+    """`cas_per_key` for binary replies that carry their key."""
+    closed = reply.endswith(b"<closed>")
+    frames, rest = split_frames(reply.removesuffix(b"<closed>"))
+    out = []
+    for f in frames:
+        extlen, keylen = f[4], struct.unpack_from(">H", f, 2)[0]
+        if keylen:
+            key, cas = f[24 + extlen : 24 + extlen + keylen], struct.unpack_from(">Q", f, 16)[0]
+            f = f[:16] + struct.pack(">Q", keyed_cas(key, cas)) + f[24:]
+        out.append(f)
+    return b"".join(out) + rest + (b"<closed>" if closed else b"")
+
+
 # --- classic ASCII: retrieval ---
 ex("get miss", b"get dg:miss\r\n")
 ex("get multi hits misses duplicates",
@@ -166,7 +237,8 @@ ex("get with 60 long keys (15 KiB line)",
 ex("get 100 keys, every other one present",
    b"".join(b"set dg:h%03d 0 0 3\r\n%03d\r\n" % (i, i) for i in range(0, 100, 2))
    + b"get " + b" ".join(b"dg:h%03d" % i for i in range(100)) + b"\r\n")
-ex("gets multi", b"set dgs:a 0 0 1\r\na\r\nset dgs:b 0 0 1\r\nb\r\ngets dgs:a dgs:miss dgs:b dgs:a\r\n")
+ex("gets multi", b"set dgs:a 0 0 1\r\na\r\nset dgs:b 0 0 1\r\nb\r\ngets dgs:a dgs:miss dgs:b dgs:a\r\n",
+   normalize=cas_per_key)
 ex("gat multi with ttl", b"set dgat:a 3 0 1\r\na\r\nset dgat:b 0 0 1\r\nb\r\n"
    b"gat 1000 dgat:a dgat:miss dgat:b\r\nmg dgat:a t\r\nmg dgat:b t\r\n")
 ex("gats multi", b"set dgats:a 0 0 1\r\na\r\ngats 500 dgats:a dgats:miss\r\nmg dgats:a t c\r\n")
@@ -324,6 +396,129 @@ ex("meta key too long", b"mg " + K251 + b" v\r\nms " + K251 + b" 1\r\nx\r\nmd " 
 ex("meta no key", b"mg\r\nms\r\nmd\r\nma\r\n")
 ex("meta opaque and key on errors", b"ms dm:e 1 MA O42 k\r\nx\r\nmd dm:e O43 k\r\nma dm:e O44 k\r\n")
 
+# --- meta: every flag and mode of memcached 1.6.18 ---
+ex("mg every return flag on a hit and a miss",
+   b"ms mg:all 2 F5 T1000\r\nhi\r\nmg mg:all v c f s t k O1 h l\r\nmg mg:all h l t u\r\n"
+   b"mg mg:allmiss v c f s t k O2 h l u\r\n")
+ex("mg h and l: fetched before and idle seconds; u leaves them",
+   b"ms mg:h 1\r\nx\r\nmg mg:h u h l\r\nmg mg:h h l\r\nmg mg:h h l v\r\nmg mg:h u h\r\n")
+ex("mg T touches while fetching",
+   b"ms mg:t 1 T100\r\nx\r\nmg mg:t T500 t v c\r\nmg mg:t t\r\nmg mg:t T0 t\r\nmg mg:t t\r\nmg mg:tmiss T500 t v\r\n"
+   b"mg mg:t T\r\nmg mg:t Tabc\r\nmg mg:t T-1\r\nmg mg:t v\r\n")
+ex("mg N vivifies a miss: its creator wins, later readers see Z",
+   b"mg mg:n N30 v c f s t k O1\r\nmg mg:n N30 v c t\r\nmg mg:n s v\r\nms mg:n 2\r\nhi\r\nmg mg:n v t\r\n"
+   b"mg mg:n2 N30 s t\r\nmg mg:n2 N30 q\r\nmg mg:n3 N30 q\r\nmg mg:n4 N0 t v\r\nmg mg:n4 t\r\n")
+ex("mg N and R need a number", b"mg mg:nbad N\r\nmg mg:nbad Nabc v\r\nmg mg:nbad R\r\nmg mg:nbad Rx v\r\n"
+   b"mg mg:nbad v\r\n")
+ex("mg R: the first reader of an item about to expire wins the recache",
+   b"ms mg:r 2 T100\r\nhi\r\nmg mg:r R30 v t\r\nmg mg:r R200 v t c\r\nmg mg:r R200 v t\r\nmg mg:r v\r\n"
+   b"ms mg:r 2 T100\r\nho\r\nmg mg:r R200 t\r\nms mg:r2 1\r\nx\r\nmg mg:r2 R30 v t\r\n")
+ex("mg base64 keys: b decodes the key, k echoes it in base64",
+   b"ms bWc6YjY0 2 b\r\nhi\r\nmg bWc6YjY0 b v k c s O5\r\nmg bWc6YjY0 b k q\r\nmg mg:b64 v\r\n"
+   b"mg bWc6YjY0bWlzcw== b k v O6\r\nmg bWc6YjY0bWlzcw== b k q\r\nmg bWc6YjY0 b\r\nmg bWc6YjY0 v\r\nmg !!!! b v\r\n")
+# memcached 1.6.18 remembers whether an item was stored under a base64 key
+# (ITEM_KEY_BINARY) and `mg k` echoes the key that way, whatever the
+# request said; `md` and `ma` echo the request's key.
+ex("mg k echoes a key as it was stored, base64 or not",
+   b"ms mg:asplain 1\r\nx\r\nmg bWc6YXNwbGFpbg== b k v\r\nms bWc6YXNiNjQ= 1 b\r\ny\r\nmg mg:asb64 k v\r\n")
+ex("mg q hides misses only; mn ends the quiet pipeline",
+   b"mg mg:q v q\r\nmg mg:q k O1 q\r\nms mg:q 1\r\nx\r\nmg mg:q v q O2\r\nmg mg:q q\r\nmg mg:q k q\r\nmn\r\n")
+ex("mg E is an invalid flag", b"ms mg:e 1\r\nx\r\nmg mg:e E5 v\r\nmg mg:e E v\r\nmg mg:emiss E5 v\r\nmg mg:e v\r\n")
+
+# Stale-while-revalidate: `md I` marks an item stale; one reader wins its
+# recache.
+ex("md I marks stale: the first reader wins (X W), later ones see Z X",
+   b"ms sw:a 2 c\r\nhi\r\nmd sw:a I T30\r\nmg sw:a v c t\r\nmg sw:a v c t\r\nmg sw:a v\r\nmg sw:a h\r\n")
+ex("ms I with an older cas stores a value that stays stale",
+   b"ms sw:b 2 c\r\nhi\r\nmd sw:b I T30\r\nmg sw:b c\r\n",
+   lambda c: b"ms sw:b 3 I C%d c\r\nnew\r\nmg sw:b v c t\r\n" % c[0])
+ex("ms I with a cas not older is a plain compare-and-set",
+   b"ms sw:c 2 c\r\nhi\r\nmd sw:c I T30\r\nmg sw:c c\r\n",
+   lambda c: b"ms sw:c 3 I C%d c\r\nnew\r\nmg sw:c v c\r\nms sw:c 3 I C%d c\r\nnow\r\nmg sw:c v c t\r\n"
+   % (c[1] + 1000000, c[1]))
+ex("a plain ms clears staleness",
+   b"ms sw:d 2\r\nhi\r\nmd sw:d I T30\r\nms sw:d 3\r\nnew\r\nmg sw:d v t\r\nmd sw:d I\r\nms sw:d 1 I\r\nx\r\n"
+   b"mg sw:d v\r\n")
+ex("md I: quiet, echoes, misses and repeats",
+   b"md sw:miss I\r\nmd sw:miss I q\r\nms sw:e 1\r\nx\r\nmd sw:e I q\r\nmd sw:e I k O1\r\nmg sw:e v\r\nmg sw:e v\r\n")
+ex("md I with a cas",
+   b"ms sw:f 1 c\r\nx\r\n",
+   lambda c: b"md sw:f C%d I T30\r\nmd sw:f C%d I T30 q\r\nmg sw:f c t\r\n" % (c[0] + 1000000, c[0]))
+
+ex("ms modes are upper case; M takes one letter",
+   b"ms ms:l 1 Ms\r\nx\r\nms ms:l 1 ms\r\nx\r\nms ms:l 1 M\r\nx\r\nms ms:l 1 MSS\r\nx\r\nms ms:l 1 M1\r\nx\r\n"
+   b"mg ms:l v\r\n")
+ex("ms modes on a missing key, then quiet",
+   b"ms ms:m 1 MA\r\nx\r\nms ms:m 1 MP\r\nx\r\nms ms:m 1 MR\r\nx\r\nms ms:m 1 MA q\r\nx\r\nms ms:m 1 ME q\r\nx\r\n"
+   b"ms ms:m 1 ME q\r\ny\r\nms ms:m 1 MS q\r\nz\r\nms ms:m 1 MA q\r\na\r\nms ms:m 1 MP q c k O1\r\np\r\n"
+   b"mg ms:m v\r\nms ms:m 1 MR q\r\nr\r\nmg ms:m v\r\nmn\r\n")
+ex("ms F T k O c, and the flags only mg returns",
+   b"ms ms:f 2 F7 T300 c k O9 s f t\r\nhi\r\nmg ms:f v f t\r\nms ms:f 1 F0\r\nx\r\nmg ms:f f\r\n"
+   b"ms ms:f 1 F4294967295 T0\r\nx\r\nmg ms:f f t\r\nms ms:f 1 F-1\r\nx\r\nms ms:f 1 Fabc\r\nx\r\n"
+   b"ms ms:f 1 Tabc\r\nx\r\nms ms:f 1 T\r\nx\r\nmg ms:f f v\r\n")
+ex("ms T sets, T0 clears, T-1 expires",
+   b"ms ms:t 1 T100\r\nx\r\nmg ms:t t\r\nms ms:t 1 T0\r\nx\r\nmg ms:t t\r\nms ms:t 1 T-1\r\nx\r\nmg ms:t t v\r\n")
+ex("ms S E x are invalid flags",
+   b"ms ms:x 2 S2\r\nhi\r\nms ms:x 2 x\r\nhi\r\nms ms:x 2 E5\r\nhi\r\nms ms:x 2 E\r\nhi\r\nmg ms:x v\r\n"
+   b"ms ms:x S2\r\nhi\r\nms ms:x 2 q MX\r\nhi\r\nms ms:x 2 q E5\r\nhi\r\n")
+ex("ms base64 key echoed in base64",
+   b"ms bXM6YjY0 2 b k O3 c\r\nhi\r\nmg ms:b64 v\r\nms bXM6YjY0 2 b MA k\r\nho\r\nms bXM6YjY0 2 b ME k O4\r\nhi\r\n"
+   b"mg bXM6YjY0 b v\r\nms @@@@ 1 b\r\nx\r\n")
+
+ex("md q hides HD only", b"ms md:q 1\r\nx\r\nmd md:q q\r\nmd md:q q\r\nmd md:q q k O3\r\nmg md:q v\r\nmn\r\n")
+ex("md C with q",
+   b"ms md:c 1 c\r\nx\r\n",
+   lambda c: b"md md:c C%d q\r\nmd md:c C%d k O1 q\r\nmd md:c C%d\r\nmg md:c v\r\n" % (c[0] + 1000000, c[0], c[0]))
+ex("md T without I deletes; x and E are invalid flags",
+   b"ms md:x 1 T100\r\nx\r\nmd md:x x\r\nmd md:x E5\r\nmd md:x x q\r\nmg md:x v\r\nmd md:x T30\r\nmg md:x v\r\n")
+ex("md base64 key",
+   b"md bWQ6YjY0 b\r\nms bWQ6YjY0 1 b\r\nx\r\nmd bWQ6YjY0 b k O1\r\nmd bWQ6YjY0 b k\r\nmd bWQ6YjY0 b q\r\n"
+   b"md %%%% b\r\n")
+
+ex("ma modes: upper case or + and -, one letter",
+   b"ms ma:m 1\r\n5\r\nma ma:m Mi v\r\nma ma:m Md v\r\nma ma:m M v\r\nma ma:m MII v\r\nma ma:m Mx v\r\nma ma:m MI v\r\n"
+   b"ma ma:m M+ v\r\nma ma:m MD v\r\nma ma:m M- v\r\nma ma:m ma v\r\n")
+ex("ma N J: autovivify with an initial value",
+   b"ma ma:n N0 J10 v\r\nma ma:n N0 J10 v\r\nma ma:n2 N0 J10 MD v\r\nma ma:n3 N0 v\r\nma ma:n4 J10 v\r\n"
+   b"ma ma:n5 N0 J18446744073709551615 v\r\nma ma:n5 v\r\nma ma:n6 N0 Jabc v\r\nma ma:n7 N0 J18446744073709551616 v\r\n"
+   b"ma ma:n8 N300 J1 t v c\r\nmg ma:n8 t v\r\nma ma:n9 N0 J7 q\r\nmg ma:n9 v\r\n")
+ex("ma q hides HD and VA, not NF or errors",
+   b"ms ma:q 1\r\n5\r\nma ma:q q\r\nma ma:q q v\r\nma ma:q q k O5\r\nma ma:qmiss q\r\nma ma:qmiss q k O7\r\n"
+   b"ma ma:q q MX\r\nmg ma:q v\r\nmn\r\n")
+ex("ma E and x are invalid flags; b decodes the key",
+   b"ms ma:x 1\r\n5\r\nma ma:x E5\r\nma ma:x x\r\nma bWE6YjY0 b v\r\nms bWE6YjY0 1 b\r\n5\r\nma bWE6YjY0 b v k O1\r\n"
+   b"ma ^^^^ b\r\n")
+ex("ma C compares the cas",
+   b"ms ma:c 1 c\r\n5\r\n",
+   lambda c: b"ma ma:c C%d v\r\nma ma:c C%d v c\r\nma ma:c C%d v\r\n" % (c[0] + 1000000, c[0], c[0]))
+ex("ma below 0, past 2^64, T and non-numeric values",
+   b"ms ma:d 1 T300\r\n3\r\nma ma:d MD D1000 v t c\r\nma ma:d D18446744073709551615 v\r\n"
+   b"ma ma:d D18446744073709551615 v\r\nma ma:d T600 t\r\nma ma:d D0 v\r\nms ma:d 2\r\n1a\r\nma ma:d v\r\n"
+   b"ms ma:d 21\r\n184467440737095516150\r\nma ma:d v\r\n")
+
+ex("mn ignores what follows", b"mn x y\r\nmn\r\n")
+ex("me miss and malformed", b"me me:miss\r\nme\r\nme me:miss v\r\n")
+ex("me before and after a fetch",
+   b"ms me:a 3 F5\r\nabc\r\nme me:a\r\nmg me:a v\r\nme me:a\r\nme me:a extra tokens\r\n")
+ex("me of an item with a ttl", b"ms me:t 1 T1000\r\nx\r\nme me:t\r\n",
+   known_difference="memcached 1.6.18 prints exp as current_time - exptime, the remaining TTL negated (later "
+   "memcached prints exptime - current_time); Shoal prints the remaining seconds (node/src/server/meta.rs `me`; "
+   "a proxy forwards `me` to the key's node)")
+ex("me base64 key", b"me bWU6YjY0 b\r\nms bWU6YjY0 1 b\r\nx\r\nme bWU6YjY0 b\r\n")
+# As `mg k` (see "mg k echoes a key as it was stored, base64 or not").
+ex("me names a key as it was stored, base64 or not",
+   b"ms me:plain 1\r\nx\r\nme bWU6cGxhaW4= b\r\nms bWU6YXNiNjQ= 1 b\r\ny\r\nme me:asb64\r\n")
+
+# --- classic corners ---
+ex("stats with unknown arguments", b"stats bogus\r\nstats 1 2 3\r\nstats detail\r\nstats detail bogus\r\n"
+   b"stats detail dump\r\n")
+ex("stats sizes and conns", b"stats sizes\r\nstats conns\r\n")
+ex("verbosity with extra tokens",
+   b"verbosity 1 2 3\r\nverbosity 1 2\r\nverbosity noreply\r\nverbosity -1\r\nverbosity x noreply\r\nverbosity 0\r\n")
+# memcached closes a connection whose unknown command ends in `HTTP/…`.
+ex("HTTP request line on the data port", b"GET / HTTP/1.1\r\n")
+ex("HTTP request with headers on the data port", b"POST /x HTTP/1.0\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+
 # --- binary ---
 B = frame
 ex("bin get getk getq getkq pipeline",
@@ -335,7 +530,8 @@ ex("bin get getk getq getkq pipeline",
    + B("NOOP", opaque=9))
 ex("bin multi-get of 100 keys as GETKQ + NOOP",
    b"".join(store("SETQ", b"db:h%03d" % i, b"%03d" % i, flags=i) for i in range(0, 100, 2))
-   + b"".join(B("GETKQ", b"db:h%03d" % i, opaque=i) for i in range(100)) + B("NOOP", opaque=1000))
+   + b"".join(B("GETKQ", b"db:h%03d" % i, opaque=i) for i in range(100)) + B("NOOP", opaque=1000),
+   normalize=cas_per_key_binary)
 ex("bin quiet set with stale cas is loud",
    store("SET", b"db:qc", b"a") + store("SETQ", b"db:qc", b"b", cas=999999999, opaque=1)
    + store("ADDQ", b"db:qc", b"c", opaque=2) + B("GET", b"db:qc", opaque=3))
@@ -364,17 +560,18 @@ ex("bin delete with cas",
    store("SET", b"db:dc", b"x") + B("GET", b"db:dc"),
    lambda c: B("DELETE", b"db:dc", cas=c[0] + 1000000, opaque=1) + B("DELETE", b"db:dc", cas=c[0], opaque=2)
    + B("DELETE", b"db:dcmiss", cas=5, opaque=3))
-ex("bin incr decr with initial and exptime",
+ex("bin incr decr with initial",
    arith("INCR", b"db:n", 5, initial=100, exptime=0, opaque=1) + arith("INCR", b"db:n", 5, initial=100, opaque=2)
-   + arith("DECR", b"db:n", 200, opaque=3) + arith("DECR", b"db:n2", 1, initial=7, exptime=1000, opaque=4)
-   + B("GET", b"db:n", opaque=5) + B("GET", b"db:n2", opaque=6),
+   + arith("DECR", b"db:n", 200, opaque=3) + B("GET", b"db:n", opaque=5),
    normalize=trim_counter_padding_binary)
+ex("bin decr creates with initial and exptime",
+   arith("DECR", b"db:n2", 1, initial=7, exptime=1000, opaque=4) + B("GET", b"db:n2", opaque=6))
 ex("bin incr no-create",
    arith("INCR", b"db:nc", 1, initial=5, exptime=NO_CREATE, opaque=1)
    + arith("DECR", b"db:nc", 1, initial=5, exptime=NO_CREATE, opaque=2) + B("GET", b"db:nc", opaque=3))
-ex("bin incr wraps, non-numeric",
-   store("SET", b"db:w", b"18446744073709551615") + arith("INCR", b"db:w", 2, opaque=1)
-   + store("SET", b"db:nn", b"abc") + arith("INCR", b"db:nn", 1, opaque=2) + arith("DECR", b"db:nn", 1, opaque=3))
+ex("bin incr wraps", store("SET", b"db:w", b"18446744073709551615") + arith("INCR", b"db:w", 2, opaque=1))
+ex("bin incr non-numeric",
+   store("SET", b"db:nn", b"abc") + arith("INCR", b"db:nn", 1, opaque=2) + arith("DECR", b"db:nn", 1, opaque=3))
 ex("bin incr with cas",
    arith("INCR", b"db:ic", 1, initial=1),
    lambda c: arith("INCR", b"db:ic", 1, cas=c[0] + 1000000, opaque=1) + arith("INCR", b"db:ic", 1, cas=c[0], opaque=2))
@@ -408,7 +605,7 @@ ex("bin stat", B("STAT", opaque=1))
 ex("bin stat groups", B("STAT", b"settings", opaque=1) + B("STAT", b"items", opaque=2) + B("STAT", b"bogus", opaque=3))
 ex("bin incr keeps flags",
    store("SET", b"db:if", b"5", flags=77) + arith("INCR", b"db:if", 1, opaque=1) + B("GET", b"db:if", opaque=2))
-ex("bin vbucket id ignored on a standalone node",
+ex("bin vbucket id from the client is ignored",
    frame("SET", b"db:vb", b"v", struct.pack(">II", 0, 0), vbucket=5, opaque=1) + B("GET", b"db:vb", vbucket=7, opaque=2))
 ex("bin quitq", store("SET", b"db:qq", b"v", opaque=1) + B("QUITQ", opaque=2) + B("GET", b"db:qq", opaque=3))
 # Unknown opcodes without a body: with a body memcached 1.6.18 answers, then
@@ -428,11 +625,13 @@ ex("bin noop with key", B("NOOP", b"db:be7", opaque=1), memcached_closes=True)
 ex("bin version with key", B("VERSION", b"db:be8", opaque=1), memcached_closes=True)
 ex("bin oversized value, stream continues",
    store("SET", b"db:big", BIG, opaque=1) + store("SET", b"db:after", b"ok", opaque=2) + B("GET", b"db:after", opaque=3),
-   known_difference="memcached answers 0x03 too large and skips the body; Shoal's binary parser closes the "
-   "connection on any body over its limit (protocol/src/binary/header.rs check_frame), so the client sees a "
-   "reset instead of the error")
+   known_difference="memcached answers 0x03 too large and skips the body; Shoal's binary parser (node and "
+   "proxy alike) closes the connection on any body over its limit (protocol/src/binary/header.rs check_frame), "
+   "so the client sees a reset instead of the error")
 ex("bin key too long", B("GET", K251, opaque=1) + B("NOOP", opaque=2), memcached_closes=True)
 ex("bin quit", B("NOOP", opaque=1) + B("QUIT", opaque=2))
+ex("bin quitq alone closes without a reply", B("QUITQ", opaque=1))
+ex("bin quit replies, closes and ignores what follows", B("QUIT", opaque=1) + B("GET", b"db:qt", opaque=2))
 
 
 # === running and comparing ===
@@ -445,6 +644,12 @@ def recv(sock):
         return sock.recv(1 << 20)
     except ConnectionResetError:
         return b""
+
+
+def sentinels_in(request):
+    """How many `mn` lines (arguments or not) an ASCII request holds: each
+    is answered `MN`, like the harness's own sentinel."""
+    return len(re.findall(rb"(?<![^\n])mn(?: [^\r\n]*)?\r\n", request))
 
 
 def read_text_step(sock, expected_mn):
@@ -488,7 +693,7 @@ def run_exchange(addr, exchange):
             if exchange.binary:
                 reply = read_binary_step(sock)
             else:
-                expected = len(re.findall(rb"(?<![^\n])mn\r\n", request)) + 1
+                expected = sentinels_in(request) + 1
                 reply = read_text_step(sock, expected)
             replies.append(reply)
             for cas in raw_cas_values(reply, exchange.binary):
@@ -577,9 +782,40 @@ def normalize_text(reply, cas_no):
                 if re.fullmatch(rb"c\d+", w):
                     words[j] = b"c#%d" % cas_no(int(w[1:]))
                 elif re.fullmatch(rb"t\d+", w):
-                    words[j] = b"t~%d" % (math.ceil(int(w[1:]) / 100) * 100)
+                    words[j] = b"t~%d" % ttl_bucket(int(w[1:]))
+                elif re.fullmatch(rb"l\d+", w):
+                    words[j] = b"l~%d" % elapsed_bucket(int(w[1:]))
+        elif words[0] == b"ME" and len(words) >= 2:
+            words = [b"ME", words[1]] + [normalize_me_field(w, cas_no) for w in words[2:]]
         out.append(b" ".join(words) + b"\r\n")
     return b"".join(out)
+
+
+def ttl_bucket(seconds):
+    """A TTL rounded up to a multiple of 100 (sign kept): read a tick
+    apart, 1000 and 999 are the same."""
+    return int(math.copysign(math.ceil(abs(seconds) / 100) * 100, seconds))
+
+
+def elapsed_bucket(seconds):
+    """Seconds since an access rounded down to a multiple of 100: read a
+    tick apart, 0 and 1 are the same."""
+    return seconds // 100 * 100
+
+
+def normalize_me_field(field, cas_no):
+    """One `name=value` field of an `ME` line (see the module docstring)."""
+    m = re.fullmatch(rb"(exp|la|cas|cls|size)=(-?\d+)", field)
+    if m is None:
+        return field
+    name, value = m.group(1), int(m.group(2))
+    if name == b"exp":
+        return b"exp=%d" % (value if value == -1 else ttl_bucket(value))
+    if name == b"la":
+        return b"la~%d" % elapsed_bucket(value)
+    if name == b"cas":
+        return b"cas=#%d" % cas_no(value)
+    return name + b"=<n>"
 
 
 def describe_frame(f, cas_no):
@@ -645,17 +881,41 @@ def up_to_memcached_close(want, got):
     return want[:-1] + [last], got[: len(want) - 1] + [b"\n".join(got[len(want) - 1].split(b"\n")[:frames])]
 
 
-def param(exchange):
+def param(exchange, target):
     marks = []
-    if exchange.known_difference:
-        marks.append(pytest.mark.xfail(strict=True, reason=exchange.known_difference))
-    return pytest.param(exchange, id=exchange.name, marks=marks)
+    reason = exchange.difference_on(target)
+    if reason:
+        marks.append(pytest.mark.xfail(strict=True, reason=f"{target}: {reason}"))
+    return pytest.param(exchange, target, id=f"{target}:{exchange.name}", marks=marks)
 
 
-@pytest.mark.parametrize("exchange", [param(e) for e in SCRIPT])
-def test_exchange(exchange, memcached_server, shoal_node):
-    expected = run_exchange(memcached_server.addr, exchange)
-    actual = run_exchange(shoal_node.addr, exchange)
+@pytest.fixture(scope="module")
+def memcached_replies(memcached_server):
+    """memcached's raw replies to an exchange, run once for all targets
+    (its keys are fresh only the first time)."""
+    replies = {}
+
+    def of(exchange):
+        if exchange.name not in replies:
+            replies[exchange.name] = run_exchange(memcached_server.addr, exchange)
+        return replies[exchange.name]
+
+    return of
+
+
+@pytest.fixture
+def shoal_target(request):
+    """The server of the target `request.param` names (a test parameter,
+    so a failing test's report has its logs)."""
+    return request.getfixturevalue(TARGETS[request.param])
+
+
+@pytest.mark.parametrize(
+    "exchange,shoal_target", [param(e, t) for t in TARGETS for e in SCRIPT], indirect=["shoal_target"]
+)
+def test_exchange(exchange, shoal_target, memcached_replies):
+    expected = memcached_replies(exchange)
+    actual = run_exchange(shoal_target.addr, exchange)
     want, got = normalized(exchange, expected), normalized(exchange, actual)
     if exchange.memcached_closes:
         want, got = up_to_memcached_close(want, got)
@@ -677,7 +937,7 @@ def test_exchange(exchange, memcached_server, shoal_node):
 def exchange_on(addr, request):
     with socket.create_connection(addr, timeout=IO_DEADLINE_S) as sock:
         sock.sendall(request + b"mn\r\n")
-        return read_text_step(sock, len(re.findall(rb"(?<![^\n])mn\r\n", request)) + 1)
+        return read_text_step(sock, sentinels_in(request) + 1)
 
 
 def binary_exchange_on(addr, request):
@@ -734,7 +994,7 @@ def test_delayed_flush_all(server, request):
 # --- the script itself ---
 
 VERBS_WITH_KEY = {b"set", b"add", b"replace", b"append", b"prepend", b"cas", b"delete", b"incr", b"decr",
-                  b"touch", b"mg", b"ms", b"md", b"ma"}
+                  b"touch", b"mg", b"ms", b"md", b"ma", b"me"}
 
 
 def keys_of(exchange):
@@ -769,12 +1029,23 @@ def test_script_keys_are_unique_per_exchange():
             if key in (K251, K250) or key == b"":
                 continue
             assert owner.setdefault(key, exchange.name) == exchange.name, f"{key!r} used by {owner[key]!r} and {exchange.name!r}"
-    assert len(SCRIPT) >= 135, f"the script shrank to {len(SCRIPT)} exchanges"
+    assert len(SCRIPT) >= 186, f"the script shrank to {len(SCRIPT)} exchanges"
+
+
+def test_known_differences_name_targets():
+    """A known difference names real targets and says why."""
+    for exchange in SCRIPT:
+        reasons = exchange.known_difference
+        if isinstance(reasons, dict):
+            assert reasons and set(reasons) <= set(TARGETS), f"{exchange.name}: {sorted(reasons)}"
+            assert all(isinstance(r, str) and r for r in reasons.values()), exchange.name
+        else:
+            assert isinstance(reasons, str), exchange.name
 
 
 def test_normalization_keeps_what_matters():
-    """The normalizer forgets CAS numbers, TTL jitter, versions and stat
-    values — and nothing else."""
+    """The normalizer forgets CAS numbers, TTL and idle-time jitter,
+    versions, stat values and `me`'s memory layout — and nothing else."""
     text = Exchange("t", [])
     same_cas = [b"VALUE k 0 1 7\r\nx\r\nEND\r\nHD c7 t1000\r\n"]
     assert normalized(text, same_cas) == normalized(text, [b"VALUE k 0 1 9\r\nx\r\nEND\r\nHD c9 t999\r\n"])
@@ -785,6 +1056,38 @@ def test_normalization_keeps_what_matters():
         text, [b"VERSION x\r\nSTAT b 2\r\nSTAT c 3\r\nEND\r\n"]
     )
     assert normalized(text, [b"STAT a 1\r\nEND\r\n"]) != normalized(text, [b"STAT a\r\nEND\r\n"])
+    # `l`: a tick of idle time is forgotten, more is not.
+    assert normalized(text, [b"HD h0 l0\r\n"]) == normalized(text, [b"HD h0 l1\r\n"])
+    assert normalized(text, [b"HD h0 l0\r\n"]) != normalized(text, [b"HD h0 l200\r\n"])
+    assert normalized(text, [b"HD h0 l0\r\n"]) != normalized(text, [b"HD h1 l0\r\n"])
+    # `me`: cls and size are forgotten; exp and la tick like t and l; the
+    # key, fetch, CAS identity and exp's sign are kept.
+    me = b"HD c7\r\nME k exp=1000 la=0 cas=7 fetch=no cls=1 size=69\r\n"
+    assert normalized(text, [me]) == normalized(text, [b"HD c3\r\nME k exp=999 la=1 cas=3 fetch=no cls=9 size=4\r\n"])
+    for other in (b"HD c7\r\nME k exp=1000 la=0 cas=8 fetch=no cls=1 size=69\r\n",
+                  b"HD c7\r\nME k exp=-1000 la=0 cas=7 fetch=no cls=1 size=69\r\n",
+                  b"HD c7\r\nME k exp=-1 la=0 cas=7 fetch=no cls=1 size=69\r\n",
+                  b"HD c7\r\nME k exp=1000 la=300 cas=7 fetch=no cls=1 size=69\r\n",
+                  b"HD c7\r\nME k exp=1000 la=0 cas=7 fetch=yes cls=1 size=69\r\n",
+                  b"HD c7\r\nME j exp=1000 la=0 cas=7 fetch=no cls=1 size=69\r\n",
+                  b"HD c7\r\nME k exp=1000 la=0 cas=7 fetch=no cls=1\r\n"):  # fmt: skip
+        assert normalized(text, [me]) != normalized(text, [other]), other
+    # Per-key CAS (`cas_per_key`): two keys may share a CAS value, one key's
+    # CAS is still compared with itself.
+    per_key = Exchange("p", [], normalize=cas_per_key)
+    shared = [b"VALUE a 0 1 5\r\nx\r\nVALUE b 0 1 5\r\ny\r\nVALUE a 0 1 5\r\nx\r\nEND\r\n"]
+    unique = [b"VALUE a 0 1 5\r\nx\r\nVALUE b 0 1 6\r\ny\r\nVALUE a 0 1 5\r\nx\r\nEND\r\n"]
+    assert normalized(per_key, shared) == normalized(per_key, unique)
+    assert normalized(per_key, unique) != normalized(
+        per_key, [b"VALUE a 0 1 5\r\nx\r\nVALUE b 0 1 6\r\ny\r\nVALUE a 0 1 7\r\nx\r\nEND\r\n"]
+    )
+    per_key_binary = Exchange("pb", [], binary=True, normalize=cas_per_key_binary)
+
+    def a_b_a(*cas):  # GETK replies for a, b, a with these CAS values
+        return [b"".join(frame("GETK", k, k, cas=c) for k, c in zip((b"a", b"b", b"a"), cas))]
+
+    assert normalized(per_key_binary, a_b_a(5, 5, 5)) == normalized(per_key_binary, a_b_a(5, 6, 5))
+    assert normalized(per_key_binary, a_b_a(5, 5, 5)) != normalized(per_key_binary, a_b_a(5, 5, 6))
     binary = Exchange("b", [], binary=True)
     big = b"v" * 100
     hit = frame("GET", value=big, cas=5) + frame("SET", cas=5)
@@ -811,24 +1114,6 @@ def test_control_characters_in_keys_are_refused(memcached_server, shoal_node):
         b"CLIENT_ERROR bad command line format\r\n"
         b"CLIENT_ERROR bad command line format\r\nMN\r\n"
     )
-
-
-@pytest.mark.parametrize(
-    "request_bytes",
-    [
-        b"mg dc:f N30 v\r\n",  # vivify on miss (needs win/stale state)
-        b"mg dc:f h\r\n",  # LRU hit-before
-        b"mg dc:f l\r\n",  # LRU last access
-        b"ms dc:f 1 I\r\nx\r\n",  # invalidate (stale items)
-        b"md dc:f I\r\n",
-        b"md dc:f x\r\n",  # remove value, keep item
-        b"mg dc:f E5\r\n",  # explicit new CAS (memcached 1.6.18: "invalid flag")
-    ],
-)
-def test_meta_flags_without_state_are_refused(shoal_node, request_bytes):
-    # node/src/server/meta.rs: flags that need state Shoal does not keep are
-    # refused rather than answered with made-up values.
-    assert exchange_on(shoal_node.addr, request_bytes) == b"CLIENT_ERROR unsupported flag\r\nMN\r\n"
 
 
 def test_binary_verbosity_and_sasl(memcached_server, shoal_node):
@@ -869,3 +1154,40 @@ def test_binary_frame_with_key_past_its_body(memcached_server, shoal_node):
         assert [(f[1], struct.unpack_from(">H", f, 6)[0], struct.unpack_from(">I", f, 12)[0]) for f in frames] == [
             (0x00, status, 3)
         ], f"{server.name}: {reply!r}"
+
+
+# === stats through a proxy ===
+
+
+def stats_of(addr):
+    reply = exchange_on(addr, b"stats\r\n")
+    return {w[1].decode(): w[2].decode() for w in (line.split(b" ", 2) for line in reply.split(b"\r\n")) if w[0] == b"STAT"}
+
+
+def test_stats_through_the_proxy_merge_the_way_each_stat_means(shoal_cluster, vbucket_proxy):
+    """Counters are the sum of the three nodes'; the identities (`time`,
+    `pid`, `uptime`, `version`) are the proxy's own."""
+    with socket.create_connection(vbucket_proxy.addr, timeout=IO_DEADLINE_S) as sock:
+        for i in range(60):
+            sock.sendall(b"set st:%d 0 0 1\r\nx\r\nget st:%d st:miss%d\r\n" % (i, i, i))
+        sock.sendall(b"mn\r\n")
+        read_text_step(sock, 1)
+    nodes = shoal_cluster.cluster.nodes
+    counters = ["cmd_get", "cmd_set", "get_hits", "get_misses", "curr_items"]
+    for _ in range(20):
+        before = [stats_of(n.addr) for n in nodes]
+        through = stats_of(vbucket_proxy.addr)
+        clock = time.time()
+        after = [stats_of(n.addr) for n in nodes]
+        if before == after or all(before[i][c] == after[i][c] for i in range(3) for c in counters):
+            break
+    else:
+        pytest.fail("node counters kept moving with no client load")
+    for name in counters:
+        assert int(through[name]) == sum(int(s[name]) for s in before), (name, through[name], [s[name] for s in before])
+    assert int(through["cmd_set"]) >= 60 and int(through["get_hits"]) >= 60
+    assert abs(int(through["time"]) - clock) <= 1.0, (through["time"], clock)
+    assert int(through["uptime"]) <= max(int(s["uptime"]) for s in before) + 1
+    assert through["pid"] not in {s["pid"] for s in before}, "the pid is the proxy's, not a node's or a sum"
+    proxy_view = exchange_on(vbucket_proxy.addr, b"stats proxy\r\n")
+    assert proxy_view.count(b"STAT node_") >= 3 * 4, "`stats proxy` keeps the per-node view"

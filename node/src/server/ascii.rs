@@ -7,7 +7,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use shoal_protocol::ascii::{
-    encode_number, encode_value, Arith, ArithVerb, Command, Get, GetVerb, Store, StoreVerb,
+    encode_number, encode_value, stats_detail_reply, Arith, ArithVerb, Command, Get, GetVerb,
+    Store, StoreVerb,
 };
 use shoal_protocol::cas::compare_value;
 
@@ -101,6 +102,10 @@ pub(super) fn execute(ctx: &LiveBucket, frame: &[u8], cmd: &Command, out: &mut B
         Command::Stats(s) => {
             let mut args = s.args(frame);
             let group = args.next().map(|span| span.of(frame)).unwrap_or(b"");
+            if group == b"detail" {
+                out.put_slice(stats_detail_reply(args.next().map(|span| span.of(frame))));
+                return Flow::Read;
+            }
             let known = stats::write(ctx, group, |name, value| {
                 out.put_slice(b"STAT ");
                 out.put_slice(name.as_bytes());

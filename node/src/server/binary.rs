@@ -22,6 +22,10 @@ use shoal_protocol::binary::{
     RequestHeader, ResponseFields, Status, VbucketState as WireState,
 };
 
+use shoal_protocol::meta::{self, MetaCommand};
+use shoal_protocol::Limits;
+
+use super::meta::{self as meta_front, Vbucket};
 use super::session::{SaslReply, Selection, Session, MECHANISMS};
 use super::stats;
 use super::Flow;
@@ -165,8 +169,49 @@ fn execute_on(bucket: &LiveBucket, frame: &[u8], req: &Request, out: &mut BytesM
         Opcode::Flush | Opcode::FlushQ => flush(&call, out),
         Opcode::Stat => stat(&call, out),
         Opcode::SetVbucket | Opcode::GetVbucket | Opcode::DelVbucket => vbucket_command(&call, out),
+        Opcode::Meta => meta_envelope(&call, out),
         _ => {
             Reply::error(call.header(), Status::NOT_SUPPORTED).write(out);
+            Flow::Read
+        }
+    }
+}
+
+/// META, a proxy's meta envelope: runs the meta request in the value on
+/// the header's vbucket and answers its reply text as the value, written
+/// straight into `out` behind a header whose length is filled in after.
+/// A routing error (not my vbucket, temporary failure) is a status, so the
+/// proxy retries it as it does every other request.
+fn meta_envelope(call: &Call, out: &mut BytesMut) -> Flow {
+    let h = call.header();
+    let request = call.req.value.of(call.frame);
+    // Sized by the frame itself: the binary parser already bounded it, and
+    // the engine judges the value's size as for any write.
+    let limits = Limits {
+        max_value_len: request.len(),
+        max_line_len: request.len().saturating_add(1),
+        ..Limits::default()
+    };
+    let cmd = match meta::parse_meta(request, &limits) {
+        Ok(Some((cmd, used))) if used == request.len() && cmd != MetaCommand::Noop => cmd,
+        _ => {
+            Reply::error(h, Status::INVALID_ARGUMENTS).write(out);
+            return Flow::Read;
+        }
+    };
+    let start = out.len();
+    Reply::ok(h).write(out);
+    let body = out.len();
+    let vb = Vbucket::Given(call.vb);
+    match meta_front::execute_in(call.bucket, vb, request, &cmd, out) {
+        Ok(flow) => {
+            let len = u32::try_from(out.len() - body).unwrap_or(u32::MAX);
+            out[start + 8..start + 12].copy_from_slice(&len.to_be_bytes());
+            flow
+        }
+        Err(e) => {
+            out.truncate(start);
+            Reply::engine_error(h, e).write(out);
             Flow::Read
         }
     }

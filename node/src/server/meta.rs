@@ -2,36 +2,25 @@
 //! [`MetaCommand`] and appends memcached 1.6's reply.
 //!
 //! Return flags are written in request order, on misses too (`EN k… O…`),
-//! as memcached 1.6.18 does. Flags that need state Shoal does not keep yet
-//! (LRU hit/last-access `h l`, stale-while-revalidate `N R I` on `mg`/`ms`/`md`,
-//! explicit CAS `E`, `md x`) are refused with `CLIENT_ERROR unsupported
-//! flag` rather than answered with made-up values.
+//! then the recache markers `Z X W`, as memcached 1.6.18 does; the item
+//! state behind `h l N R I` is the engine's (`MetaGetRequest`, `invalidate`,
+//! `store_invalidating`). The same executor serves a client speaking meta
+//! to the node and a proxy's meta envelope (`execute_in` with the vbucket
+//! the envelope names).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use shoal_protocol::meta::{
-    base64, write_status, write_value, ArithMode, Echo, Flag, ItemFields, MetaArith, MetaCommand,
-    MetaDelete, MetaFlags, MetaGet, MetaSet, ReturnFlag, ReturnFlags, SetMode, Status,
+    base64, write_status, write_value, ArithMode, Echo, Flag, ItemFields, Markers, MetaArith,
+    MetaCommand, MetaDelete, MetaFlags, MetaGet, MetaSet, ReturnFlag, ReturnFlags, SetMode, Status,
 };
 
 use super::ascii::error_line;
 use super::Flow;
 use crate::bucket::LiveBucket;
 use shoal_engine::{
-    resolve_exptime, ArithCreate, ArithOp, ArithRequest, EngineError, Hit, StoreMode, StoreRequest,
+    resolve_exptime, ArithCreate, ArithOp, ArithRequest, EngineError, Hit, MetaGetRequest,
+    StoreMode, StoreRequest, VbucketId,
 };
-
-/// Flags refused per verb (see the module doc).
-const UNSUPPORTED_GET: &[Flag] = &[
-    Flag::ReturnHit,
-    Flag::ReturnLastAccess,
-    Flag::Vivify,
-    Flag::Recache,
-    Flag::NewCas,
-    Flag::Invalidate,
-];
-const UNSUPPORTED_SET: &[Flag] = &[Flag::Invalidate, Flag::NewCas];
-const UNSUPPORTED_DELETE: &[Flag] = &[Flag::Invalidate, Flag::NewCas, Flag::RemoveValue];
-const UNSUPPORTED_ARITH: &[Flag] = &[Flag::NewCas];
 
 /// memcached's longest key; base64 keys decode into a buffer this size.
 const MAX_KEY: usize = 250;
@@ -46,13 +35,43 @@ pub(super) fn without_bucket(cmd: &MetaCommand, refusal: &[u8], out: &mut BytesM
     Flow::Read
 }
 
-/// Runs `cmd`, parsed from `frame`, appending its reply (if any) to `out`.
+/// Runs `cmd`, parsed from `frame`, appending its reply (if any) to `out`;
+/// the key's vbucket is the bucket's hash of it.
 pub(super) fn execute(
     ctx: &LiveBucket,
     frame: &[u8],
     cmd: &MetaCommand,
     out: &mut BytesMut,
 ) -> Flow {
+    match execute_in(ctx, Vbucket::OfKey, frame, cmd, out) {
+        Ok(flow) => flow,
+        Err(e) => {
+            out.put_slice(error_line(e));
+            Flow::Read
+        }
+    }
+}
+
+/// Which vbucket a request addresses.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Vbucket {
+    /// The bucket's hash of the key (a client speaking meta to the node).
+    OfKey,
+    /// This one (a proxy's meta envelope names it).
+    Given(VbucketId),
+}
+
+/// Runs `cmd` and appends its meta reply. The errors that are about the
+/// request's routing rather than its item — not my vbucket, a temporary
+/// failure — come back as `Err` without a reply, so the binary envelope can
+/// answer them with a status a proxy acts on; everything else is in `out`.
+pub(super) fn execute_in(
+    ctx: &LiveBucket,
+    vbucket: Vbucket,
+    frame: &[u8],
+    cmd: &MetaCommand,
+    out: &mut BytesMut,
+) -> Result<Flow, EngineError> {
     let mut key_buf = [0u8; MAX_KEY];
     let key = match cmd.key() {
         None => &[][..],
@@ -60,7 +79,7 @@ pub(super) fn execute(
             Some(len) if len > 0 => &key_buf[..len],
             _ => {
                 out.put_slice(b"CLIENT_ERROR error decoding key\r\n");
-                return Flow::Read;
+                return Ok(Flow::Read);
             }
         },
         Some(span) => span.of(frame),
@@ -70,57 +89,37 @@ pub(super) fn execute(
         frame,
         key,
         base64: cmd.base64(),
-        vb: ctx.vbucket_of(key),
+        vb: match vbucket {
+            Vbucket::OfKey => ctx.vbucket_of(key),
+            Vbucket::Given(vb) => vb,
+        },
         now: ctx.clock.now(),
     };
     match cmd {
         MetaCommand::Get(get) => {
-            if refuse(&get.flags, UNSUPPORTED_GET, out) {
-                return Flow::Read;
-            }
-            mg(&req, get, out);
-            if get.flags.has(Flag::Ttl) {
-                Flow::Wrote
-            } else {
-                Flow::Read
-            }
+            mg(&req, get, out)?;
+            let writes = get.flags.has(Flag::Ttl) || get.flags.has(Flag::Vivify);
+            Ok(if writes { Flow::Wrote } else { Flow::Read })
         }
-        MetaCommand::Set(set) => {
-            if !refuse(&set.flags, UNSUPPORTED_SET, out) {
-                ms(&req, set, out);
-            }
-            Flow::Wrote
-        }
-        MetaCommand::Delete(delete) => {
-            if !refuse(&delete.flags, UNSUPPORTED_DELETE, out) {
-                md(&req, delete, out);
-            }
-            Flow::Wrote
-        }
-        MetaCommand::Arith(arith) => {
-            if !refuse(&arith.flags, UNSUPPORTED_ARITH, out) {
-                ma(&req, arith, out);
-            }
-            Flow::Wrote
-        }
+        MetaCommand::Set(set) => ms(&req, set, out).map(|()| Flow::Wrote),
+        MetaCommand::Delete(delete) => md(&req, delete, out).map(|()| Flow::Wrote),
+        MetaCommand::Arith(arith) => ma(&req, arith, out).map(|()| Flow::Wrote),
         MetaCommand::Noop => {
             out.put_slice(b"MN\r\n");
-            Flow::Read
+            Ok(Flow::Read)
         }
-        MetaCommand::Debug(_) => {
-            me(&req, out);
-            Flow::Read
-        }
+        MetaCommand::Debug(_) => me(&req, out).map(|()| Flow::Read),
     }
 }
 
 /// One request's decoded key and routing.
+#[derive(Clone, Copy)]
 struct Req<'a> {
     ctx: &'a LiveBucket,
     frame: &'a [u8],
     key: &'a [u8],
     base64: bool,
-    vb: u16,
+    vb: VbucketId,
     now: u32,
 }
 
@@ -137,57 +136,106 @@ impl<'a> Req<'a> {
             cas: cas.or(hit.map(|h| h.cas)),
             client_flags: hit.map(|h| h.flags),
             size: hit.map(|h| h.value.len() as u64),
-            ttl: hit.map(|h| {
-                if h.exptime == 0 {
-                    -1
-                } else {
-                    i64::from(h.exptime.saturating_sub(self.now))
-                }
-            }),
+            ttl: hit.map(|h| ttl_left(h.exptime, self.now)),
+            ..ItemFields::default()
+        };
+        ReturnFlags::collect(flags, &echo, item)
+    }
+
+    /// [`Req::returned`] for an `mg` hit that also reports `h` and `l`.
+    fn returned_with(
+        &self,
+        flags: &MetaFlags,
+        hit: &Hit,
+        fetched_before: bool,
+        idle_secs: u32,
+    ) -> ReturnFlags<'a> {
+        let echo = Echo {
+            frame: self.frame,
+            key: self.key,
+            base64: self.base64,
+        };
+        let item = ItemFields {
+            cas: Some(hit.cas),
+            client_flags: Some(hit.flags),
+            size: Some(hit.value.len() as u64),
+            ttl: Some(ttl_left(hit.exptime, self.now)),
+            hit_before: Some(fetched_before),
+            last_access: Some(u64::from(idle_secs)),
         };
         ReturnFlags::collect(flags, &echo, item)
     }
 }
 
-fn refuse(flags: &MetaFlags, unsupported: &[Flag], out: &mut BytesMut) -> bool {
-    let refused = unsupported.iter().any(|f| flags.has(*f));
-    if refused {
-        out.put_slice(b"CLIENT_ERROR unsupported flag\r\n");
+/// Seconds an item has left, `-1` for none (meta `t`, `me`'s `exp`).
+fn ttl_left(exptime: u32, now: u32) -> i64 {
+    if exptime == 0 {
+        -1
+    } else {
+        i64::from(exptime) - i64::from(now)
     }
-    refused
 }
 
-fn mg(req: &Req<'_>, get: &MetaGet, out: &mut BytesMut) {
-    let ctx = req.ctx;
-    let (vb, key, now) = (req.vb, req.key, req.now);
-    let result = match get.flags.ttl() {
-        Some(ttl) => {
-            let exptime = resolve_exptime(ttl.0, now);
-            ctx.with_resident(vb, key, now, || ctx.engine.gat(vb, key, exptime, now))
+/// An engine error as the reply: the routing ones go back to the caller
+/// (see [`execute_in`]), the others are memcached's error line.
+fn fail(e: EngineError, out: &mut BytesMut) -> Result<(), EngineError> {
+    match e {
+        EngineError::NotMyVbucket | EngineError::TempFail | EngineError::ValueEjected => Err(e),
+        other => {
+            out.put_slice(error_line(other));
+            Ok(())
         }
-        None => ctx.get(vb, key, now),
+    }
+}
+
+fn mg(req: &Req<'_>, get: &MetaGet, out: &mut BytesMut) -> Result<(), EngineError> {
+    let (ctx, vb, key, now) = (req.ctx, req.vb, req.key, req.now);
+    let flags = &get.flags;
+    let resolve = |t: shoal_protocol::Exptime| resolve_exptime(t.0, now);
+    let request = MetaGetRequest {
+        touch: flags.ttl().map(resolve),
+        vivify: flags.vivify_ttl().map(resolve),
+        recache: flags.recache_ttl().map(resolve),
+        bump: !flags.has(Flag::NoBump),
     };
-    match result {
-        Ok(hit) => {
-            let ret = req.returned(&get.flags, Some(&hit), None);
-            if get.flags.has(Flag::ReturnValue) {
-                write_value(out, ret.as_slice(), &hit.value);
-            } else {
-                write_status(out, Status::Hd, ret.as_slice());
-            }
-        }
+    let result = ctx.with_resident(vb, key, now, || ctx.engine.meta_get(vb, key, &request, now));
+    let got = match result {
+        Ok(got) => got,
         Err(EngineError::NotFound) => {
             if !get.quiet() {
-                miss(req, &get.flags, Status::En, out);
+                miss(req, flags, Status::En, out);
             }
+            return Ok(());
         }
-        Err(e) => out.put_slice(error_line(e)),
+        Err(e) => return fail(e, out),
+    };
+    if got.created && req.base64 {
+        ctx.engine.mark_binary_key(vb, key);
     }
+    // memcached names a hit's key the way it was written.
+    let req = &Req {
+        base64: got.binary_key || (got.created && req.base64),
+        ..*req
+    };
+    let mut ret = req.returned(flags, Some(&got.hit), None);
+    if flags.has(Flag::ReturnHit) || flags.has(Flag::ReturnLastAccess) {
+        ret = req.returned_with(flags, &got.hit, got.fetched_before, got.idle_secs);
+    }
+    ret.mark(Markers {
+        already_won: got.win_sent_before,
+        stale: got.stale,
+        won: got.won,
+    });
+    if flags.has(Flag::ReturnValue) {
+        write_value(out, ret.as_slice(), &got.hit.value);
+    } else {
+        write_status(out, Status::Hd, ret.as_slice());
+    }
+    Ok(())
 }
 
-fn ms(req: &Req<'_>, set: &MetaSet, out: &mut BytesMut) {
-    let ctx = req.ctx;
-    let (vb, key, now) = (req.vb, req.key, req.now);
+fn ms(req: &Req<'_>, set: &MetaSet, out: &mut BytesMut) -> Result<(), EngineError> {
+    let (ctx, vb, key, now) = (req.ctx, req.vb, req.key, req.now);
     let flags = &set.flags;
     let store = StoreRequest {
         mode: match set.mode() {
@@ -204,8 +252,19 @@ fn ms(req: &Req<'_>, set: &MetaSet, out: &mut BytesMut) {
         exptime: flags.ttl().map_or(0, |t| resolve_exptime(t.0, now)),
         cas: shoal_protocol::cas::compare_value(flags.compare_cas()),
     };
-    match ctx.with_resident(vb, key, now, || ctx.engine.store(vb, &store, now)) {
+    let invalidate = flags.has(Flag::Invalidate);
+    let result = ctx.with_resident(vb, key, now, || {
+        if invalidate {
+            ctx.engine.store_invalidating(vb, &store, now)
+        } else {
+            ctx.engine.store(vb, &store, now)
+        }
+    });
+    match result {
         Ok(m) => {
+            if req.base64 {
+                ctx.engine.mark_binary_key(vb, key);
+            }
             if !set.quiet() {
                 let ret = req.returned(flags, None, Some(m.cas));
                 write_status(out, Status::Hd, ret.as_slice());
@@ -214,8 +273,9 @@ fn ms(req: &Req<'_>, set: &MetaSet, out: &mut BytesMut) {
         Err(EngineError::NotStored) => refused_set(req, flags, Status::Ns, out),
         Err(EngineError::Exists) => refused_set(req, flags, Status::Ex, out),
         Err(EngineError::NotFound) => refused_set(req, flags, Status::Nf, out),
-        Err(e) => out.put_slice(error_line(e)),
+        Err(e) => return fail(e, out),
     }
+    Ok(())
 }
 
 /// A refused `ms`: the echoes, and `c0` for a `c` flag (nothing was
@@ -225,10 +285,20 @@ fn refused_set(req: &Req<'_>, flags: &MetaFlags, status: Status, out: &mut Bytes
     write_status(out, status, ret.as_slice());
 }
 
-fn md(req: &Req<'_>, delete: &MetaDelete, out: &mut BytesMut) {
+fn md(req: &Req<'_>, delete: &MetaDelete, out: &mut BytesMut) -> Result<(), EngineError> {
+    let (ctx, vb, key, now) = (req.ctx, req.vb, req.key, req.now);
     let flags = &delete.flags;
     let cas = flags.compare_cas().unwrap_or(0);
-    match req.ctx.engine.delete(req.vb, req.key, cas, req.now) {
+    let result = if flags.has(Flag::Invalidate) {
+        // `I`: mark stale (new CAS, `T` if given) instead of removing.
+        let exptime = flags.ttl().map(|t| resolve_exptime(t.0, now));
+        ctx.with_resident(vb, key, now, || {
+            ctx.engine.invalidate(vb, key, cas, exptime, now)
+        })
+    } else {
+        ctx.engine.delete(vb, key, cas, now)
+    };
+    match result {
         Ok(_) => {
             if !delete.quiet() {
                 let ret = req.returned(flags, None, None);
@@ -237,11 +307,12 @@ fn md(req: &Req<'_>, delete: &MetaDelete, out: &mut BytesMut) {
         }
         Err(EngineError::NotFound) => miss(req, flags, Status::Nf, out),
         Err(EngineError::Exists) => miss(req, flags, Status::Ex, out),
-        Err(e) => out.put_slice(error_line(e)),
+        Err(e) => return fail(e, out),
     }
+    Ok(())
 }
 
-fn ma(req: &Req<'_>, arith: &MetaArith, out: &mut BytesMut) {
+fn ma(req: &Req<'_>, arith: &MetaArith, out: &mut BytesMut) -> Result<(), EngineError> {
     let ctx = req.ctx;
     let (vb, key, now) = (req.vb, req.key, req.now);
     let flags = &arith.flags;
@@ -260,62 +331,92 @@ fn ma(req: &Req<'_>, arith: &MetaArith, out: &mut BytesMut) {
         cas: flags.compare_cas().unwrap_or(0),
     };
     let result = ctx.with_resident(vb, key, now, || ctx.engine.arith(vb, &request, now));
-    match result {
-        Ok(outcome) => {
-            // `T<ttl>` gives the counter a new TTL once the change is made
-            // (memcached sets it while writing the reply, under the item
-            // lock; here it is a touch right after, which keeps the CAS).
-            // Where memcached lets the later of `T` and `N` win on a
-            // created counter, or a `t` before `T` read the old TTL, `T`
-            // wins here and `t` reads the new one.
-            if let Some(ttl) = flags.ttl() {
-                let exptime = resolve_exptime(ttl.0, now);
-                // The change is acknowledged whatever happens here: a
-                // delete that slipped in between leaves nothing to touch.
-                let _ = ctx.with_resident(vb, key, now, || ctx.engine.touch(vb, key, exptime, now));
-            }
-            // `t` wants the counter's TTL, which the engine does not return
-            // with the outcome; read it back under the same clock.
-            let hit = flags
-                .has(Flag::ReturnTtl)
-                .then(|| ctx.get(vb, key, now).ok())
-                .flatten();
-            let mut ret = req.returned(flags, hit.as_ref(), Some(outcome.cas));
-            // memcached's `ma` returns `c`, `t` and the echoes only: `f`
-            // and `s` are `mg`'s.
-            ret.keep(|flag| !matches!(flag, ReturnFlag::ClientFlags(_) | ReturnFlag::Size(_)));
-            if flags.has(Flag::ReturnValue) {
-                let mut digits = itoa_buf(outcome.value);
-                write_value(out, ret.as_slice(), digits.as_bytes_mut());
-            } else if !arith.quiet() {
-                write_status(out, Status::Hd, ret.as_slice());
-            }
+    let outcome = match result {
+        Ok(outcome) => outcome,
+        Err(EngineError::NotFound) => {
+            miss(req, flags, Status::Nf, out);
+            return Ok(());
         }
-        Err(EngineError::NotFound) => miss(req, flags, Status::Nf, out),
-        Err(EngineError::Exists) => miss(req, flags, Status::Ex, out),
-        Err(e) => out.put_slice(error_line(e)),
+        Err(EngineError::Exists) => {
+            miss(req, flags, Status::Ex, out);
+            return Ok(());
+        }
+        Err(e) => return fail(e, out),
+    };
+    if outcome.created && req.base64 {
+        ctx.engine.mark_binary_key(vb, key);
+    }
+    // `T<ttl>` gives the counter a new TTL once the change is made
+    // (memcached sets it while writing the reply, under the item lock;
+    // here it is a touch right after, which keeps the CAS). Where
+    // memcached lets the later of `T` and `N` win on a created counter,
+    // or a `t` before `T` read the old TTL, `T` wins here and `t` reads
+    // the new one.
+    if let Some(ttl) = flags.ttl() {
+        let exptime = resolve_exptime(ttl.0, now);
+        // The change is acknowledged whatever happens here: a delete that
+        // slipped in between leaves nothing to touch.
+        let _ = ctx.with_resident(vb, key, now, || ctx.engine.touch(vb, key, exptime, now));
+    }
+    // `t` wants the counter's TTL, which the engine does not return with
+    // the outcome; read it back under the same clock.
+    let hit = flags
+        .has(Flag::ReturnTtl)
+        .then(|| ctx.get(vb, key, now).ok())
+        .flatten();
+    let mut ret = req.returned(flags, hit.as_ref(), Some(outcome.cas));
+    // memcached's `ma` returns `c`, `t` and the echoes only: `f` and `s`
+    // are `mg`'s.
+    ret.keep(|flag| !matches!(flag, ReturnFlag::ClientFlags(_) | ReturnFlag::Size(_)));
+    // `q` hides the success, value or not, but not a counter's creation
+    // (memcached 1.6.18 skips the reply only on its increment path).
+    if arith.quiet() && !outcome.created {
+        return Ok(());
+    }
+    if flags.has(Flag::ReturnValue) {
+        let mut digits = itoa_buf(outcome.value);
+        write_value(out, ret.as_slice(), digits.as_bytes_mut());
+    } else {
+        write_status(out, Status::Hd, ret.as_slice());
+    }
+    Ok(())
+}
+
+/// `me`: memcached's debug line about one item, from what Shoal keeps:
+/// `la` and `fetch` are real; `cls` (a slab class) is always 1 and `size`
+/// is key plus value.
+fn me(req: &Req<'_>, out: &mut BytesMut) -> Result<(), EngineError> {
+    let (ctx, vb, key, now) = (req.ctx, req.vb, req.key, req.now);
+    let peek = MetaGetRequest::default();
+    match ctx.with_resident(vb, key, now, || ctx.engine.meta_get(vb, key, &peek, now)) {
+        Ok(got) => {
+            out.put_slice(b"ME ");
+            write_me_key(key, got.binary_key, out);
+            let line = format!(
+                " exp={} la={} cas={} fetch={} cls=1 size={}\r\n",
+                ttl_left(got.hit.exptime, now),
+                got.idle_secs,
+                got.hit.cas,
+                if got.fetched_before { "yes" } else { "no" },
+                key.len() + got.hit.value.len()
+            );
+            out.put_slice(line.as_bytes());
+            Ok(())
+        }
+        Err(EngineError::NotFound) => {
+            out.put_slice(b"EN\r\n");
+            Ok(())
+        }
+        Err(e) => fail(e, out),
     }
 }
 
-fn me(req: &Req<'_>, out: &mut BytesMut) {
-    match req.ctx.get(req.vb, req.key, req.now) {
-        Ok(hit) => {
-            let exp = if hit.exptime == 0 {
-                -1
-            } else {
-                i64::from(hit.exptime) - i64::from(req.now)
-            };
-            out.put_slice(b"ME ");
-            out.put_slice(req.key);
-            let line = format!(
-                " exp={exp} la=0 cas={} fetch=no cls=1 size={}\r\n",
-                hit.cas,
-                hit.value.len()
-            );
-            out.put_slice(line.as_bytes());
-        }
-        Err(EngineError::NotFound) => out.put_slice(b"EN\r\n"),
-        Err(e) => out.put_slice(error_line(e)),
+/// `me`'s key the way it was written (base64 stays base64).
+fn write_me_key(key: &[u8], binary: bool, out: &mut BytesMut) {
+    if binary {
+        base64::encode_to(out, key);
+    } else {
+        out.put_slice(key);
     }
 }
 

@@ -1,7 +1,8 @@
 //! `stats` groups, shared by the ASCII and binary front ends: the general
 //! group (memcached's server counters, the engine's counters and the
 //! persistence counters under Couchbase's `ep_*` names), `settings`,
-//! `vbucket`, `warmup`, `replication`, and the empty `items` and `slabs`.
+//! `vbucket`, `warmup`, `replication`, the empty `items`, `slabs` and
+//! `conns`, `sizes` (disabled) and `detail` (not collected).
 
 use std::sync::atomic::Ordering;
 
@@ -25,6 +26,10 @@ pub(super) fn write(ctx: &LiveBucket, group: &[u8], mut emit: impl FnMut(&str, &
         // groups are empty, not unknown, so tools that read them (such as
         // memcached-tool) get memcached's shape (`END`) instead of `ERROR`.
         b"items" | b"slabs" => {}
+        // No size histogram is kept (memcached's is off by default too),
+        // and no per-connection table: memcached's shapes, nothing made up.
+        b"sizes" => emit("sizes_status", "disabled"),
+        b"conns" => {}
         _ => return false,
     }
     true

@@ -54,6 +54,18 @@ impl Stats {
     }
 }
 
+/// The reply to `stats detail <sub>`: memcached's per-key-prefix counters,
+/// which Shoal does not collect. `off` is what it already is, `dump` has
+/// nothing to show, `on` is refused; anything else gets memcached's usage.
+pub fn stats_detail_reply(sub: Option<&[u8]>) -> &'static [u8] {
+    match sub {
+        Some(b"off") => b"OK\r\n",
+        Some(b"dump") => b"END\r\n",
+        Some(b"on") => b"SERVER_ERROR stats detail is not collected\r\n",
+        _ => b"CLIENT_ERROR usage: stats detail on|off|dump\r\n",
+    }
+}
+
 /// Parse a `flush_all` line.
 pub(crate) fn parse_flush_all(cl: &CommandLine<'_>) -> Result<FlushAll, ParseError> {
     // WANT_TOKENS(ntokens, 2, 4).

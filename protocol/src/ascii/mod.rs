@@ -42,8 +42,8 @@ mod proptests;
 use bytes::BytesMut;
 
 pub use admin::{
-    encode_flush_all, encode_quit, encode_stats, encode_verbosity, encode_version, FlushAll, Stats,
-    Verbosity,
+    encode_flush_all, encode_quit, encode_stats, encode_verbosity, encode_version,
+    stats_detail_reply, FlushAll, Stats, Verbosity,
 };
 pub use arith::{encode_arith, Arith, ArithVerb};
 pub use delete::{encode_delete, Delete};
@@ -182,12 +182,18 @@ pub fn parse_command(buf: &[u8], limits: &Limits) -> ParseResult<Command> {
         b"stats" => done(Command::Stats(admin::parse_stats(&cl))),
         b"version" => done(Command::Version),
         b"quit" => done(Command::Quit),
-        _ => Err(ParseError::skip(
-            ErrorKind::UnknownCommand,
-            line::UNKNOWN,
-            line.consumed,
-        )),
+        _ => Err(unknown_command(&cl, line.consumed)),
     }
+}
+
+/// An unknown command: `ERROR`, or for an HTTP request line a silent
+/// close, as memcached's `process_command_ascii` does.
+fn unknown_command(cl: &CommandLine<'_>, consumed: usize) -> ParseError {
+    let last = cl.token(cl.count().saturating_sub(1));
+    if last.starts_with(b"HTTP/") {
+        return ParseError::close(ErrorKind::HttpRequest, "HTTP request on the data port");
+    }
+    ParseError::skip(ErrorKind::UnknownCommand, line::UNKNOWN, consumed)
 }
 
 /// The storage arm of the dispatch: it alone may need more than the line.
@@ -219,6 +225,26 @@ mod tests {
 
     fn parse(buf: &[u8]) -> ParseResult<Command> {
         parse_command(buf, &Limits::default())
+    }
+
+    #[test]
+    fn http_request_lines_close_silently() {
+        for buf in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"POST /x HTTP/1.0\r\n",
+            b"HEAD HTTP/2\r\n",
+        ] {
+            let e = parse(buf).unwrap_err();
+            assert_eq!(
+                (e.kind, e.recovery),
+                (ErrorKind::HttpRequest, Recovery::Close)
+            );
+            let mut out = BytesMut::new();
+            e.write_ascii_reply(&mut out);
+            assert!(out.is_empty(), "memcached says nothing before closing");
+        }
+        // A known verb with an `HTTP/` token is not an HTTP request.
+        assert!(parse(b"get HTTP/1.1\r\n").unwrap().is_some());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! (0x00–0x24, from memcached's `protocol_binary.h`), the vbucket, bucket
 //! and cluster commands Couchbase added (0x3d–0x3f, 0x83, 0x89, 0x92,
 //! 0xb5), and the DCP replication opcodes Shoal speaks (0x50–0x5e, 0x61;
-//! values from kv_engine's `include/mcbp/protocol/opcode.h`) are named;
+//! values from kv_engine's `include/mcbp/protocol/opcode.h`) and Shoal's
+//! meta envelope (0xe7) are named;
 //! every other byte is [`Opcode::Other`] — a value, never an error, so a
 //! server can answer 0x81 "unknown command" for it and carry on with the
 //! next frame. One macro table is the single source of truth for the
@@ -184,6 +185,13 @@ opcodes! {
     Observe = OBSERVE = 0x92,
     /// 0xb5: the bucket config JSON.
     GetClusterConfig = GET_CLUSTER_CONFIG = 0xb5,
+    /// 0xe7: Shoal's meta envelope, proxy to node: the value is one meta
+    /// request (`mg ms md ma me`) as a client sent it, the key its decoded
+    /// key, the vbucket the one it addresses; a success carries the meta
+    /// reply text (empty when `q` suppressed it). Routing errors (not my
+    /// vbucket, temporary failure) come back as statuses. 0xe7 is in a
+    /// block Couchbase's opcode table leaves unassigned.
+    Meta = META = 0xe7,
 }
 
 /// First opcode of the range reserved for DCP replication.

@@ -70,6 +70,8 @@ pub(crate) fn shape(opcode: Opcode) -> Option<Shape> {
         Opcode::SetVbucket => shape_of(SetVbucket, No, Maybe),
         // ep-engine accepted an optional "async" marker as the body.
         Opcode::DelVbucket => shape_of(Exactly(0), No, Maybe),
+        // The decoded key routes it; the value is the meta request.
+        Opcode::Meta => shape_of(Exactly(0), Yes, Yes),
         _ => return None,
     })
 }

@@ -93,7 +93,7 @@ pub(crate) fn parse(req: &Request<'_>, limits: &Limits) -> Result<MetaArith, Par
     if req.tokens.len() > super::token::MAX_META_TOKENS {
         return Err(skip("options flags too long"));
     }
-    let parsed = flags::parse(req.buf, key, req.tokens.from(2), false)
+    let parsed = flags::parse(req.buf, key, req.tokens.from(2))
         .map_err(|_| skip("invalid or duplicate flag"))?;
     if parsed
         .flags

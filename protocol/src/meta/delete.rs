@@ -47,7 +47,7 @@ pub(crate) fn parse(req: &Request<'_>, limits: &Limits) -> Result<MetaDelete, Pa
     if req.tokens.len() > super::token::MAX_META_TOKENS {
         return Err(skip("options flags too long"));
     }
-    let parsed = flags::parse(req.buf, key, req.tokens.from(2), true)
+    let parsed = flags::parse(req.buf, key, req.tokens.from(2))
         .map_err(|_| skip("invalid or duplicate flag"))?;
     if flags::opaque_too_long(&parsed.flags) {
         return Err(skip("opaque token too long"));
@@ -77,13 +77,13 @@ mod tests {
 
     #[test]
     fn delete_variants() {
-        let buf = b"md foo q I T30 C5 O1 k x\r\n";
+        let buf = b"md foo q I T30 C5 O1 k\r\n";
         let d = delete(buf);
         assert!(d.quiet());
         assert_eq!(d.key.of(buf), b"foo");
         assert_eq!(d.flags.ttl(), Some(Exptime(30)));
         assert_eq!(d.flags.compare_cas(), Some(5));
-        assert!(d.flags.has(Flag::Invalidate) && d.flags.has(Flag::RemoveValue));
+        assert!(d.flags.has(Flag::Invalidate));
         // memcached accepts (and ignores) flags md has no use for.
         assert_eq!(delete(b"md foo v s t\r\n").flags.len(), 3);
         assert!(delete(b"md Zm9v b\n").base64);

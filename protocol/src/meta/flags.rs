@@ -20,7 +20,7 @@ pub const MAX_OPAQUE_LEN: usize = 31;
 
 /// Room for every distinct [`Flag`]; duplicates are rejected, so a parsed set
 /// never needs more.
-pub const MAX_FLAGS: usize = 24;
+pub const MAX_FLAGS: usize = 22;
 
 /// A request flag other than `b` (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -48,8 +48,6 @@ pub enum Flag {
     NoBump = b'u',
     /// `v`: return the value (`VA` instead of `HD`).
     ReturnValue = b'v',
-    /// `E<cas>`: use this as the new CAS (newer memcached; see the `meta` docs).
-    NewCas = b'E',
     /// `N<ttl>`: vivify on miss with this TTL.
     Vivify = b'N',
     /// `R<ttl>`: win the recache if the TTL remaining is below this.
@@ -72,8 +70,6 @@ pub enum Flag {
     HintP = b'P',
     /// `L<token>`: proxy hint, ignored by memcached.
     HintL = b'L',
-    /// `x`: md only — drop the value but keep the item (newer memcached).
-    RemoveValue = b'x',
 }
 
 impl Flag {
@@ -90,7 +86,6 @@ impl Flag {
         Flag::ReturnTtl,
         Flag::NoBump,
         Flag::ReturnValue,
-        Flag::NewCas,
         Flag::Vivify,
         Flag::Recache,
         Flag::Ttl,
@@ -102,7 +97,6 @@ impl Flag {
         Flag::Initial,
         Flag::HintP,
         Flag::HintL,
-        Flag::RemoveValue,
     ];
 
     /// The flag's wire character.
@@ -135,7 +129,6 @@ pub struct MetaFlags {
     vivify: Exptime,
     recache: Exptime,
     compare_cas: u64,
-    new_cas: u64,
     client_flags: u32,
     mode: u8,
     delta: u64,
@@ -162,7 +155,6 @@ impl MetaFlags {
             vivify: Exptime::NEVER,
             recache: Exptime::NEVER,
             compare_cas: 0,
-            new_cas: 0,
             client_flags: 0,
             mode: 0,
             delta: 0,
@@ -221,10 +213,6 @@ impl MetaFlags {
     /// `C`: the CAS to compare.
     pub fn compare_cas(&self) -> Option<u64> {
         self.value(Flag::CompareCas, self.compare_cas)
-    }
-    /// `E`: the CAS to assign.
-    pub fn new_cas(&self) -> Option<u64> {
-        self.value(Flag::NewCas, self.new_cas)
     }
     /// `F`: the client flags to store.
     pub fn client_flags(&self) -> Option<u32> {
@@ -296,11 +284,6 @@ impl MetaFlags {
         self.compare_cas = cas;
         self.insert(Flag::CompareCas)
     }
-    /// Add `E<cas>`.
-    pub fn with_new_cas(mut self, cas: u64) -> Self {
-        self.new_cas = cas;
-        self.insert(Flag::NewCas)
-    }
     /// Add `F<flags>`.
     pub fn with_client_flags(mut self, flags: u32) -> Self {
         self.client_flags = flags;
@@ -336,7 +319,6 @@ impl MetaFlags {
                 Flag::Vivify => token::put_i64(out, self.vivify.0),
                 Flag::Recache => token::put_i64(out, self.recache.0),
                 Flag::CompareCas => token::put_u64(out, self.compare_cas),
-                Flag::NewCas => token::put_u64(out, self.new_cas),
                 Flag::ClientFlags => token::put_u64(out, u64::from(self.client_flags)),
                 Flag::Mode => out.put_u8(self.mode),
                 Flag::Delta => token::put_u64(out, self.delta),
@@ -351,8 +333,7 @@ impl MetaFlags {
                 | Flag::ReturnTtl
                 | Flag::NoBump
                 | Flag::ReturnValue
-                | Flag::Invalidate
-                | Flag::RemoveValue => {}
+                | Flag::Invalidate => {}
             }
         }
     }
@@ -371,15 +352,10 @@ pub(crate) struct Parsed {
 }
 
 /// Parse `tokens` (each a flag, spans into `buf`) for a request whose key is
-/// `key`. `allow_x` admits `x` (md only). On failure returns the reason
+/// `key`. On failure returns the reason
 /// memcached's mg/ms would give (`CLIENT_ERROR ` stripped); md and ma replace
 /// it with their own catch-all.
-pub(crate) fn parse(
-    buf: &[u8],
-    key: Span,
-    tokens: &[Span],
-    allow_x: bool,
-) -> Result<Parsed, &'static str> {
+pub(crate) fn parse(buf: &[u8], key: Span, tokens: &[Span]) -> Result<Parsed, &'static str> {
     let mut flags = MetaFlags::new();
     let mut base64 = false;
     // memcached keeps going after a bad number so that a later one can set the
@@ -403,7 +379,6 @@ pub(crate) fn parse(
             continue;
         }
         let flag = match Flag::from_byte(c) {
-            Some(Flag::RemoveValue) if !allow_x => return Err("invalid flag"),
             Some(flag) => flag,
             None => return Err("invalid flag"),
         };
@@ -450,7 +425,6 @@ fn add_with_token(
         Flag::Vivify => flags.with_vivify_ttl(exptime()?),
         Flag::Recache => flags.with_recache_ttl(exptime()?),
         Flag::CompareCas => flags.with_compare_cas(number(BAD_TOKEN)?),
-        Flag::NewCas => flags.with_new_cas(number(BAD_TOKEN)?),
         Flag::ClientFlags => flags.with_client_flags(token::c_u32(arg).ok_or(None)?),
         Flag::Mode => match *arg {
             [m] => flags.with_mode(m),
@@ -470,8 +444,7 @@ fn add_with_token(
         | Flag::ReturnTtl
         | Flag::NoBump
         | Flag::ReturnValue
-        | Flag::Invalidate
-        | Flag::RemoveValue => flags.with(flag),
+        | Flag::Invalidate => flags.with(flag),
     };
     Ok(())
 }
@@ -487,24 +460,23 @@ mod tests {
     use super::*;
     use crate::meta::token::Tokens;
 
-    fn run(line: &[u8], allow_x: bool) -> Result<Parsed, &'static str> {
+    fn run(line: &[u8]) -> Result<Parsed, &'static str> {
         let t = Tokens::split(line, line.len());
-        parse(line, t.get(1).unwrap(), t.from(2), allow_x)
+        parse(line, t.get(1).unwrap(), t.from(2))
     }
 
     #[test]
     fn flags_keep_order_and_values() {
-        let line = b"mg Zm9v b v T-1 N30 R5 C7 E8 F4294967296 MA D3 J4 Oab Phint L k t";
-        let p = run(line, false).unwrap();
+        let line = b"mg Zm9v b v T-1 N30 R5 C7 F4294967296 MA D3 J4 Oab Phint L k t";
+        let p = run(line).unwrap();
         assert!(p.base64);
         let f = p.flags;
         let order: Vec<u8> = f.iter().map(Flag::byte).collect();
-        assert_eq!(order, b"vTNRCEFMDJOPLkt");
+        assert_eq!(order, b"vTNRCFMDJOPLkt");
         assert_eq!(f.ttl(), Some(Exptime(-1)));
         assert_eq!(f.vivify_ttl(), Some(Exptime(30)));
         assert_eq!(f.recache_ttl(), Some(Exptime(5)));
         assert_eq!(f.compare_cas(), Some(7));
-        assert_eq!(f.new_cas(), Some(8));
         assert_eq!(f.client_flags(), Some(0), "memcached truncates to 32 bits");
         assert_eq!(f.mode(), Some(b'A'));
         assert_eq!(f.delta(), Some(3));
@@ -513,7 +485,7 @@ mod tests {
         assert_eq!(f.hint_p().unwrap().of(line), b"hint");
         assert_eq!(f.hint_l().unwrap().of(line), b"");
         assert!(f.has(Flag::ReturnKey) && !f.has(Flag::Quiet));
-        assert_eq!(f.len(), 15);
+        assert_eq!(f.len(), 14);
     }
 
     #[test]
@@ -524,7 +496,10 @@ mod tests {
             (b"mg foo v v", "duplicate flag"),
             (b"mg foo \xff", "duplicate flag"),
             (b"mg foo \x7f", "duplicate flag"),
+            // Newer memcached releases added these; 1.6.18 knows neither.
             (b"mg foo x", "invalid flag"),
+            (b"md foo x", "invalid flag"),
+            (b"ms foo E5", "invalid flag"),
             (b"mg foo Tx Dy", "invalid numeric delta value"),
             (b"mg foo Tx Z", "invalid flag"),
             (b"mg foo T", BAD_TOKEN),
@@ -538,14 +513,13 @@ mod tests {
             (b"mg foo Tx F-1", BAD_TOKEN),
         ];
         for (line, want) in cases {
-            assert_eq!(run(line, false).unwrap_err(), *want, "{:?}", line);
+            assert_eq!(run(line).unwrap_err(), *want, "{:?}", line);
         }
-        assert!(run(b"mg foo x", true).unwrap().flags.has(Flag::RemoveValue));
     }
 
     #[test]
     fn tokenless_flags_ignore_trailing_bytes() {
-        let p = run(b"mg foo vxyz C-0 O", false).unwrap();
+        let p = run(b"mg foo vxyz C-0 O").unwrap();
         assert!(p.flags.has(Flag::ReturnValue));
         assert_eq!(p.flags.compare_cas(), Some(0));
         assert_eq!(p.flags.opaque().unwrap().len(), 0);

@@ -47,7 +47,7 @@ pub(crate) fn parse(req: &Request<'_>, limits: &Limits) -> Result<MetaGet, Parse
     if req.tokens.len() > super::token::MAX_META_TOKENS {
         return Err(skip("options flags are too long"));
     }
-    let parsed = flags::parse(req.buf, key, req.tokens.from(2), false).map_err(skip)?;
+    let parsed = flags::parse(req.buf, key, req.tokens.from(2)).map_err(skip)?;
     if flags::opaque_too_long(&parsed.flags) {
         return Err(skip("opaque token too long"));
     }

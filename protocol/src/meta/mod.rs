@@ -6,8 +6,6 @@
 //! carry memcached's exact wording and how much of the stream to skip, and
 //! the few places Shoal knowingly differs are listed here:
 //!
-//! - `E<cas>` (all verbs) and `x` (md) are accepted, as newer memcached
-//!   releases do; 1.6.18 answers `CLIENT_ERROR invalid flag` to both.
 //! - A line longer than `Limits::max_line_len` is refused even when complete
 //!   (memcached reads up to its buffer size), so the result never depends on
 //!   how the bytes were split across reads.
@@ -44,7 +42,7 @@ pub use reply::{
     encode_meta_reply, parse_meta_reply, write_status, write_value, ErrorReply, MetaReply,
     ReplyFlag, ReplyFlags, ReturnFlag, Status, MAX_REPLY_FLAGS,
 };
-pub use returned::{Echo, ItemFields, ReturnFlags};
+pub use returned::{Echo, ItemFields, Markers, ReturnFlags};
 pub use set::{MetaSet, SetMode};
 
 use crate::error::{ErrorKind, ParseError};

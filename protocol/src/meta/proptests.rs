@@ -85,10 +85,6 @@ fn model() -> impl Strategy<Value = Model> {
                 initial,
                 value,
             };
-            // Keep to what each verb accepts.
-            if m.verb != b'd' {
-                m.flags.retain(|f| *f != Flag::RemoveValue);
-            }
             // memcached's token limit: `b` counts, and `ms` spends one on
             // its datalen.
             let max = if m.verb == b's' { 16 } else { 17 } - usize::from(m.base64);
@@ -130,7 +126,6 @@ impl Model {
                 Flag::Vivify => f.with_vivify_ttl(n),
                 Flag::Recache => f.with_recache_ttl(r),
                 Flag::CompareCas => f.with_compare_cas(self.cas[0]),
-                Flag::NewCas => f.with_new_cas(self.cas[1]),
                 Flag::ClientFlags => f.with_client_flags(self.client_flags),
                 Flag::Mode => f.with_mode(self.mode),
                 Flag::Delta => f.with_delta(self.delta),

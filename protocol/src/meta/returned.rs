@@ -1,5 +1,6 @@
 //! Which return flags a meta reply carries: one per request flag that asks
-//! for something (`k O c f s t`), in request order, built from what the
+//! for something (`k O c f s t h l`), in request order, then the
+//! win/stale markers (`Z X W`, in that order, as memcached 1.6.18 writes them), built from what the
 //! answering side knows — the request itself ([`Echo`]) and the item or
 //! write it answers about ([`ItemFields`]). A node answering from its own
 //! items and a proxy answering from a peer's binary reply fill
@@ -32,6 +33,21 @@ pub struct ItemFields {
     pub size: Option<u64>,
     /// Seconds left, `-1` for no expiry (`t`).
     pub ttl: Option<i64>,
+    /// Fetched before this request (`h`).
+    pub hit_before: Option<bool>,
+    /// Seconds since the last fetch or write (`l`).
+    pub last_access: Option<u64>,
+}
+
+/// The recache markers of an `mg` hit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Markers {
+    /// `Z`: another client already holds the win token.
+    pub already_won: bool,
+    /// `X`: the item is stale.
+    pub stale: bool,
+    /// `W`: this client won.
+    pub won: bool,
 }
 
 /// Up to one return flag per request flag, in request order.
@@ -58,6 +74,8 @@ impl<'a> ReturnFlags<'a> {
                 Flag::ReturnFlags => item.client_flags.map(ReturnFlag::ClientFlags),
                 Flag::ReturnSize => item.size.map(ReturnFlag::Size),
                 Flag::ReturnTtl => item.ttl.map(ReturnFlag::Ttl),
+                Flag::ReturnHit => item.hit_before.map(ReturnFlag::Hit),
+                Flag::ReturnLastAccess => item.last_access.map(ReturnFlag::LastAccess),
                 _ => None,
             };
             if let (Some(ret), Some(slot)) = (ret, out.flags.get_mut(out.len)) {
@@ -66,6 +84,21 @@ impl<'a> ReturnFlags<'a> {
             }
         }
         out
+    }
+
+    /// Appends the markers set in `markers`, after the return flags.
+    pub fn mark(&mut self, markers: Markers) {
+        let all = [
+            (markers.already_won, ReturnFlag::AlreadyWon),
+            (markers.stale, ReturnFlag::Stale),
+            (markers.won, ReturnFlag::Won),
+        ];
+        for (set, flag) in all {
+            if let (true, Some(slot)) = (set, self.flags.get_mut(self.len)) {
+                *slot = flag;
+                self.len += 1;
+            }
+        }
     }
 
     /// Drops the collected flags `wanted` refuses, keeping the order.
@@ -113,6 +146,7 @@ mod tests {
                 client_flags: Some(3),
                 size: Some(5),
                 ttl: Some(-1),
+                ..ItemFields::default()
             };
             assert_eq!(
                 ReturnFlags::collect(flags, &echo, hit).as_slice(),

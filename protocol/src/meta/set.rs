@@ -133,7 +133,7 @@ pub(crate) fn parse(req: &Request<'_>, limits: &Limits) -> ParseResult<MetaSet> 
     let swallow = |kind, reason| ParseError::skip(kind, reason, total);
     let bad = |reason| swallow(ErrorKind::BadFormat, reason);
 
-    let parsed = flags::parse(req.buf, key, req.tokens.from(3), false).map_err(bad)?;
+    let parsed = flags::parse(req.buf, key, req.tokens.from(3)).map_err(bad)?;
     if parsed
         .flags
         .mode()

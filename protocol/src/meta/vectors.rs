@@ -9,8 +9,6 @@
 //! state. The replay feeds the same bytes to the parser the way a connection
 //! would (honouring `Recovery::Skip` past the end of what is buffered) and
 //! must produce the same lines: same wording, same resynchronisation.
-//! Inputs where memcached (1.6.18) and Shoal knowingly differ (`E`, `x`)
-//! are tested in their own modules instead.
 
 use bytes::BytesMut;
 
@@ -164,6 +162,11 @@ const VECTORS: &[(&[u8], &[&[u8]])] = &[
     (b"ms mskey 2 Fx\r\nxx\r\nmn\r\n", &[b"CLIENT_ERROR bad command line format", b"MN"]),
     (b"ms mskey 2 Tx Fx\r\nxx\r\nmn\r\n", &[b"CLIENT_ERROR bad token in command line format", b"MN"]),
     (b"ms mskey 2 Y\r\nxx\r\nmn\r\n", &[b"CLIENT_ERROR invalid flag", b"MN"]),
+    // `E` and `x` came after 1.6.18: unknown flags there.
+    (b"mg nokey E5\r\nmn\r\n", &[b"CLIENT_ERROR invalid flag", b"MN"]),
+    (b"md nokey x\r\nmn\r\n", &[b"CLIENT_ERROR invalid or duplicate flag", b"MN"]),
+    (b"ms mskey 2 E5\r\nxx\r\nmn\r\n", &[b"CLIENT_ERROR invalid flag", b"MN"]),
+    (b"ma nokey E1\r\nmn\r\n", &[b"CLIENT_ERROR invalid or duplicate flag", b"MN"]),
     (b"ms mskey 2 b\r\nxx\r\nmn\r\n", &[b"CLIENT_ERROR error decoding key", b"MN"]),
     (b"ms mskey 3 Tx\r\nab\r\nmn\r\n", &[b"CLIENT_ERROR bad token in command line format", b"ERROR"]),
     (b"ms mskey 2 Ms\r\nxx\r\nmn\r\n", &[b"CLIENT_ERROR invalid mode for ms M token", b"MN"]),

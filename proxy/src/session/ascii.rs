@@ -12,8 +12,8 @@ use std::sync::atomic::Ordering;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use shoal_protocol::ascii::{
-    encode_number, encode_value, Arith, ArithVerb, Command, Delete, FlushAll, Get, GetVerb, Stats,
-    Store, StoreVerb, Touch, Verbosity,
+    encode_number, encode_value, stats_detail_reply, Arith, ArithVerb, Command, Delete, FlushAll,
+    Get, GetVerb, Stats, Store, StoreVerb, Touch, Verbosity,
 };
 use shoal_protocol::binary::extras::ARITH_NO_CREATE;
 use shoal_protocol::binary::{
@@ -294,10 +294,21 @@ async fn stats(shared: &Shared, frame: &Bytes, stats: &Stats, out: &mut BytesMut
         .next()
         .map(|span| span.of(frame))
         .unwrap_or(b"");
-    for (name, value) in report::stats(shared, group).await {
-        stat_line(out, &name, &value);
+    if group == b"detail" {
+        let sub = stats.args(frame).nth(1).map(|span| span.of(frame));
+        out.put_slice(stats_detail_reply(sub));
+        return;
     }
-    out.put_slice(b"END\r\n");
+    match report::stats(shared, group).await {
+        Ok(stats) => {
+            for (name, value) in stats {
+                stat_line(out, &name, &value);
+            }
+            out.put_slice(b"END\r\n");
+        }
+        // No node knows the group: memcached's answer to an unknown one.
+        Err(_) => out.put_slice(b"ERROR\r\n"),
+    }
 }
 
 // === replies ===

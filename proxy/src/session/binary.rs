@@ -36,6 +36,10 @@ pub(super) async fn execute(
     out: &mut BytesMut,
 ) -> Outcome {
     let h = &req.header;
+    if h.opcode == Opcode::QuitQ {
+        // memcached closes without a reply.
+        return Outcome::Close;
+    }
     match h.opcode.non_quiet() {
         Opcode::Get
         | Opcode::GetK
@@ -60,17 +64,19 @@ pub(super) async fn execute(
         Opcode::SaslAuth => sasl_plain(shared, frame, req, out).await,
         Opcode::SaslStep => status_reply(shared, out, h, Status::AUTH_ERROR),
         Opcode::Flush => flush(shared, frame, req, out).await,
-        Opcode::Stat => {
-            for (name, value) in report::stats(shared, req.key.of(frame)).await {
-                local(out, h, Status::OK, &name, &value);
+        Opcode::Stat => match report::stats(shared, req.key.of(frame)).await {
+            Ok(stats) => {
+                for (name, value) in stats {
+                    local(out, h, Status::OK, &name, &value);
+                }
+                local(out, h, Status::OK, &[], &[]);
             }
-            local(out, h, Status::OK, &[], &[]);
-        }
+            Err(status) => status_reply(shared, out, h, status),
+        },
         Opcode::Quit => {
             local(out, h, Status::OK, &[], &[]);
             return Outcome::Close;
         }
-        Opcode::QuitQ => return Outcome::Close,
         Opcode::Other(_) => status_reply(shared, out, h, Status::UNKNOWN_COMMAND),
         _ => status_reply(shared, out, h, Status::NOT_SUPPORTED),
     }

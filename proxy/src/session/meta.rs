@@ -1,12 +1,22 @@
-//! Meta clients (`mg ms md ma mn`): each command becomes one binary request
-//! to the owning node, and its reply becomes the meta reply with the return
-//! flags in request order (misses carry the echo flags `O` and `k`, as
-//! memcached 1.6 does).
+//! Meta clients (`mg ms md ma me mn`). `mn` is answered here; every other
+//! command goes to the node that owns its key.
 //!
-//! Flags that need data a binary reply does not carry (`t`, `h`, `l`) or
-//! state the proxy does not keep (`N R I E` on mg/ms/md, `x`) are refused with
-//! `CLIENT_ERROR unsupported flag`, never answered with invented values;
-//! `me` (a debugging aid about one server) is refused likewise.
+//! In front of a Shoal cluster (vbucket or memcached bucket) the request
+//! travels verbatim in a META envelope (binary opcode 0xe7: the decoded key
+//! routes it, the header names the vbucket) and the node's meta reply
+//! comes back as the envelope's value, copied to the client as is: every
+//! flag means exactly what it means on a node, item state (`h l t`, the
+//! `N R I` recache flow and its `W X Z` markers) included, and NOT_MY_VBUCKET
+//! is retried like any request (`docs/DESIGN.md`, "Meta through the proxy").
+//!
+//! A static ring has plain memcached servers behind it, which speak only
+//! memcached's binary protocol on the proxy's connections: there each
+//! command becomes one classic binary request and its reply the meta
+//! reply, with the return flags in request order (misses carry the echo
+//! flags `O` and `k`, as memcached 1.6 does). Flags that need data a binary
+//! reply does not carry (`t`, `h`, `l`) or item state (`N R I`) are refused
+//! with `CLIENT_ERROR unsupported flag`, never answered with invented
+//! values, and `me` likewise.
 
 use std::sync::atomic::Ordering;
 
@@ -23,21 +33,22 @@ use shoal_protocol::Exptime;
 use super::call::{keyed, CallError, Plain};
 use super::text::{call_error_line, refusal_line, TEMPORARY_FAILURE};
 use super::Outcome;
+use crate::config::MapSource;
 use crate::downstream::Reply;
 use crate::shared::Shared;
 
+/// Flags a static ring cannot honour, per verb (see the module doc).
 const UNSUPPORTED_GET: &[Flag] = &[
     Flag::ReturnTtl,
     Flag::ReturnHit,
     Flag::ReturnLastAccess,
     Flag::Vivify,
     Flag::Recache,
-    Flag::NewCas,
     Flag::Invalidate,
 ];
-const UNSUPPORTED_SET: &[Flag] = &[Flag::Invalidate, Flag::NewCas, Flag::ReturnTtl];
-const UNSUPPORTED_DELETE: &[Flag] = &[Flag::Invalidate, Flag::NewCas, Flag::RemoveValue];
-const UNSUPPORTED_ARITH: &[Flag] = &[Flag::NewCas, Flag::ReturnTtl];
+const UNSUPPORTED_SET: &[Flag] = &[Flag::Invalidate, Flag::ReturnTtl];
+const UNSUPPORTED_DELETE: &[Flag] = &[Flag::Invalidate];
+const UNSUPPORTED_ARITH: &[Flag] = &[Flag::ReturnTtl];
 
 /// memcached's longest key; base64 keys decode into a buffer this size.
 const MAX_KEY: usize = 250;
@@ -49,14 +60,74 @@ pub(super) async fn execute(
     cmd: &MetaCommand,
     out: &mut BytesMut,
 ) -> Outcome {
-    let mut key_buf = [0u8; MAX_KEY];
-    let key: &[u8] = match cmd.key() {
-        None => &[],
-        Some(span) if cmd.base64() => match base64::decode_into(span.of(frame), &mut key_buf) {
-            Some(len) if len > 0 => &key_buf[..len],
-            _ => return text(out, b"CLIENT_ERROR error decoding key\r\n"),
+    match (cmd, &shared.config.source) {
+        (MetaCommand::Noop, _) => text(out, b"MN\r\n"),
+        (_, MapSource::Cluster { .. }) => forward(shared, frame, cmd, out).await,
+        (_, MapSource::Static { .. }) => translate(shared, frame, cmd, out).await,
+    }
+}
+
+/// The key a command addresses, decoded when it is base64 (`None`: the
+/// key does not decode, which memcached answers as below).
+fn decoded_key<'k>(
+    frame: &'k [u8],
+    cmd: &MetaCommand,
+    buf: &'k mut [u8; MAX_KEY],
+) -> Option<&'k [u8]> {
+    match cmd.key() {
+        None => Some(&[]),
+        Some(span) if cmd.base64() => match base64::decode_into(span.of(frame), buf) {
+            Some(len) if len > 0 => buf.get(..len),
+            _ => None,
         },
-        Some(span) => span.of(frame),
+        Some(span) => Some(span.of(frame)),
+    }
+}
+
+/// In front of a cluster: the request in a META envelope to its node, the
+/// node's reply text back to the client.
+async fn forward(shared: &Shared, frame: &Bytes, cmd: &MetaCommand, out: &mut BytesMut) -> Outcome {
+    let mut key_buf = [0u8; MAX_KEY];
+    let Some(key) = decoded_key(frame, cmd, &mut key_buf) else {
+        return text(out, b"CLIENT_ERROR error decoding key\r\n");
+    };
+    let request = Plain {
+        value: frame,
+        ..Plain::new(Opcode::Meta, key, &[])
+    };
+    match keyed(shared, key, &request, is_idempotent(cmd)).await {
+        Ok(reply) if reply.response.header.status == Status::OK => {
+            out.put_slice(reply.response.value.of(&reply.frame));
+        }
+        other => error(shared, out, other),
+    }
+    Outcome::Continue
+}
+
+/// Whether sending `cmd` twice is the same as sending it once, so a
+/// request lost with its connection may be sent again: reads that change
+/// nothing (no `T` touch, `N` vivify or `R` win token).
+fn is_idempotent(cmd: &MetaCommand) -> bool {
+    match cmd {
+        MetaCommand::Get(get) => ![Flag::Ttl, Flag::Vivify, Flag::Recache]
+            .iter()
+            .any(|f| get.flags.has(*f)),
+        MetaCommand::Debug(_) | MetaCommand::Noop => true,
+        MetaCommand::Set(_) | MetaCommand::Delete(_) | MetaCommand::Arith(_) => false,
+    }
+}
+
+/// In front of a static ring of memcached servers: the command as one
+/// classic binary request (see the module doc).
+async fn translate(
+    shared: &Shared,
+    frame: &Bytes,
+    cmd: &MetaCommand,
+    out: &mut BytesMut,
+) -> Outcome {
+    let mut key_buf = [0u8; MAX_KEY];
+    let Some(key) = decoded_key(frame, cmd, &mut key_buf) else {
+        return text(out, b"CLIENT_ERROR error decoding key\r\n");
     };
     if has_unsupported_flag(cmd) {
         return text(out, b"CLIENT_ERROR unsupported flag\r\n");
@@ -68,7 +139,7 @@ pub(super) async fn execute(
     };
     match cmd {
         MetaCommand::Noop => out.put_slice(b"MN\r\n"),
-        MetaCommand::Debug(_) => out.put_slice(b"CLIENT_ERROR unsupported through the proxy\r\n"),
+        MetaCommand::Debug(_) => out.put_slice(b"CLIENT_ERROR unsupported flag\r\n"),
         MetaCommand::Get(get) => meta_get(shared, &echo, get, out).await,
         MetaCommand::Set(set) => meta_set(shared, &echo, set, out).await,
         MetaCommand::Delete(delete) => meta_delete(shared, &echo, delete, out).await,
@@ -254,7 +325,7 @@ fn returned<'a>(
         }),
         size: reply.map(|r| r.response.value.len() as u64),
         // A binary GET says nothing of the TTL: `t` is refused on `mg`.
-        ttl: None,
+        ..ItemFields::default()
     };
     ReturnFlags::collect(flags, echo, item)
 }

@@ -429,7 +429,7 @@ async fn execute(shared: &Shared, frame: &Bytes, parsed: &Parsed, out: &mut Byte
 }
 
 fn parse(buf: &[u8], shared: &Shared) -> Result<Option<(Parsed, usize)>, ParseError> {
-    let limits = &shared.config.downstream.limits;
+    let limits = &shared.client_limits;
     Ok(match buf[0] {
         0x80 => parse_request(buf, limits)?.map(|(r, n)| (Parsed::Binary(r), n)),
         b'm' => meta_codec::parse_meta(buf, limits)?.map(|(m, n)| (Parsed::Meta(m), n)),

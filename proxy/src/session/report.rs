@@ -13,16 +13,118 @@ use crate::downstream::{DownstreamError, Reply};
 use crate::shared::Shared;
 use crate::stats::COUNTERS;
 
-/// The `(name, value)` pairs `stats <group>` answers with, in order.
-pub(super) async fn stats(shared: &Shared, group: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// The `(name, value)` pairs `stats <group>` answers with, in order, or
+/// `Err(status)` when no node knows the group (the status the nodes gave,
+/// which the ASCII front end words as memcached's `ERROR`).
+pub(super) async fn stats(
+    shared: &Shared,
+    group: &[u8],
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Status> {
     if group == b"proxy" {
-        return proxy_stats(shared)
+        return Ok(proxy_stats(shared)
             .into_iter()
             .map(|(name, value)| (name.into_bytes(), value.into_bytes()))
-            .collect();
+            .collect());
     }
     let request = Plain::new(Opcode::Stat, group, &[]);
-    merged_stats(fan_out(shared, &request).await)
+    let replies = fan_out(shared, &request).await;
+    if let Some(status) = refused_by_all(&replies) {
+        return Err(status);
+    }
+    let mut merged = merged_stats(replies, group.is_empty());
+    if group.is_empty() {
+        own_identity(shared, &mut merged);
+    }
+    Ok(merged)
+}
+
+/// The status every node that answered refused the group with, if none
+/// accepted it.
+fn refused_by_all(replies: &[Result<Vec<Reply>, DownstreamError>]) -> Option<Status> {
+    let mut refusal = None;
+    for node in replies.iter().flatten() {
+        match node.last().map(|r| r.response.header.status) {
+            Some(Status::OK) => return None,
+            Some(status) => refusal = Some(status),
+            None => {}
+        }
+    }
+    refusal
+}
+
+/// How one general stat of several nodes becomes the proxy's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Merge {
+    /// A count or an amount the nodes hold between them: the sum.
+    Sum,
+    /// A worst case (`…_max`): the largest.
+    Max,
+    /// A limit every node applies to each request: the smallest.
+    Min,
+    /// Not a number to add: the first node's.
+    First,
+    /// The process a client talks to is the proxy: its own value
+    /// (see [`own_identity`]).
+    Proxy,
+}
+
+/// The general stats a client learns from the proxy itself: who it talks
+/// to and since when, and its own connections.
+const FROM_PROXY: &[&str] = &[
+    "pid",
+    "uptime",
+    "time",
+    "version",
+    "pointer_size",
+    "curr_connections",
+    "total_connections",
+    "rejected_connections",
+];
+
+fn merge_rule(name: &[u8]) -> Merge {
+    let name = std::str::from_utf8(name).unwrap_or("");
+    if FROM_PROXY.contains(&name) {
+        Merge::Proxy
+    } else if name.ends_with("_max") && name != "item_size_max" {
+        Merge::Max
+    } else if name == "item_size_max" || name == "max_connections" {
+        Merge::Min
+    } else {
+        Merge::Sum
+    }
+}
+
+/// Overwrites (or adds) the [`FROM_PROXY`] stats with the proxy's values.
+fn own_identity(shared: &Shared, stats: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+    let s = &shared.stats;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let own = [
+        ("pid", std::process::id().to_string()),
+        ("uptime", shared.started.elapsed().as_secs().to_string()),
+        ("time", now.to_string()),
+        ("version", VERSION.to_string()),
+        ("pointer_size", (usize::BITS).to_string()),
+        (
+            "curr_connections",
+            s.curr_connections.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "total_connections",
+            s.total_connections.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "rejected_connections",
+            s.rejected_connections.load(Ordering::Relaxed).to_string(),
+        ),
+    ];
+    for (name, value) in own {
+        match stats.iter_mut().find(|(n, _)| n == name.as_bytes()) {
+            Some(held) => held.1 = value.into_bytes(),
+            None => stats.push((name.as_bytes().to_vec(), value.into_bytes())),
+        }
+    }
 }
 
 /// `stats proxy`: the proxy's own counters, map and per-node figures.
@@ -68,9 +170,15 @@ fn proxy_stats(shared: &Shared) -> Vec<(String, String)> {
     stats
 }
 
-/// Sums numeric stats across nodes (moxi's merge); a non-numeric stat keeps
-/// the first node's value. Order: first appearance.
-fn merged_stats(replies: Vec<Result<Vec<Reply>, DownstreamError>>) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// Merges the nodes' stats: for the general group by each stat's
+/// [`merge_rule`] (counters and amounts summed, worst cases maxed, limits
+/// minimised, text kept from the first node); for any other group
+/// (`settings`, `items`, …: per-node facts, not amounts) the first node's
+/// value. Order: first appearance.
+fn merged_stats(
+    replies: Vec<Result<Vec<Reply>, DownstreamError>>,
+    general: bool,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut order: Vec<Vec<u8>> = Vec::new();
     let mut values: FxHashMap<Vec<u8>, Vec<u8>> = FxHashMap::default();
     for node in replies.into_iter().flatten() {
@@ -80,24 +188,18 @@ fn merged_stats(replies: Vec<Result<Vec<Reply>, DownstreamError>>) -> Vec<(Vec<u
                 continue;
             }
             let value = reply.response.value.of(&reply.frame);
-            match values.get_mut(name) {
-                Some(held) => {
-                    let sum = std::str::from_utf8(held)
-                        .ok()
-                        .and_then(|h| h.parse::<u64>().ok())
-                        .zip(
-                            std::str::from_utf8(value)
-                                .ok()
-                                .and_then(|v| v.parse::<u64>().ok()),
-                        );
-                    if let Some((a, b)) = sum {
-                        *held = a.saturating_add(b).to_string().into_bytes();
-                    }
-                }
-                None => {
-                    order.push(name.to_vec());
-                    values.insert(name.to_vec(), value.to_vec());
-                }
+            let Some(held) = values.get_mut(name) else {
+                order.push(name.to_vec());
+                values.insert(name.to_vec(), value.to_vec());
+                continue;
+            };
+            let rule = if general {
+                merge_rule(name)
+            } else {
+                Merge::First
+            };
+            if let Some(merged) = merge(rule, held, value) {
+                *held = merged.to_string().into_bytes();
             }
         }
     }
@@ -108,4 +210,42 @@ fn merged_stats(replies: Vec<Result<Vec<Reply>, DownstreamError>>) -> Vec<(Vec<u
             (name, value)
         })
         .collect()
+}
+
+/// `held` and `value` merged by `rule`, or `None` to keep `held` (a rule
+/// that keeps the first, or values that are not both whole numbers).
+fn merge(rule: Merge, held: &[u8], value: &[u8]) -> Option<u64> {
+    let number = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<u64>().ok();
+    let (a, b) = (number(held)?, number(value)?);
+    match rule {
+        Merge::Sum => Some(a.saturating_add(b)),
+        Merge::Max => Some(a.max(b)),
+        Merge::Min => Some(a.min(b)),
+        Merge::First | Merge::Proxy => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_stat_merges_the_way_it_means() {
+        assert_eq!(merge_rule(b"cmd_get"), Merge::Sum);
+        assert_eq!(merge_rule(b"curr_items"), Merge::Sum);
+        assert_eq!(merge_rule(b"replication_lag_max"), Merge::Max);
+        assert_eq!(merge_rule(b"item_size_max"), Merge::Min);
+        for identity in ["pid", "time", "uptime", "version", "curr_connections"] {
+            assert_eq!(merge_rule(identity.as_bytes()), Merge::Proxy, "{identity}");
+        }
+        assert_eq!(merge(Merge::Sum, b"2", b"3"), Some(5));
+        assert_eq!(merge(Merge::Max, b"2", b"3"), Some(3));
+        assert_eq!(merge(Merge::Min, b"2", b"3"), Some(2));
+        assert_eq!(merge(Merge::Proxy, b"2", b"3"), None);
+        assert_eq!(
+            merge(Merge::Sum, b"0.5", b"3"),
+            None,
+            "not a whole number: the first stays"
+        );
+    }
 }

@@ -101,10 +101,10 @@ pub fn parse_frame(buf: &[u8]) -> Result<(Frame, usize), ParseError> {
         b"ERROR" => Frame::Error,
         _ if line.starts_with(b"VALUE ") => return parse_value(buf, line.len(), after),
         _ if line.starts_with(b"SERVER_ERROR") => {
-            Frame::ServerError(message(line, b"SERVER_ERROR")?)
+            Frame::ServerError(error_message(line, b"SERVER_ERROR")?)
         }
         _ if line.starts_with(b"CLIENT_ERROR") => {
-            Frame::ClientError(message(line, b"CLIENT_ERROR")?)
+            Frame::ClientError(error_message(line, b"CLIENT_ERROR")?)
         }
         _ => return Err(ParseError::Malformed("unknown reply line")),
     };
@@ -112,7 +112,8 @@ pub fn parse_frame(buf: &[u8]) -> Result<(Frame, usize), ParseError> {
 }
 
 /// The message after an error word: `WORD` alone or `WORD <message>`.
-fn message(line: &[u8], word: &[u8]) -> Result<Range<usize>, ParseError> {
+/// Shared with the meta parser, whose error lines are the same.
+pub(crate) fn error_message(line: &[u8], word: &[u8]) -> Result<Range<usize>, ParseError> {
     match line.get(word.len()) {
         None => Ok(line.len()..line.len()),
         Some(b' ') => Ok(word.len() + 1..line.len()),
@@ -156,7 +157,7 @@ fn parse_value(buf: &[u8], line_len: usize, after: usize) -> Result<(Frame, usiz
 }
 
 /// A plain decimal `u64`: digits only, no sign, no overflow.
-fn parse_u64(digits: &[u8]) -> Option<u64> {
+pub(crate) fn parse_u64(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 20 {
         return None;
     }

@@ -28,6 +28,9 @@ pub enum Protocol {
     Ascii,
     /// The binary protocol (GETK, GETKQ…NOOP, SET).
     Binary,
+    /// The meta text protocol: `mg <key> v` and `ms <key> <len>`, one reply
+    /// per command (a multiget is one `mg` line per key).
+    Meta,
 }
 
 impl Protocol {
@@ -36,6 +39,7 @@ impl Protocol {
         match self {
             Protocol::Ascii => "ascii",
             Protocol::Binary => "binary",
+            Protocol::Meta => "meta",
         }
     }
 }
@@ -47,7 +51,10 @@ impl FromStr for Protocol {
         match s {
             "ascii" => Ok(Protocol::Ascii),
             "binary" => Ok(Protocol::Binary),
-            other => Err(format!("unknown protocol {other:?} (ascii or binary)")),
+            "meta" => Ok(Protocol::Meta),
+            other => Err(format!(
+                "unknown protocol {other:?} (ascii, binary or meta)"
+            )),
         }
     }
 }
@@ -276,7 +283,12 @@ mod tests {
     fn protocol_names() {
         assert_eq!("ascii".parse::<Protocol>(), Ok(Protocol::Ascii));
         assert_eq!("binary".parse::<Protocol>(), Ok(Protocol::Binary));
-        assert!("meta".parse::<Protocol>().is_err());
+        assert_eq!("meta".parse::<Protocol>(), Ok(Protocol::Meta));
+        for p in [Protocol::Ascii, Protocol::Binary, Protocol::Meta] {
+            assert_eq!(p.name().parse::<Protocol>(), Ok(p));
+        }
+        assert!("mg".parse::<Protocol>().is_err());
+        assert!("Meta".parse::<Protocol>().is_err());
     }
 
     #[test]

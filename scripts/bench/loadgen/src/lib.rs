@@ -7,6 +7,8 @@
 //! - [`rng`]: the SplitMix64 generator that picks keys and verbs;
 //! - [`ascii`]: ASCII request encoders and the reply frame parser;
 //! - [`binary`]: binary request encoders and the response parser;
+//! - [`meta`]: meta request encoders (`mg <key> v`, `ms <key> <len>`) and the
+//!   reply parser;
 //! - [`session`]: sans-IO connection state: what is in flight, what each reply
 //!   must look like, what gets recorded;
 //! - [`login`]: the SASL PLAIN login of `--sasl-user`, done when a connection
@@ -45,7 +47,8 @@
 //!   themselves are not.
 //! - Server-side CPU, memory, or what happens under eviction: the key space
 //!   should fit in the server's memory.
-//! - Verbs other than `get`/`set` (no cas, incr, delete, touch, meta), key skew
+//! - Verbs other than `get`/`set` (no cas, incr, delete, touch; of the meta
+//!   protocol only `mg <key> v` and `ms <key> <len>`, without flags), key skew
 //!   (keys are uniform), expiry, or values over 1 MB.
 //! - Latency below the generator's own scheduling noise: all requests of one
 //!   connection share one task, and replies read in one `read` share one
@@ -96,6 +99,7 @@ mod conn;
 mod cpu;
 pub mod data;
 pub mod login;
+pub mod meta;
 mod preload;
 pub mod rng;
 pub mod run;
@@ -106,7 +110,7 @@ pub use config::{parse_duration, Config, Protocol};
 pub use run::{run, RunError};
 pub use stats::Report;
 
-/// Why a reply could not be parsed. Shared by the ASCII and binary parsers.
+/// Why a reply could not be parsed. Shared by the ASCII, meta and binary parsers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
     /// The buffer holds the start of a valid reply; read more.

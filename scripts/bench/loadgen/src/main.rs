@@ -23,7 +23,8 @@ struct Args {
     /// Server address, host:port.
     #[arg(long, default_value = "127.0.0.1:11211")]
     server: String,
-    /// Wire protocol: ascii or binary.
+    /// Wire protocol: ascii, binary or meta (`mg <key> v`, `ms <key> <len>`;
+    /// values carry no client flags, so hits are checked by length and content).
     #[arg(long, default_value = "ascii")]
     protocol: Protocol,
     /// TCP connections, all opened before the clock starts.
@@ -50,7 +51,8 @@ struct Args {
     /// Fraction of requests that are gets; the rest are sets.
     #[arg(long, default_value_t = 0.9)]
     get_ratio: f64,
-    /// Keys per get (ASCII "get k1 k2 …", binary GETKQ… NOOP).
+    /// Keys per get (ASCII "get k1 k2 …", binary GETKQ… NOOP, meta one
+    /// "mg k v" line per key, all counted as one request).
     #[arg(long, default_value_t = 1)]
     multiget: usize,
     /// Total requests per second for an open loop, with latency measured from

@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::ascii::{self, Frame};
 use crate::binary;
 use crate::config::Protocol;
+use crate::meta;
 use crate::run::RunError;
 use crate::session::Plan;
 
@@ -57,6 +58,7 @@ async fn preload_range(
         while next < keys.end && next - first < BATCH_KEYS && wbuf.len() < BATCH_BYTES {
             match plan.protocol {
                 Protocol::Ascii => ascii::encode_set(&mut wbuf, &plan.prefix, next, &plan.value),
+                Protocol::Meta => meta::encode_set(&mut wbuf, &plan.prefix, next, &plan.value),
                 Protocol::Binary => binary::encode_set(
                     &mut wbuf,
                     &plan.prefix,
@@ -74,6 +76,9 @@ async fn preload_range(
         while answered < next - first {
             let ok = match plan.protocol {
                 Protocol::Ascii => ascii::parse_frame(&rbuf).map(|(f, n)| (f == Frame::Stored, n)),
+                Protocol::Meta => {
+                    meta::parse_frame(&rbuf).map(|(f, n)| (f == meta::Frame::Stored, n))
+                }
                 Protocol::Binary => binary::parse_response(&rbuf).map(|(r, n)| {
                     let ok = r.opcode == binary::OP_SET
                         && r.status == binary::STATUS_OK

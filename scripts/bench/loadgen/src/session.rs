@@ -18,6 +18,7 @@ use crate::ascii::{self, Frame};
 use crate::binary::{self, Response};
 use crate::config::{Config, Protocol};
 use crate::data::{self, FLAGS};
+use crate::meta;
 use crate::rng::{self, SplitMix64};
 use crate::stats::{ConnStats, ErrorKind};
 
@@ -249,6 +250,11 @@ impl Session {
                     }
                     binary::encode_noop(out, opaque);
                 }
+                Protocol::Meta => {
+                    for idx in keys {
+                        meta::encode_get(out, &plan.prefix, idx);
+                    }
+                }
             }
             Kind::Get
         } else {
@@ -257,6 +263,7 @@ impl Session {
             match plan.protocol {
                 Protocol::Ascii => ascii::encode_set(out, &plan.prefix, idx, &plan.value),
                 Protocol::Binary => binary::encode_set(out, &plan.prefix, idx, &plan.value, opaque),
+                Protocol::Meta => meta::encode_set(out, &plan.prefix, idx, &plan.value),
             }
             Kind::Set
         };
@@ -285,6 +292,7 @@ impl Session {
                 Protocol::Binary => {
                     binary::parse_response(rest).map(|(r, n)| (Reply::Binary(r), n))
                 }
+                Protocol::Meta => meta::parse_frame(rest).map(|(frame, n)| (Reply::Meta(frame), n)),
             };
             let (reply, n) = match parsed {
                 Ok(parsed) => parsed,
@@ -294,6 +302,7 @@ impl Session {
             match reply {
                 Reply::Ascii(frame) => self.on_ascii(frame, rest, now)?,
                 Reply::Binary(response) => self.on_binary(&response, rest, now)?,
+                Reply::Meta(frame) => self.on_meta(frame, rest, now)?,
             }
             used += n;
         }
@@ -366,6 +375,65 @@ impl Session {
             )),
             _ => Err(Abort::Protocol("reply does not fit the request")),
         }
+    }
+
+    /// Every `mg` and `ms` has exactly one reply, in order: a reply answers
+    /// the next key of the request at the head of the queue, and the
+    /// request is complete when all its keys are answered. The reply carries
+    /// no key (`mg <key> v` asks for none): the value's stamp tells whose it
+    /// is.
+    fn on_meta(&mut self, frame: meta::Frame, buf: &[u8], now: Instant) -> Result<(), Abort> {
+        let head = self
+            .pending
+            .front_mut()
+            .ok_or(Abort::Protocol("reply with no request outstanding"))?;
+        match (head.kind, frame) {
+            (Kind::Get, meta::Frame::Value { data }) => {
+                let idx = self.keys.pop_front().unwrap_or_default();
+                if data::value_matches(&buf[data], &self.plan.value, idx) {
+                    head.hits += 1;
+                } else {
+                    self.stats.error(
+                        ErrorKind::BadValue,
+                        1,
+                        "get hit with wrong length or content",
+                    );
+                }
+            }
+            (Kind::Get, meta::Frame::Miss) => {
+                self.keys.pop_front();
+                head.misses += 1;
+            }
+            (Kind::Get, meta::Frame::ServerError(_)) => {
+                self.keys.pop_front();
+                self.stats
+                    .error(ErrorKind::ServerError, 1, "SERVER_ERROR to a get");
+            }
+            (Kind::Set, meta::Frame::Stored) => {
+                self.keys.pop_front();
+            }
+            (Kind::Set, meta::Frame::NotStored | meta::Frame::Exists | meta::Frame::NotFound) => {
+                self.stats.error(ErrorKind::NotStored, 1, "set not stored");
+                self.keys.pop_front();
+            }
+            (Kind::Set, meta::Frame::ServerError(_)) => {
+                self.stats
+                    .error(ErrorKind::ServerError, 1, "SERVER_ERROR to a set");
+                self.keys.pop_front();
+            }
+            (_, meta::Frame::Error | meta::Frame::ClientError(_)) => {
+                return Err(Abort::Reply(
+                    ErrorKind::ClientError,
+                    "ERROR or CLIENT_ERROR to a valid request",
+                ))
+            }
+            _ => return Err(Abort::Protocol("reply does not fit the request")),
+        }
+        head.remaining -= 1;
+        if head.remaining == 0 {
+            self.complete(now);
+        }
+        Ok(())
     }
 
     fn on_binary(&mut self, r: &Response, buf: &[u8], now: Instant) -> Result<(), Abort> {
@@ -510,10 +578,11 @@ impl Session {
     }
 }
 
-/// A parsed reply of either protocol.
+/// A parsed reply of any protocol.
 enum Reply {
     Ascii(Frame),
     Binary(Response),
+    Meta(meta::Frame),
 }
 
 /// True when a binary get hit carries key `idx`, the flags and its value.

@@ -115,6 +115,32 @@ fn binary_replies(s: &Session, present: impl Fn(u64) -> bool) -> Vec<u8> {
     out
 }
 
+fn meta_value(out: &mut Vec<u8>, plan: &Plan, idx: u64) {
+    out.extend_from_slice(format!("VA {}\r\n", plan.value.len()).as_bytes());
+    data::push_value(out, &plan.value, idx);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Meta replies to everything outstanding: one per `mg` or `ms` line.
+fn meta_replies(s: &Session, present: impl Fn(u64) -> bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (kind, keys) in outstanding(s) {
+        match kind {
+            Kind::Set => out.extend_from_slice(b"HD\r\n"),
+            Kind::Get => {
+                for idx in keys {
+                    if present(idx) {
+                        meta_value(&mut out, &s.plan, idx);
+                    } else {
+                        out.extend_from_slice(b"EN\r\n");
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Expected (gets, sets, hits, misses) for everything outstanding.
 fn expected(s: &Session, present: impl Fn(u64) -> bool) -> (u64, u64, u64, u64) {
     let mut totals = (0, 0, 0, 0);
@@ -179,6 +205,119 @@ fn ascii_replies_are_matched_and_counted() {
 }
 
 #[test]
+fn meta_requests_are_one_line_per_key() {
+    let mut s = Session::new(plan(Protocol::Meta, 16, 3, 0.5), 0);
+    let mut out = Vec::new();
+    s.fill(&mut out, Instant::now());
+    assert_eq!(s.pending.len(), 16);
+    let gets = s.pending.iter().filter(|p| p.kind == Kind::Get).count();
+    assert!(gets > 0 && gets < 16, "{gets}");
+    assert_eq!(out.windows(4).filter(|w| w == b"mg s").count(), 3 * gets);
+    assert_eq!(out.windows(4).filter(|w| w == b"ms s").count(), 16 - gets);
+    assert_eq!(out.windows(4).filter(|w| w == b" v\r\n").count(), 3 * gets);
+
+    let mut s = Session::new(plan(Protocol::Meta, 1, 1, 1.0), 0);
+    let mut out = Vec::new();
+    s.fill(&mut out, Instant::now());
+    let mut want = Vec::new();
+    meta::encode_get(&mut want, &s.plan.prefix, s.keys[0]);
+    assert_eq!(out, want);
+}
+
+#[test]
+fn meta_replies_are_matched_and_counted() {
+    for multiget in [1, 5] {
+        let mut s = Session::new(plan(Protocol::Meta, 32, multiget, 0.8), 1);
+        s.fill(&mut Vec::new(), Instant::now());
+        let want = expected(&s, odd);
+        let replies = meta_replies(&s, odd);
+        assert_eq!(s.on_bytes(&replies, Instant::now()).unwrap(), replies.len());
+        assert_eq!(counts(&s), want);
+        assert!(
+            want.2 > 0 && want.3 > 0,
+            "test should see hits and misses: {want:?}"
+        );
+        assert_eq!(s.stats.error_total(), 0);
+        assert!(s.pending.is_empty() && s.keys.is_empty());
+    }
+}
+
+#[test]
+fn meta_request_completes_with_its_last_reply() {
+    let mut s = Session::new(plan(Protocol::Meta, 2, 3, 1.0), 0);
+    s.fill(&mut Vec::new(), Instant::now());
+    let (first, second) = (s.keys[2], s.keys[3]);
+    // Two of the first request's three replies: nothing completes yet.
+    let mut replies = b"EN\r\n".to_vec();
+    meta_value(&mut replies, &s.plan, s.keys[1]);
+    assert_eq!(s.on_bytes(&replies, Instant::now()).unwrap(), replies.len());
+    assert_eq!((s.stats.gets, s.pending.len()), (0, 2));
+    let mut replies = Vec::new();
+    meta_value(&mut replies, &s.plan, first);
+    meta_value(&mut replies, &s.plan, second);
+    assert_eq!(s.on_bytes(&replies, Instant::now()).unwrap(), replies.len());
+    assert_eq!(counts(&s), (1, 0, 2, 1));
+    assert_eq!(s.pending.len(), 1);
+    assert_eq!(s.pending[0].remaining, 2);
+}
+
+#[test]
+fn meta_wrong_value_and_failures_are_errors_not_aborts() {
+    let mut s = Session::new(plan(Protocol::Meta, 2, 1, 1.0), 0);
+    s.fill(&mut Vec::new(), Instant::now());
+    // Another key's value, then a SERVER_ERROR: two errors, both gets done.
+    let stranger = (0..1000).find(|k| !s.keys.contains(k)).unwrap();
+    let mut reply = Vec::new();
+    meta_value(&mut reply, &s.plan, stranger);
+    reply.extend_from_slice(b"SERVER_ERROR busy\r\n");
+    assert_eq!(s.on_bytes(&reply, Instant::now()).unwrap(), reply.len());
+    assert_eq!(s.stats.errors[3], 1, "bad_value");
+    assert_eq!(s.stats.errors[5], 1, "server_error");
+    assert_eq!((s.stats.gets, s.stats.hits, s.stats.misses), (2, 0, 0));
+
+    let mut s = Session::new(plan(Protocol::Meta, 4, 1, 0.0), 0);
+    s.fill(&mut Vec::new(), Instant::now());
+    let replies = b"NS\r\nSERVER_ERROR out of memory\r\nHD c9\r\nEX\r\n";
+    assert_eq!(s.on_bytes(replies, Instant::now()).unwrap(), replies.len());
+    assert_eq!(s.stats.sets, 4);
+    assert_eq!(s.stats.errors[4], 2, "not_stored");
+    assert_eq!(s.stats.errors[5], 1, "server_error");
+}
+
+#[test]
+fn meta_mismatched_replies_abort() {
+    let mut s = Session::new(plan(Protocol::Meta, 1, 1, 1.0), 0);
+    assert!(matches!(
+        s.on_bytes(b"EN\r\n", Instant::now()),
+        Err(Abort::Protocol(_))
+    ));
+    s.fill(&mut Vec::new(), Instant::now());
+    for bad in [&b"HD\r\n"[..], b"END\r\n", b"MN\r\n"] {
+        assert!(
+            matches!(s.on_bytes(bad, Instant::now()), Err(Abort::Protocol(_))),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        s.on_bytes(b"CLIENT_ERROR bad command line format\r\n", Instant::now()),
+        Err(Abort::Reply(ErrorKind::ClientError, _))
+    ));
+
+    let mut s = Session::new(plan(Protocol::Meta, 1, 1, 0.0), 0);
+    s.fill(&mut Vec::new(), Instant::now());
+    let mut hit = Vec::new();
+    meta_value(&mut hit, &s.plan, 1);
+    assert!(matches!(
+        s.on_bytes(&hit, Instant::now()),
+        Err(Abort::Protocol(_))
+    ));
+    assert!(matches!(
+        s.on_bytes(b"EN\r\n", Instant::now()),
+        Err(Abort::Protocol(_))
+    ));
+}
+
+#[test]
 fn binary_replies_are_matched_and_counted() {
     for multiget in [1, 5] {
         let mut s = Session::new(plan(Protocol::Binary, 32, multiget, 0.8), 2);
@@ -194,13 +333,14 @@ fn binary_replies_are_matched_and_counted() {
 
 #[test]
 fn replies_split_anywhere_give_the_same_counts() {
-    for protocol in [Protocol::Ascii, Protocol::Binary] {
+    for protocol in [Protocol::Ascii, Protocol::Binary, Protocol::Meta] {
         let mut s = Session::new(plan(protocol, 8, 3, 0.7), 3);
         s.fill(&mut Vec::new(), Instant::now());
         let want = expected(&s, odd);
         let replies = match protocol {
             Protocol::Ascii => ascii_replies(&s, odd),
             Protocol::Binary => binary_replies(&s, odd),
+            Protocol::Meta => meta_replies(&s, odd),
         };
         // Feed one byte at a time, keeping the unused tail as a connection would.
         let mut buf = Vec::new();

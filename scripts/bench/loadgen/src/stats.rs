@@ -196,7 +196,7 @@ pub struct Report {
     pub pipeline: usize,
     /// Keys per get.
     pub multiget: usize,
-    /// `ascii` or `binary`.
+    /// `ascii`, `binary` or `meta`.
     pub protocol: &'static str,
     /// Server address.
     pub server: String,
