@@ -166,8 +166,12 @@ fn harness() -> &'static Harness {
                     max_line_len: MAX_LINE,
                     ..Limits::default()
                 },
+                // Two connections to the node: a session's requests must
+                // still reach it in order (the session's affinity).
+                connections_per_node: 2,
                 ..DownstreamConfig::default()
             },
+            max_value_len: MAX_VALUE,
             ..ProxyConfig::default()
         }
         .validate()

@@ -1,5 +1,7 @@
 //! Downstream: a few persistent binary connections per node, shared by every
-//! client of the proxy and multiplexed by `opaque`.
+//! client of the proxy and multiplexed by `opaque` — or, for a static
+//! ring's meta requests ([`Wire::MetaText`]), meta text connections to the
+//! plain memcached servers, each batch one request ended by `mn`.
 //!
 //! A request travels as a [`Batch`]: one or more encoded binary frames whose
 //! last frame is never quiet, so its reply (the *terminator*) marks the end
@@ -22,16 +24,35 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use shoal_net::stream::{OwnedReadHalf, OwnedWriteHalf};
 use shoal_net::{Stream, TlsConnector};
-use shoal_protocol::binary::{parse_response, Response};
+use shoal_protocol::binary::{parse_response, Decoded, Opcode, Response, ResponseHeader, Status};
+use shoal_protocol::meta::{parse_meta_reply, MetaReply};
 use shoal_protocol::Limits;
+use shoal_protocol::Span;
 use shoal_vbmap::config::ServerAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+/// How a pool's connections speak to their server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Wire {
+    /// memcached's binary protocol, multiplexed by opaque: every pool.
+    #[default]
+    Binary,
+    /// memcached's meta text protocol: a batch is one meta request followed
+    /// by `mn\r\n`, and its reply is everything the server sends before
+    /// the `MN` (nothing, for a request `q` silenced), as one [`Reply`]
+    /// whose value is that text ([`Reply::text`]). A static ring's plain
+    /// memcached servers answer meta only in text, and a connection speaks
+    /// one protocol, so these pools are separate.
+    MetaText,
+}
+
 /// Downstream tuning.
 #[derive(Clone, Debug)]
 pub struct DownstreamConfig {
+    /// The protocol the pool's connections speak.
+    pub wire: Wire,
     /// Connections per node; requests are spread round-robin over them.
     pub connections_per_node: usize,
     /// Give up connecting after this long.
@@ -67,6 +88,7 @@ impl std::fmt::Debug for Password {
 impl Default for DownstreamConfig {
     fn default() -> Self {
         DownstreamConfig {
+            wire: Wire::Binary,
             // One connection per node batches best (every request queued
             // at a moment shares one write); more only help when a node's
             // single connection is the bottleneck.
@@ -89,6 +111,15 @@ impl Default for DownstreamConfig {
             tls: None,
         }
     }
+}
+
+tokio::task_local! {
+    /// The client session a task serves (a number per connection): its
+    /// batches for one node all take the same of the node's connections,
+    /// so the node applies them in the order the client sent them, as
+    /// memcached applies one connection's requests. Unset (admin tasks,
+    /// the watcher): round-robin.
+    pub static SESSION: usize;
 }
 
 /// Coalesce queued batches into one write up to about this many bytes.
@@ -149,6 +180,32 @@ impl Reply {
     /// The value bytes, zero-copy.
     pub fn value(&self) -> Bytes {
         self.response.value.slice(&self.frame)
+    }
+
+    /// A [`Wire::MetaText`] batch's reply: a success whose value is the
+    /// server's reply `text`.
+    pub fn text(text: Bytes) -> Reply {
+        let len = text.len();
+        let header = ResponseHeader {
+            opcode: Opcode::Meta,
+            key_len: 0,
+            extras_len: 0,
+            data_type: 0,
+            status: Status::OK,
+            body_len: u32::try_from(len).unwrap_or(u32::MAX),
+            opaque: 0,
+            cas: 0,
+        };
+        Reply {
+            frame: text,
+            response: Response {
+                header,
+                decoded: Decoded::None,
+                extras: Span::EMPTY,
+                key: Span::EMPTY,
+                value: Span::new(0, len),
+            },
+        }
     }
 }
 
@@ -286,7 +343,15 @@ impl NodePool {
     /// several nodes sends them all, then collects the replies, with no
     /// future per node to poll.
     pub async fn send(&self, batch: Batch) -> Result<Pending, DownstreamError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let i = match self.slots.len() {
+            1 => 0,
+            n => {
+                SESSION
+                    .try_with(|session| *session)
+                    .unwrap_or_else(|_| self.next.fetch_add(1, Ordering::Relaxed))
+                    % n
+            }
+        };
         let (tx, rx) = oneshot::channel();
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         if self.slots[i]
@@ -432,7 +497,6 @@ async fn log_in(
     limits: &Limits,
 ) -> std::io::Result<()> {
     use shoal_auth::scram::{self, Mechanism};
-    use shoal_protocol::binary::{Opcode, Status};
     let mut buf = BytesMut::with_capacity(256);
     let Some(Password(password)) = password else {
         let message = shoal_auth::plain::encode(bucket, "");
@@ -526,7 +590,6 @@ pub async fn check_plain(
     bucket: &str,
     config: &DownstreamConfig,
 ) -> bool {
-    use shoal_protocol::binary::{Opcode, Status};
     let check = async {
         let mut stream = connect(addr, tls_port, config).await?;
         let mut buf = BytesMut::with_capacity(256);
@@ -652,9 +715,21 @@ async fn read_replies(
 ) {
     let mut queue: VecDeque<InFlight> = VecDeque::new();
     let mut rbuf = BytesMut::with_capacity(READ_BUFFER);
+    // Meta text: how far into `rbuf` the replies are already parsed.
+    let mut scanned = 0;
     let failure = loop {
         take_registered(&mut flights, &mut queue);
-        if let Err(e) = match_replies(&mut rbuf, &mut queue, &mut flights, &config.limits) {
+        let matched = match config.wire {
+            Wire::Binary => match_replies(&mut rbuf, &mut queue, &mut flights, &config.limits),
+            Wire::MetaText => match_text(
+                &mut rbuf,
+                &mut scanned,
+                &mut queue,
+                &mut flights,
+                &config.limits,
+            ),
+        };
+        if let Err(e) = matched {
             break e;
         }
         rbuf.reserve(READ_BUFFER / 4);
@@ -691,6 +766,40 @@ fn take_registered(
 ) {
     while let Ok(f) = flights.try_recv() {
         queue.push_back(f);
+    }
+}
+
+/// [`match_replies`] for [`Wire::MetaText`]: parses replies from
+/// `scanned` on, and at each `MN` completes the front batch with the text
+/// before it.
+fn match_text(
+    rbuf: &mut BytesMut,
+    scanned: &mut usize,
+    queue: &mut VecDeque<InFlight>,
+    flights: &mut mpsc::UnboundedReceiver<InFlight>,
+    limits: &Limits,
+) -> Result<(), DownstreamError> {
+    loop {
+        let rest = rbuf.get(*scanned..).unwrap_or_default();
+        let Some((reply, used)) =
+            parse_meta_reply(rest, limits).map_err(|_| DownstreamError::Lost)?
+        else {
+            return Ok(());
+        };
+        let start = *scanned;
+        *scanned += used;
+        if !matches!(reply, MetaReply::Noop) {
+            continue;
+        }
+        let bytes = rbuf.split_to(*scanned).freeze();
+        *scanned = 0;
+        if queue.is_empty() {
+            take_registered(flights, queue);
+        }
+        let Some(done) = queue.pop_front() else {
+            return Err(DownstreamError::Lost);
+        };
+        let _ = done.reply.send(Ok(vec![Reply::text(bytes.slice(..start))]));
     }
 }
 

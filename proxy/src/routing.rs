@@ -24,7 +24,7 @@ use shoal_vbmap::ketama::{KetamaMode, KetamaRing, ServerSpec};
 use shoal_vbmap::{ServerIdx, VbucketId, VbucketMap};
 use tokio::sync::watch;
 
-use crate::downstream::{DownstreamConfig, NodePool};
+use crate::downstream::{DownstreamConfig, NodePool, Wire};
 
 /// How keys are placed.
 #[derive(Debug)]
@@ -62,6 +62,9 @@ pub struct Routing {
     pub servers: Vec<ServerAddr>,
     /// Downstream pools, by server index (same length as `servers`).
     pub pools: Vec<Arc<NodePool>>,
+    /// A static ring's meta text pools, by server index (empty for a
+    /// cluster's maps: nodes take meta in the binary META envelope).
+    pub meta_pools: Vec<Arc<NodePool>>,
     /// The config JSON this snapshot came from (served at `/config`).
     pub source: Option<Arc<str>>,
 }
@@ -74,6 +77,7 @@ impl Routing {
             locator: Locator::Empty,
             servers: Vec::new(),
             pools: Vec::new(),
+            meta_pools: Vec::new(),
             source: None,
         }
     }
@@ -120,6 +124,15 @@ impl Routing {
     #[inline]
     pub fn pool(&self, idx: ServerIdx) -> Option<&Arc<NodePool>> {
         self.pools.get(usize::from(idx))
+    }
+
+    /// The pool of server `idx` that speaks `wire`.
+    #[inline]
+    pub fn pool_for(&self, idx: ServerIdx, wire: Wire) -> Option<&Arc<NodePool>> {
+        match wire {
+            Wire::Binary => self.pool(idx),
+            Wire::MetaText => self.meta_pools.get(usize::from(idx)),
+        }
     }
 }
 
@@ -187,7 +200,7 @@ impl MapStore {
             Some(map.revision()),
             locator,
             (servers, tls_ports),
-            Some(source),
+            (Some(source), Vec::new()),
         );
         Ok(true)
     }
@@ -199,7 +212,18 @@ impl MapStore {
         let old = self.current.load_full();
         let ring = ring_of(KetamaMode::Libketama, &servers, weights);
         let no_tls = vec![None; servers.len()];
-        self.install(&old, None, Locator::Ketama(ring), (servers, no_tls), None);
+        // Meta text pools for the plain memcached servers (each connects
+        // only when a meta request first needs it).
+        let meta = DownstreamConfig {
+            wire: Wire::MetaText,
+            ..self.downstream.clone()
+        };
+        let meta_pools = servers
+            .iter()
+            .map(|addr| NodePool::new(addr.clone(), &meta))
+            .collect();
+        let locator = Locator::Ketama(ring);
+        self.install(&old, None, locator, (servers, no_tls), (None, meta_pools));
     }
 
     fn install(
@@ -208,7 +232,7 @@ impl MapStore {
         revision: Option<Revision>,
         locator: Locator,
         (servers, tls_ports): (Vec<ServerAddr>, Vec<Option<u16>>),
-        source: Option<Arc<str>>,
+        (source, meta_pools): (Option<Arc<str>>, Vec<Arc<NodePool>>),
     ) {
         // Keep the pools (and their warm connections) of servers that stay.
         let pools = servers
@@ -230,6 +254,7 @@ impl MapStore {
             locator,
             servers,
             pools,
+            meta_pools,
             source,
         }));
         self.generation.send_modify(|g| *g += 1);

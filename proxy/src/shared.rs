@@ -5,7 +5,7 @@
 //! Layer 2: may import `config`, `routing`, `stats` and `downstream`.
 //! Must not import: `watcher`, `session`, `admin`, `server`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use shoal_protocol::Limits;
@@ -37,6 +37,9 @@ pub struct Shared {
     /// What a client request may be: the downstream parsing limits with
     /// the item size limit ([`ProxyConfig::max_value_len`]).
     pub client_limits: Limits,
+    /// Client sessions started, numbering them (see
+    /// [`crate::downstream::SESSION`]).
+    pub sessions: AtomicUsize,
     /// When this proxy started (`stats` `uptime`).
     pub started: std::time::Instant,
 }
@@ -52,6 +55,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             refresh: Notify::new(),
             config_refused: AtomicBool::new(false),
+            sessions: AtomicUsize::new(0),
             started: std::time::Instant::now(),
             client_limits: Limits {
                 max_value_len: config.max_value_len,

@@ -604,7 +604,8 @@ pub fn normalize(stream: &[u8], prefix: &str) -> Vec<Vec<u8>> {
 }
 
 /// A text reply line (with its data block for `VALUE` and `VA`), CAS
-/// values replaced: the fifth word of `VALUE`, a meta `c<n>` flag.
+/// values replaced: the fifth word of `VALUE`, a meta `c<n>` flag, `me`'s
+/// `cas=<n>`.
 fn text_item(rest: &[u8]) -> Option<(Vec<u8>, usize)> {
     let lf = rest.iter().position(|&b| b == b'\n')?;
     let line = &rest[..=lf];
@@ -631,8 +632,11 @@ fn text_item(rest: &[u8]) -> Option<(Vec<u8>, usize)> {
                 && w.len() > 1
                 && w[0] == b'c'
                 && w[1..].iter().all(u8::is_ascii_digit);
+            let debug_cas = i > 0 && content.starts_with(b"ME ") && w.starts_with(b"cas=");
             if value_cas {
                 b"<cas>".to_vec()
+            } else if debug_cas {
+                b"cas=<cas>".to_vec()
             } else if meta_cas {
                 b"c<cas>".to_vec()
             } else {

@@ -119,6 +119,18 @@ def ketama_proxy(shoal_cluster):
     return cluster_proxy(shoal_cluster, KETAMA_BUCKET, "proxy-ketama")
 
 
+@pytest.fixture(scope="module")
+def static_proxy():
+    """A proxy in static ketama mode (twemproxy's job) over three
+    memcached, each with memcached's `-I 1024k` like the reference."""
+    with Harness() as h:
+        servers = [h.memcached(f"memcached-ring-{i}", "-I", f"{MAX_VALUE_BYTES // 1024}k") for i in range(3)]
+        spec = ",".join(s.addr_str for s in servers)
+        proxy = h.proxy("--servers", spec, "--max-value-bytes", MAX_VALUE_BYTES, name="proxy-static").wait_healthy()
+        yield SimpleNamespace(addr=proxy.addr, name="proxy-static", harness=h)
+        stop_gracefully([proxy, *servers])
+
+
 @pytest.fixture
 def harness():
     with Harness() as h:

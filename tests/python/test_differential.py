@@ -113,7 +113,8 @@ def split_frames(buf):
 # === the script ===
 
 # The Shoal targets the script runs on, and the fixture serving each.
-TARGETS = {"node": "shoal_node", "proxy-vbucket": "vbucket_proxy", "proxy-ketama": "ketama_proxy"}
+TARGETS = {"node": "shoal_node", "proxy-vbucket": "vbucket_proxy", "proxy-ketama": "ketama_proxy",
+           "proxy-static": "static_proxy"}
 
 
 @dataclass
@@ -501,9 +502,11 @@ ex("me miss and malformed", b"me me:miss\r\nme\r\nme me:miss v\r\n")
 ex("me before and after a fetch",
    b"ms me:a 3 F5\r\nabc\r\nme me:a\r\nmg me:a v\r\nme me:a\r\nme me:a extra tokens\r\n")
 ex("me of an item with a ttl", b"ms me:t 1 T1000\r\nx\r\nme me:t\r\n",
-   known_difference="memcached 1.6.18 prints exp as current_time - exptime, the remaining TTL negated (later "
-   "memcached prints exptime - current_time); Shoal prints the remaining seconds (node/src/server/meta.rs `me`; "
-   "a proxy forwards `me` to the key's node)")
+   known_difference={target: "memcached 1.6.18 prints exp as current_time - exptime, the remaining TTL negated "
+                     "(later memcached prints exptime - current_time); Shoal prints the remaining seconds "
+                     "(node/src/server/meta.rs `me`; a proxy in front of a cluster forwards `me` to the key's node, "
+                     "a static ring's proxy to its memcached, which agrees)"
+                     for target in ("node", "proxy-vbucket", "proxy-ketama")})
 ex("me base64 key", b"me bWU6YjY0 b\r\nms bWU6YjY0 1 b\r\nx\r\nme bWU6YjY0 b\r\n")
 # As `mg k` (see "mg k echoes a key as it was stored, base64 or not").
 ex("me names a key as it was stored, base64 or not",

@@ -22,7 +22,7 @@ use shoal_vbmap::{ServerIdx, VbucketId};
 use tokio::time::Instant;
 
 use crate::config::MapSource;
-use crate::downstream::{self, Batch, DownstreamError, NodePool, Pending, Reply};
+use crate::downstream::{self, Batch, DownstreamError, NodePool, Pending, Reply, Wire};
 use crate::routing::Routing;
 use crate::shared::Shared;
 
@@ -57,6 +57,30 @@ pub enum CallError {
 pub trait Encode {
     /// Appends the request frame, addressed to `vbucket`, tagged `opaque`.
     fn encode(&self, out: &mut BytesMut, vbucket: VbucketId, opaque: u32);
+
+    /// The protocol it is sent in (and so the pool that carries it).
+    fn wire(&self) -> Wire {
+        Wire::Binary
+    }
+}
+
+/// A meta request for a static ring's plain memcached server, sent as the
+/// client wrote it and followed by `mn`, which ends its reply.
+#[derive(Debug)]
+pub struct MetaText<'a> {
+    /// The request's bytes (line and data block).
+    pub request: &'a [u8],
+}
+
+impl Encode for MetaText<'_> {
+    fn encode(&self, out: &mut BytesMut, _vbucket: VbucketId, _opaque: u32) {
+        out.extend_from_slice(self.request);
+        out.extend_from_slice(b"mn\r\n");
+    }
+
+    fn wire(&self) -> Wire {
+        Wire::MetaText
+    }
 }
 
 /// A plain binary request: header fields, extras, key, value.
@@ -125,7 +149,8 @@ pub async fn keyed(
             Some((g, server)) if g == generation => Some(server),
             _ => route.server,
         };
-        let Some(pool) = server.and_then(|s| routing.pool(s)).cloned() else {
+        let wire = request.wire();
+        let Some(pool) = server.and_then(|s| routing.pool_for(s, wire)).cloned() else {
             if shared.config_refused.load(Ordering::Relaxed) {
                 return Err(CallError::CredentialsRefused);
             }

@@ -1,54 +1,30 @@
 //! Meta clients (`mg ms md ma me mn`). `mn` is answered here; every other
-//! command goes to the node that owns its key.
+//! command goes, as the client wrote it, to the server that owns its key
+//! (routed by the decoded key, for a base64 one), and the server's meta
+//! reply comes back to the client as is. Every flag means exactly what it
+//! means on that server: item state (`h l t`, the `N R I` recache flow and
+//! its `W X Z` markers), `q`, opaques and error wording included.
 //!
 //! In front of a Shoal cluster (vbucket or memcached bucket) the request
-//! travels verbatim in a META envelope (binary opcode 0xe7: the decoded key
-//! routes it, the header names the vbucket) and the node's meta reply
-//! comes back as the envelope's value, copied to the client as is: every
-//! flag means exactly what it means on a node, item state (`h l t`, the
-//! `N R I` recache flow and its `W X Z` markers) included, and NOT_MY_VBUCKET
-//! is retried like any request (`docs/DESIGN.md`, "Meta through the proxy").
-//!
-//! A static ring has plain memcached servers behind it, which speak only
-//! memcached's binary protocol on the proxy's connections: there each
-//! command becomes one classic binary request and its reply the meta
-//! reply, with the return flags in request order (misses carry the echo
-//! flags `O` and `k`, as memcached 1.6 does). Flags that need data a binary
-//! reply does not carry (`t`, `h`, `l`) or item state (`N R I`) are refused
-//! with `CLIENT_ERROR unsupported flag`, never answered with invented
-//! values, and `me` likewise.
+//! travels in a META envelope (binary opcode 0xe7: the decoded key, the
+//! vbucket in the header), so NOT_MY_VBUCKET and node failures are retried
+//! like any request. A static ring's plain memcached servers speak meta
+//! only in text, so there it travels on a meta text connection, followed
+//! by `mn` to mark where its reply ends (`docs/DESIGN.md`, "Meta through
+//! the proxy").
 
 use std::sync::atomic::Ordering;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use shoal_protocol::binary::extras::ARITH_NO_CREATE;
-use shoal_protocol::binary::{arith_extras, store_extras, touch_extras, Decoded, Opcode, Status};
-use shoal_protocol::cas::compare_value;
-use shoal_protocol::meta::{
-    base64, write_status, write_value, ArithMode, Echo, Flag, ItemFields, MetaArith, MetaCommand,
-    MetaDelete, MetaFlags, MetaGet, MetaSet, ReturnFlags, SetMode, Status as MetaStatus,
-};
-use shoal_protocol::Exptime;
+use shoal_protocol::binary::{Opcode, Status};
+use shoal_protocol::meta::{base64, Flag, MetaCommand};
 
-use super::call::{keyed, CallError, Plain};
+use super::call::{keyed, CallError, MetaText, Plain};
 use super::text::{call_error_line, refusal_line, TEMPORARY_FAILURE};
 use super::Outcome;
 use crate::config::MapSource;
 use crate::downstream::Reply;
 use crate::shared::Shared;
-
-/// Flags a static ring cannot honour, per verb (see the module doc).
-const UNSUPPORTED_GET: &[Flag] = &[
-    Flag::ReturnTtl,
-    Flag::ReturnHit,
-    Flag::ReturnLastAccess,
-    Flag::Vivify,
-    Flag::Recache,
-    Flag::Invalidate,
-];
-const UNSUPPORTED_SET: &[Flag] = &[Flag::Invalidate, Flag::ReturnTtl];
-const UNSUPPORTED_DELETE: &[Flag] = &[Flag::Invalidate];
-const UNSUPPORTED_ARITH: &[Flag] = &[Flag::ReturnTtl];
 
 /// memcached's longest key; base64 keys decode into a buffer this size.
 const MAX_KEY: usize = 250;
@@ -60,15 +36,40 @@ pub(super) async fn execute(
     cmd: &MetaCommand,
     out: &mut BytesMut,
 ) -> Outcome {
-    match (cmd, &shared.config.source) {
-        (MetaCommand::Noop, _) => text(out, b"MN\r\n"),
-        (_, MapSource::Cluster { .. }) => forward(shared, frame, cmd, out).await,
-        (_, MapSource::Static { .. }) => translate(shared, frame, cmd, out).await,
+    if matches!(cmd, MetaCommand::Noop) {
+        out.put_slice(b"MN\r\n");
+        return Outcome::Continue;
     }
+    let mut key_buf = [0u8; MAX_KEY];
+    let Some(key) = decoded_key(frame, cmd, &mut key_buf) else {
+        out.put_slice(b"CLIENT_ERROR error decoding key\r\n");
+        return Outcome::Continue;
+    };
+    let idempotent = is_idempotent(cmd);
+    let result = match &shared.config.source {
+        MapSource::Cluster { .. } => {
+            let envelope = Plain {
+                value: frame,
+                ..Plain::new(Opcode::Meta, key, &[])
+            };
+            keyed(shared, key, &envelope, idempotent).await
+        }
+        MapSource::Static { .. } => {
+            keyed(shared, key, &MetaText { request: frame }, idempotent).await
+        }
+    };
+    match result {
+        Ok(reply) if reply.response.header.status == Status::OK => {
+            out.put_slice(reply.response.value.of(&reply.frame));
+        }
+        other => error(shared, out, other),
+    }
+    Outcome::Continue
 }
 
-/// The key a command addresses, decoded when it is base64 (`None`: the
-/// key does not decode, which memcached answers as below).
+/// The key a command addresses, decoded when it is base64 (`None`: it
+/// does not decode, which memcached answers `CLIENT_ERROR error decoding
+/// key`).
 fn decoded_key<'k>(
     frame: &'k [u8],
     cmd: &MetaCommand,
@@ -84,26 +85,6 @@ fn decoded_key<'k>(
     }
 }
 
-/// In front of a cluster: the request in a META envelope to its node, the
-/// node's reply text back to the client.
-async fn forward(shared: &Shared, frame: &Bytes, cmd: &MetaCommand, out: &mut BytesMut) -> Outcome {
-    let mut key_buf = [0u8; MAX_KEY];
-    let Some(key) = decoded_key(frame, cmd, &mut key_buf) else {
-        return text(out, b"CLIENT_ERROR error decoding key\r\n");
-    };
-    let request = Plain {
-        value: frame,
-        ..Plain::new(Opcode::Meta, key, &[])
-    };
-    match keyed(shared, key, &request, is_idempotent(cmd)).await {
-        Ok(reply) if reply.response.header.status == Status::OK => {
-            out.put_slice(reply.response.value.of(&reply.frame));
-        }
-        other => error(shared, out, other),
-    }
-    Outcome::Continue
-}
-
 /// Whether sending `cmd` twice is the same as sending it once, so a
 /// request lost with its connection may be sent again: reads that change
 /// nothing (no `T` touch, `N` vivify or `R` win token).
@@ -117,188 +98,6 @@ fn is_idempotent(cmd: &MetaCommand) -> bool {
     }
 }
 
-/// In front of a static ring of memcached servers: the command as one
-/// classic binary request (see the module doc).
-async fn translate(
-    shared: &Shared,
-    frame: &Bytes,
-    cmd: &MetaCommand,
-    out: &mut BytesMut,
-) -> Outcome {
-    let mut key_buf = [0u8; MAX_KEY];
-    let Some(key) = decoded_key(frame, cmd, &mut key_buf) else {
-        return text(out, b"CLIENT_ERROR error decoding key\r\n");
-    };
-    if has_unsupported_flag(cmd) {
-        return text(out, b"CLIENT_ERROR unsupported flag\r\n");
-    }
-    let echo = Echo {
-        frame,
-        key,
-        base64: cmd.base64(),
-    };
-    match cmd {
-        MetaCommand::Noop => out.put_slice(b"MN\r\n"),
-        MetaCommand::Debug(_) => out.put_slice(b"CLIENT_ERROR unsupported flag\r\n"),
-        MetaCommand::Get(get) => meta_get(shared, &echo, get, out).await,
-        MetaCommand::Set(set) => meta_set(shared, &echo, set, out).await,
-        MetaCommand::Delete(delete) => meta_delete(shared, &echo, delete, out).await,
-        MetaCommand::Arith(arith) => meta_arith(shared, &echo, arith, out).await,
-    }
-    Outcome::Continue
-}
-
-/// `mg`: a GET (a GAT with `T`); the value and the asked-for item fields.
-async fn meta_get(shared: &Shared, echo: &Echo<'_>, get: &MetaGet, out: &mut BytesMut) {
-    let key = echo.key;
-    let ttl = get.flags.ttl().map(touch_extras);
-    let opcode = if ttl.is_some() {
-        Opcode::Gat
-    } else {
-        Opcode::Get
-    };
-    let extras = ttl.as_ref().map_or(&[][..], |e| &e[..]);
-    match keyed(shared, key, &Plain::new(opcode, key, extras), true).await {
-        Ok(reply) if reply.response.header.status == Status::OK => {
-            let flags = returned(echo, &get.flags, Some(&reply), None);
-            if get.flags.has(Flag::ReturnValue) {
-                write_value(out, flags.as_slice(), reply.response.value.of(&reply.frame));
-            } else {
-                write_status(out, MetaStatus::Hd, flags.as_slice());
-            }
-        }
-        Ok(reply) if reply.response.header.status == Status::KEY_NOT_FOUND => {
-            if !get.quiet() {
-                write_bare_status(out, MetaStatus::En, echo, &get.flags);
-            }
-        }
-        other => error(shared, out, other),
-    }
-}
-
-/// `ms`: a SET, ADD, REPLACE, APPEND or PREPEND, compared against `C`.
-async fn meta_set(shared: &Shared, echo: &Echo<'_>, set: &MetaSet, out: &mut BytesMut) {
-    let flags = &set.flags;
-    let mode = set.mode();
-    let opcode = match mode {
-        SetMode::Set => Opcode::Set,
-        SetMode::Add => Opcode::Add,
-        SetMode::Replace => Opcode::Replace,
-        SetMode::Append => Opcode::Append,
-        SetMode::Prepend => Opcode::Prepend,
-    };
-    let extras = store_extras(
-        flags.client_flags().unwrap_or(0),
-        flags.ttl().unwrap_or(Exptime::NEVER),
-    );
-    let append = matches!(mode, SetMode::Append | SetMode::Prepend);
-    let request = Plain {
-        opcode,
-        cas: compare_value(flags.compare_cas()),
-        extras: if append { &[] } else { &extras },
-        key: echo.key,
-        value: set.value.of(echo.frame),
-    };
-    let reply = match keyed(shared, echo.key, &request, false).await {
-        Ok(reply) => reply,
-        Err(e) => return error(shared, out, Err(e)),
-    };
-    let cas_given = flags.compare_cas().is_some();
-    let status = match reply.response.header.status {
-        Status::OK => MetaStatus::Hd,
-        Status::KEY_EXISTS if cas_given => MetaStatus::Ex,
-        Status::KEY_NOT_FOUND if cas_given => MetaStatus::Nf,
-        Status::KEY_EXISTS | Status::KEY_NOT_FOUND | Status::NOT_STORED => MetaStatus::Ns,
-        _ => return error(shared, out, Ok(reply)),
-    };
-    match status {
-        MetaStatus::Hd if set.quiet() => {}
-        MetaStatus::Hd => {
-            let ret = returned(echo, flags, None, Some(reply.response.header.cas));
-            write_status(out, MetaStatus::Hd, ret.as_slice());
-        }
-        status => write_bare_status(out, status, echo, flags),
-    }
-}
-
-/// `md`: a DELETE, compared against `C`.
-async fn meta_delete(shared: &Shared, echo: &Echo<'_>, delete: &MetaDelete, out: &mut BytesMut) {
-    let request = Plain {
-        cas: delete.flags.compare_cas().unwrap_or(0),
-        ..Plain::new(Opcode::Delete, echo.key, &[])
-    };
-    let reply = match keyed(shared, echo.key, &request, false).await {
-        Ok(reply) => reply,
-        Err(e) => return error(shared, out, Err(e)),
-    };
-    let status = match reply.response.header.status {
-        Status::OK if delete.quiet() => return,
-        Status::OK => MetaStatus::Hd,
-        Status::KEY_NOT_FOUND => MetaStatus::Nf,
-        Status::KEY_EXISTS => MetaStatus::Ex,
-        _ => return error(shared, out, Ok(reply)),
-    };
-    write_bare_status(out, status, echo, &delete.flags);
-}
-
-/// `ma`: an INCREMENT or DECREMENT, creating the item only with `N`.
-async fn meta_arith(shared: &Shared, echo: &Echo<'_>, arith: &MetaArith, out: &mut BytesMut) {
-    let flags = &arith.flags;
-    let create = flags
-        .vivify_ttl()
-        .unwrap_or(Exptime(i64::from(ARITH_NO_CREATE)));
-    let extras = arith_extras(arith.delta(), arith.initial(), create);
-    let opcode = match arith.mode() {
-        ArithMode::Incr => Opcode::Increment,
-        ArithMode::Decr => Opcode::Decrement,
-    };
-    let request = Plain {
-        cas: flags.compare_cas().unwrap_or(0),
-        ..Plain::new(opcode, echo.key, &extras)
-    };
-    let reply = match keyed(shared, echo.key, &request, false).await {
-        Ok(reply) => reply,
-        Err(e) => return error(shared, out, Err(e)),
-    };
-    match (reply.response.header.status, reply.response.decoded) {
-        (Status::OK, Decoded::Counter(n)) => {
-            let ret = returned(echo, flags, None, Some(reply.response.header.cas));
-            if flags.has(Flag::ReturnValue) {
-                write_value(out, ret.as_slice(), n.to_string().as_bytes());
-            } else if !arith.quiet() {
-                write_status(out, MetaStatus::Hd, ret.as_slice());
-            }
-        }
-        (Status::KEY_NOT_FOUND, _) => write_bare_status(out, MetaStatus::Nf, echo, flags),
-        (Status::KEY_EXISTS, _) => write_bare_status(out, MetaStatus::Ex, echo, flags),
-        _ => error(shared, out, Ok(reply)),
-    }
-}
-
-/// Appends a fixed line; the command is done.
-fn text(out: &mut BytesMut, line: &'static [u8]) -> Outcome {
-    out.put_slice(line);
-    Outcome::Continue
-}
-
-/// Whether `cmd` carries a flag the proxy cannot honour (see the module
-/// doc).
-fn has_unsupported_flag(cmd: &MetaCommand) -> bool {
-    let (flags, unsupported) = match cmd {
-        MetaCommand::Get(c) => (&c.flags, UNSUPPORTED_GET),
-        MetaCommand::Set(c) => (&c.flags, UNSUPPORTED_SET),
-        MetaCommand::Delete(c) => (&c.flags, UNSUPPORTED_DELETE),
-        MetaCommand::Arith(c) => (&c.flags, UNSUPPORTED_ARITH),
-        MetaCommand::Noop | MetaCommand::Debug(_) => return false,
-    };
-    unsupported.iter().any(|f| flags.has(*f))
-}
-
-/// A status line with only the echoes (`k`, `O`) and no item fields.
-fn write_bare_status(out: &mut BytesMut, status: MetaStatus, echo: &Echo<'_>, flags: &MetaFlags) {
-    write_status(out, status, returned(echo, flags, None, None).as_slice());
-}
-
 /// A node error or a failed call, as memcached words it.
 fn error(shared: &Shared, out: &mut BytesMut, result: Result<Reply, CallError>) {
     shared.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -309,23 +108,42 @@ fn error(shared: &Shared, out: &mut BytesMut, result: Result<Reply, CallError>) 
     out.put_slice(line);
 }
 
-/// The return flags `flags` asks for: item fields from a hit `reply`,
-/// the new CAS of a write, and the echoes (`k`, `O`) always.
-fn returned<'a>(
-    echo: &Echo<'a>,
-    flags: &MetaFlags,
-    reply: Option<&Reply>,
-    cas: Option<u64>,
-) -> ReturnFlags<'a> {
-    let item = ItemFields {
-        cas: cas.or(reply.map(|r| r.response.header.cas)),
-        client_flags: reply.map(|r| match r.response.decoded {
-            Decoded::Flags(f) => f,
-            _ => 0,
-        }),
-        size: reply.map(|r| r.response.value.len() as u64),
-        // A binary GET says nothing of the TTL: `t` is refused on `mg`.
-        ..ItemFields::default()
-    };
-    ReturnFlags::collect(flags, echo, item)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_protocol::meta::parse_meta;
+    use shoal_protocol::Limits;
+
+    fn command(line: &[u8]) -> MetaCommand {
+        parse_meta(line, &Limits::default()).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn only_reads_without_side_effects_are_retried() {
+        assert!(is_idempotent(&command(b"mg k v t c\r\n")));
+        assert!(is_idempotent(&command(b"me k\r\n")));
+        for line in [
+            &b"mg k T30\r\n"[..],
+            b"mg k N30\r\n",
+            b"mg k R30\r\n",
+            b"md k\r\n",
+            b"ma k\r\n",
+        ] {
+            assert!(!is_idempotent(&command(line)), "{line:?}");
+        }
+        assert!(!is_idempotent(&command(b"ms k 1\r\nx\r\n")));
+    }
+
+    #[test]
+    fn base64_keys_route_by_their_decoded_bytes() {
+        let mut buf = [0u8; MAX_KEY];
+        let line = b"mg Zm9v b v\r\n";
+        assert_eq!(
+            decoded_key(line, &command(line), &mut buf),
+            Some(&b"foo"[..])
+        );
+        let plain = b"mg Zm9v v\r\n";
+        let key = decoded_key(plain, &command(plain), &mut buf);
+        assert_eq!(key, Some(&b"Zm9v"[..]));
+    }
 }

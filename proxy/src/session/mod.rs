@@ -42,6 +42,8 @@ use shoal_protocol::{ascii as ascii_codec, meta as meta_codec, ParseError, Recov
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 
+use crate::config::MapSource;
+use crate::downstream::SESSION;
 use crate::shared::Shared;
 
 /// What `version` answers: memcached's protocol level, then the proxy's.
@@ -115,8 +117,10 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let id = shared.sessions.fetch_add(1, Ordering::Relaxed);
     let mut session = Session::new(shared);
-    if let Err(Ended::Deadline) = session.run(&mut read, &mut write, shutdown).await {
+    let served = SESSION.scope(id, session.run(&mut read, &mut write, shutdown));
+    if let Err(Ended::Deadline) = served.await {
         tracing::debug!("client connection closed by a deadline");
     }
 }
@@ -136,6 +140,32 @@ struct Session {
     /// Requests of one read that run together; kept across reads (an empty
     /// `FuturesOrdered` is two allocations to make).
     pending: FuturesOrdered<Handled>,
+    /// The connections the pending requests travel on.
+    lane: Lane,
+}
+
+/// Which of a node's connections a request travels on: a static ring's
+/// meta requests go on the servers' meta text connections, everything else
+/// on the binary ones. Requests on different connections may overtake each
+/// other, so a session starts a request on one lane only once the other
+/// lane's requests are answered (clients that stay with one protocol never
+/// wait).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    Binary,
+    MetaText,
+}
+
+fn lane_of(parsed: &Parsed, shared: &Shared) -> Lane {
+    match parsed {
+        Parsed::Meta(cmd)
+            if !matches!(cmd, meta_codec::MetaCommand::Noop)
+                && matches!(shared.config.source, MapSource::Static { .. }) =>
+        {
+            Lane::MetaText
+        }
+        _ => Lane::Binary,
+    }
 }
 
 /// What the parse phase of one pass over the read buffer left to do.
@@ -245,6 +275,7 @@ impl Session {
             wbuf: BytesMut::new(),
             skip: 0,
             pending: FuturesOrdered::new(),
+            lane: Lane::Binary,
         }
     }
 
@@ -263,6 +294,11 @@ impl Session {
             }
             match parse(&self.rbuf, &self.shared) {
                 Ok(Some((parsed, used))) => {
+                    let lane = lane_of(&parsed, &self.shared);
+                    if lane != self.lane && !self.pending.is_empty() {
+                        break;
+                    }
+                    self.lane = lane;
                     // A long `get` runs alone, in waves (see
                     // `get_in_waves`): started beside others, its whole
                     // reply would be held until theirs are written.
@@ -286,6 +322,13 @@ impl Session {
                     self.pending.push_back(request);
                 }
                 Ok(None) => break,
+                // A refused write's unlink is a binary DELETE: it waits
+                // for the other lane like any binary request.
+                Err(e)
+                    if e.key.is_some() && self.lane != Lane::Binary && !self.pending.is_empty() =>
+                {
+                    break
+                }
                 Err(e) => match self.refuse(e) {
                     Recovery::Skip(n) => self.skip = n,
                     Recovery::Close => {
