@@ -420,6 +420,41 @@ async fn a_node_without_buckets_answers_no_bucket() {
     node.shutdown().await.expect("clean stop");
 }
 
+/// META (0xe7), the proxy's meta envelope, is a data command like GET:
+/// without a bucket it is refused; on one it runs the meta request in its
+/// value and answers the meta reply text; anything but one whole meta
+/// request (or `mn`, which a proxy answers itself) is invalid arguments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_meta_envelope_needs_a_bucket_and_carries_one_request() {
+    const META: u8 = 0xe7;
+    const INVALID_ARGUMENTS: u16 = 0x04;
+    let dir = TestDir::new("buckets", "meta");
+    let node = start(&dir, false).await;
+    let mut c = Client::connect(&node).await;
+    let refused = c.binary(frame(META, b"k", b"mg k v\r\n", 0)).await;
+    assert_eq!(refused.status, NO_BUCKET);
+
+    create(&node, "default", BucketKind::Membase).await;
+    assert_eq!(c.select("default").await, OK);
+    let set = c
+        .binary(frame(META, b"k", b"ms k 2 T0 c\r\nhi\r\n", 0))
+        .await;
+    assert_eq!(set.status, OK);
+    assert!(set.value.starts_with(b"HD c"), "{:?}", set.value);
+    let got = c.binary(frame(META, b"k", b"mg k v h\r\n", 0)).await;
+    assert_eq!(
+        (got.status, &got.value[..]),
+        (OK, &b"VA 2 h0\r\nhi\r\n"[..])
+    );
+    let quiet = c.binary(frame(META, b"k", b"md k q\r\n", 0)).await;
+    assert_eq!((quiet.status, &quiet.value[..]), (OK, &b""[..]));
+    for body in [&b"mn\r\n"[..], b"mg k v\r\nmg k v\r\n", b"mg k v"] {
+        let bad = c.binary(frame(META, b"k", body, 0)).await;
+        assert_eq!(bad.status, INVALID_ARGUMENTS, "{body:?}");
+    }
+    node.shutdown().await.expect("clean stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_bucket_closes_its_connections_and_removes_its_data() {
     let dir = TestDir::new("buckets", "delete");
