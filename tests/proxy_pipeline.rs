@@ -31,14 +31,12 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 use shoal_node::{Node, NodeConfig};
-use shoal_protocol::limits::Limits;
-use shoal_proxy::downstream::DownstreamConfig;
-use shoal_proxy::{MapSource, Proxy, ProxyConfig};
+use shoal_proxy::Proxy;
 use shoal_vbmap::config::ServerAddr;
 use tokio::net::TcpStream;
 
 use common::TestDir;
-use pipeline::{Args, Kind, Unit, KEYS, MAX_LINE, MAX_VALUE};
+use pipeline::{Args, Kind, Unit, KEYS, MAX_VALUE};
 
 /// Cases per run: each is two runs of up to 25 requests.
 const CASES: u32 = 128;
@@ -162,30 +160,8 @@ async fn start(dir: TestDir) -> Cluster {
     .expect("start the node");
     node.ready().await.expect("node warms up");
     let server = ServerAddr::parse(&node.data_addr().to_string()).expect("node address");
-    let config = ProxyConfig {
-        source: MapSource::Static {
-            servers: vec![server],
-            weights: vec![1],
-        },
-        port: 0,
-        admin_port: 0,
-        downstream: DownstreamConfig {
-            limits: Limits {
-                max_value_len: MAX_VALUE,
-                max_line_len: MAX_LINE,
-                ..Limits::default()
-            },
-            // Two connections to the node: a session's requests must
-            // still reach it in order (the session's affinity).
-            connections_per_node: 2,
-            ..DownstreamConfig::default()
-        },
-        max_value_len: MAX_VALUE,
-        ..ProxyConfig::default()
-    };
-    let proxy = Proxy::start(config.validate().expect("valid proxy config"))
-        .await
-        .expect("start the proxy");
+    let config = pipeline::proxy_config(server);
+    let proxy = Proxy::start(config).await.expect("start the proxy");
     proxy.ready().await;
     Cluster {
         _dir: dir,

@@ -39,11 +39,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use pipeline::{Args, Unit, KEYS, MAX_LINE, MAX_VALUE, TEMPLATES};
+use pipeline::{Args, Unit, KEYS, MAX_VALUE, TEMPLATES};
 use shoal_node::{Node, NodeConfig};
-use shoal_protocol::Limits;
-use shoal_proxy::downstream::DownstreamConfig;
-use shoal_proxy::{MapSource, ProxyConfig, Shared};
+use shoal_proxy::Shared;
 use shoal_vbmap::config::ServerAddr;
 use tokio::runtime::Runtime;
 
@@ -151,31 +149,9 @@ fn harness() -> &'static Harness {
             node.ready().await.expect("node warms up");
             node
         });
-        let servers = vec![ServerAddr::parse(&node.data_addr().to_string()).expect("address")];
-        let weights = vec![1];
-        let config = ProxyConfig {
-            source: MapSource::Static {
-                servers: servers.clone(),
-                weights: weights.clone(),
-            },
-            port: 0,
-            admin_port: 0,
-            downstream: DownstreamConfig {
-                limits: Limits {
-                    max_value_len: MAX_VALUE,
-                    max_line_len: MAX_LINE,
-                    ..Limits::default()
-                },
-                // Two connections to the node: a session's requests must
-                // still reach it in order (the session's affinity).
-                connections_per_node: 2,
-                ..DownstreamConfig::default()
-            },
-            max_value_len: MAX_VALUE,
-            ..ProxyConfig::default()
-        }
-        .validate()
-        .expect("valid proxy config");
+        let server = ServerAddr::parse(&node.data_addr().to_string()).expect("address");
+        let config = pipeline::proxy_config(server.clone());
+        let (servers, weights) = (vec![server], vec![1]);
         let shared = Shared::new(config);
         // The pools spawn their connection tasks on the runtime they are
         // created in.

@@ -35,6 +35,36 @@ pub const MAX_VALUE: usize = 2048;
 /// Longest ASCII line the proxy under test accepts (its default).
 pub const MAX_LINE: usize = 8 * 1024;
 
+/// The proxy both runs use: a static ring over the one node at `server`,
+/// parsing with the limits above, and two connections to the node, so a
+/// session's requests must reach it in order by the session's affinity,
+/// not by there being one connection.
+pub fn proxy_config(server: shoal_vbmap::config::ServerAddr) -> shoal_proxy::ProxyConfig {
+    use shoal_proxy::downstream::DownstreamConfig;
+    use shoal_proxy::{MapSource, ProxyConfig};
+    ProxyConfig {
+        source: MapSource::Static {
+            servers: vec![server],
+            weights: vec![1],
+        },
+        port: 0,
+        admin_port: 0,
+        downstream: DownstreamConfig {
+            limits: shoal_protocol::Limits {
+                max_value_len: MAX_VALUE,
+                max_line_len: MAX_LINE,
+                ..shoal_protocol::Limits::default()
+            },
+            connections_per_node: 2,
+            ..DownstreamConfig::default()
+        },
+        max_value_len: MAX_VALUE,
+        ..ProxyConfig::default()
+    }
+    .validate()
+    .expect("valid proxy config")
+}
+
 /// Key names; a run puts its own prefix before each.
 pub const KEYS: [&str; 4] = ["a", "b", "n", "c"];
 

@@ -127,43 +127,32 @@ impl<'a> Req<'a> {
     /// What `flags` asks to return: item fields from `hit`, the new CAS
     /// of a write from `cas`, and the echoes (`k`, `O`) always.
     fn returned(&self, flags: &MetaFlags, hit: Option<&Hit>, cas: Option<u64>) -> ReturnFlags<'a> {
+        let mut item = hit.map_or_else(ItemFields::default, |h| hit_fields(h, self.now));
+        if cas.is_some() {
+            item.cas = cas;
+        }
+        self.collect(flags, item)
+    }
+
+    /// The return flags `flags` asks for out of `item`, with the echoes.
+    fn collect(&self, flags: &MetaFlags, item: ItemFields) -> ReturnFlags<'a> {
         let echo = Echo {
             frame: self.frame,
             key: self.key,
             base64: self.base64,
-        };
-        let item = ItemFields {
-            cas: cas.or(hit.map(|h| h.cas)),
-            client_flags: hit.map(|h| h.flags),
-            size: hit.map(|h| h.value.len() as u64),
-            ttl: hit.map(|h| ttl_left(h.exptime, self.now)),
-            ..ItemFields::default()
         };
         ReturnFlags::collect(flags, &echo, item)
     }
+}
 
-    /// [`Req::returned`] for an `mg` hit that also reports `h` and `l`.
-    fn returned_with(
-        &self,
-        flags: &MetaFlags,
-        hit: &Hit,
-        fetched_before: bool,
-        idle_secs: u32,
-    ) -> ReturnFlags<'a> {
-        let echo = Echo {
-            frame: self.frame,
-            key: self.key,
-            base64: self.base64,
-        };
-        let item = ItemFields {
-            cas: Some(hit.cas),
-            client_flags: Some(hit.flags),
-            size: Some(hit.value.len() as u64),
-            ttl: Some(ttl_left(hit.exptime, self.now)),
-            hit_before: Some(fetched_before),
-            last_access: Some(u64::from(idle_secs)),
-        };
-        ReturnFlags::collect(flags, &echo, item)
+/// What a hit offers to return (`c f s t`).
+fn hit_fields(hit: &Hit, now: u32) -> ItemFields {
+    ItemFields {
+        cas: Some(hit.cas),
+        client_flags: Some(hit.flags),
+        size: Some(hit.value.len() as u64),
+        ttl: Some(ttl_left(hit.exptime, now)),
+        ..ItemFields::default()
     }
 }
 
@@ -217,10 +206,12 @@ fn mg(req: &Req<'_>, get: &MetaGet, out: &mut BytesMut) -> Result<(), EngineErro
         base64: got.binary_key || (got.created && req.base64),
         ..*req
     };
-    let mut ret = req.returned(flags, Some(&got.hit), None);
-    if flags.has(Flag::ReturnHit) || flags.has(Flag::ReturnLastAccess) {
-        ret = req.returned_with(flags, &got.hit, got.fetched_before, got.idle_secs);
-    }
+    let fields = ItemFields {
+        hit_before: Some(got.fetched_before),
+        last_access: Some(u64::from(got.idle_secs)),
+        ..hit_fields(&got.hit, now)
+    };
+    let mut ret = req.collect(flags, fields);
     ret.mark(Markers {
         already_won: got.win_sent_before,
         stale: got.stale,
